@@ -1,0 +1,1 @@
+"""Subcommands of the ``stylemapgan`` CLI, one module each (see ``stylemapgan.cli``)."""

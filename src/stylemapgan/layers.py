@@ -1,0 +1,165 @@
+"""Equalized-learning-rate layers and the spatially modulated convolution.
+
+Weights are stored as N(0, 1) draws (divided by ``lr_mul``) and scaled at run time by
+``lr_mul / sqrt(fan_in)``, so Adam sees every layer at the same scale (Karras et al.).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .ops import (
+    bias_leaky_relu,
+    blur,
+    blur_kernel,
+    down_blur_padding,
+    up_blur_padding,
+)
+
+
+class EqualLinear(nn.Module):
+    """Linear layer with equalized learning rate.
+
+    Parameters
+    ----------
+    in_features, out_features: sizes of the input and output vectors.
+    lr_mul: learning-rate multiplier (0.01 in the mapping network slows it down 100x).
+    activate: apply the biased leaky ReLU (the bias then lives inside the activation).
+    """
+
+    def __init__(self, in_features: int, out_features: int, *, lr_mul: float = 1.0,
+                 activate: bool = False, bias_init: float = 0.0) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_features, in_features) / lr_mul)
+        self.bias = nn.Parameter(torch.full((out_features,), float(bias_init)))
+        self.lr_mul = lr_mul
+        self.scale = lr_mul / math.sqrt(in_features)
+        self.activate = activate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight * self.scale
+        b = self.bias * self.lr_mul
+        if self.activate:
+            return bias_leaky_relu(F.linear(x, w), b)
+        return F.linear(x, w, b)
+
+    def extra_repr(self) -> str:
+        return (f"{self.weight.shape[1]}, {self.weight.shape[0]}, lr_mul={self.lr_mul}, "
+                f"activate={self.activate}")
+
+
+class EqualConv2d(nn.Module):
+    """k x k convolution with equalized learning rate, optionally resampling by 2.
+
+    Parameters
+    ----------
+    in_channels, out_channels, kernel_size: as in ``nn.Conv2d`` (odd kernel sizes).
+    up: stride-2 transposed conv then a [1,3,3,1] blur (gain 4): H -> 2H.
+    down: [1,3,3,1] blur then a stride-2 conv: H -> H/2.
+    bias: keep a bias (added after the conv, or inside the activation).
+    activate: apply the biased leaky ReLU.
+    bias_init: initial bias value (1 for the modulation scale ``gamma``).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *,
+                 up: bool = False, down: bool = False, bias: bool = True,
+                 activate: bool = True, bias_init: float = 0.0) -> None:
+        super().__init__()
+        if up and down:
+            raise ValueError("a convolution cannot both upsample and downsample")
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.full((out_channels,), float(bias_init))) if bias else None
+        self.scale = 1.0 / math.sqrt(in_channels * kernel_size**2)
+        self.kernel_size = kernel_size
+        self.up, self.down, self.activate = up, down, activate
+        if up or down:
+            self.register_buffer("blur_kernel", blur_kernel(), persistent=False)
+            self.blur_pad = up_blur_padding(kernel_size) if up else down_blur_padding(kernel_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight * self.scale
+        if self.up:
+            # conv_transpose2d wants (in, out, k, k): the stored (out, in) weight, transposed.
+            x = F.conv_transpose2d(x, w.transpose(0, 1), stride=2)
+            x = blur(x, self.blur_kernel, self.blur_pad, gain=4.0)
+        elif self.down:
+            x = blur(x, self.blur_kernel, self.blur_pad)
+            x = F.conv2d(x, w, stride=2)
+        else:
+            x = F.conv2d(x, w, padding=self.kernel_size // 2)
+        if self.activate:
+            return bias_leaky_relu(x, self.bias)
+        if self.bias is not None:
+            x = x + self.bias.view(1, -1, 1, 1).to(x.dtype)
+        return x
+
+    def extra_repr(self) -> str:
+        o, i, k, _ = self.weight.shape
+        return f"{i}, {o}, {k}, up={self.up}, down={self.down}, activate={self.activate}"
+
+
+class StyledConv(nn.Module):
+    """Convolution after spatially variant modulation (Eq. 1 of the paper).
+
+    ``h' = gamma(s) * norm(h) + beta(s)``, where ``s`` is the stylemap at the input's
+    resolution and ``gamma``/``beta`` are 3x3 convolutions of it; then a convolution with a
+    weight shared by all samples and the biased leaky ReLU. Because the modulation acts on the
+    activations, a plain batched convolution is exact (no per-sample weights).
+
+    Parameters
+    ----------
+    in_channels, out_channels, kernel_size: of the convolution.
+    style_channels: channels of the stylemap that modulates this layer.
+    up: stride-2 transposed conv + blur (the resolution doubles).
+    normalization: "layer" (per sample over C, H, W), "instance" or "batch"; no affine.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int,
+                 style_channels: int, *, up: bool = False, normalization: str = "layer") -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+        self.gamma = EqualConv2d(style_channels, in_channels, 3, activate=False, bias_init=1.0)
+        self.beta = EqualConv2d(style_channels, in_channels, 3, activate=False)
+        self.scale = 1.0 / math.sqrt(in_channels * kernel_size**2)
+        self.kernel_size = kernel_size
+        self.up = up
+        self.normalization = normalization
+        if normalization == "batch":
+            self.norm = nn.BatchNorm2d(in_channels, affine=False)
+        if up:
+            self.register_buffer("blur_kernel", blur_kernel(), persistent=False)
+            self.blur_pad = up_blur_padding(kernel_size)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        if self.normalization == "layer":
+            return F.layer_norm(x, x.shape[1:], eps=1e-5)
+        if self.normalization == "instance":
+            return F.instance_norm(x, eps=1e-5)
+        return self.norm(x)
+
+    def modulate(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        if style.shape[-2:] != x.shape[-2:] or style.shape[0] != x.shape[0]:
+            raise ValueError(
+                f"stylemap of shape {tuple(style.shape)} does not match activations "
+                f"{tuple(x.shape)} (batch and spatial size must agree)"
+            )
+        return self.gamma(style) * self.normalize(x) + self.beta(style)
+
+    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        x = self.modulate(x, style)
+        w = self.weight * self.scale
+        if self.up:
+            x = F.conv_transpose2d(x, w.transpose(0, 1), stride=2)
+            x = blur(x, self.blur_kernel, self.blur_pad, gain=4.0)
+        else:
+            x = F.conv2d(x, w, padding=self.kernel_size // 2)
+        return bias_leaky_relu(x, self.bias)
+
+    def extra_repr(self) -> str:
+        o, i, k, _ = self.weight.shape
+        return f"{i}, {o}, {k}, up={self.up}, normalization={self.normalization!r}"

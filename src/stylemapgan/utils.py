@@ -1,0 +1,62 @@
+"""Small helpers shared by the library and the interfaces: devices, seed lists."""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import ConfigError, InputError
+
+
+def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
+    """``auto`` picks CUDA when available, else the CPU; ``cpu``, ``cuda`` and ``cuda:N`` are
+    checked against what this machine has."""
+    if isinstance(name, torch.device):
+        return name
+    name = (name or "auto").strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("--device cuda was requested but this PyTorch build sees no CUDA "
+                              "device; use --device cpu or auto")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise ConfigError("--device mps was requested but MPS is not available")
+    elif dev.type != "cpu":
+        raise ConfigError(f"unsupported device {name!r}; use auto, cpu, cuda or cuda:N")
+    return dev
+
+
+def parse_seeds(text: str, limit: int = 100_000) -> list[int]:
+    """``"0-7"``, ``"1,5,9"`` or ``"0-3,10"`` -> a list of non-negative seeds, in order."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        lo_s, sep, hi_s = part.partition("-")
+        try:
+            lo, hi = int(lo_s), int(hi_s if sep else lo_s)
+        except ValueError:
+            raise InputError(f"bad seeds {text!r}: use forms like 0-7, 1,5,9 or 0-3,10") from None
+        if hi < lo:
+            raise InputError(f"bad seed range {part!r}: the end is before the start")
+        if len(seeds) + (hi - lo + 1) > limit:
+            raise InputError(f"too many seeds in {text!r} (more than {limit})")
+        seeds.extend(range(lo, hi + 1))
+    if not seeds:
+        raise InputError(f"no seeds in {text!r}")
+    if min(seeds) < 0 or max(seeds) >= 2**63:
+        raise InputError(f"seeds must be non-negative 63-bit integers, got {text!r}")
+    return seeds
+
+
+def seeded_normal(seed: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """N(0, 1) draws that depend only on ``seed`` (CPU generator), not on batch or device."""
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))

@@ -1,0 +1,69 @@
+import argparse
+
+import pytest
+import torch
+
+from stylemapgan.config import PRESETS
+from stylemapgan.networks import StyleMapGAN
+
+# Tiny reference train_args (the naver-ai/StyleMapGAN names) for conversion tests.
+TINY_REF_ARGS = dict(size=32, latent_spatial_size=8, latent_channel_size=8, mapping_layer_num=2,
+                     lr_mul=0.01, channel_multiplier=2, normalize_mode="LayerNorm",
+                     small_generator=False, dataset="tiny", iter=10, batch=4)
+
+
+@pytest.fixture(autouse=True)
+def _few_threads():
+    torch.set_num_threads(2)
+
+
+@pytest.fixture
+def tiny_config():
+    return PRESETS["tiny-32"]
+
+
+def make_model(config, seed=0):
+    torch.manual_seed(seed)
+    model = StyleMapGAN(config).eval()
+    # Non-trivial biases and constants, so a mix-up of keys cannot go unnoticed.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.add_(0.1 * torch.randn_like(p))
+    model.generator.update_mean_stylemap(num_samples=512)
+    return model
+
+
+@pytest.fixture
+def tiny_model(tiny_config):
+    return make_model(tiny_config)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_file(tmp_path_factory):
+    from stylemapgan.checkpoint import save_model
+
+    path = tmp_path_factory.mktemp("models") / "tiny.safetensors"
+    save_model(make_model(PRESETS["tiny-32"]), path, provenance={"source": "test"})
+    return path
+
+
+def reference_checkpoint(train_args, cap=None, seed=0, with_optim=True):
+    """A checkpoint dict in the reference layout with random, non-trivial weights."""
+    from refimpl import build_reference
+
+    torch.manual_seed(seed)
+    g, e, d = build_reference(train_args, cap)
+    with torch.no_grad():
+        for m in (g, e, d):
+            for name, p in m.named_parameters():
+                if name.endswith("bias") or name.endswith("input"):
+                    p.add_(0.1 * torch.randn_like(p))
+    ckpt = {
+        "generator": g.state_dict(), "discriminator": d.state_dict(), "encoder": e.state_dict(),
+        "g_ema": g.state_dict(), "e_ema": e.state_dict(),
+        "train_args": argparse.Namespace(**train_args),
+    }
+    if with_optim:
+        ckpt["g_optim"] = torch.optim.Adam(g.parameters()).state_dict()
+    return ckpt, (g, e, d)
