@@ -9,9 +9,64 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .checkpoint import atomic_write
+from .errors import InputError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+DEFAULT_MAX_PIXELS = 64_000_000  # refuse larger images (decompression bombs)
+
+
+def load_rgb(source: str | os.PathLike[str] | Image.Image, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+             background: tuple[int, int, int] = (255, 255, 255), name: str | None = None) -> Image.Image:
+    """Open an image of any common format and mode as 8-bit RGB.
+
+    EXIF orientation is applied; transparency (RGBA, LA, P with a transparent color) is
+    flattened onto ``background``; grayscale, 16-bit, palette and CMYK images are converted.
+    Images with more than ``max_pixels`` pixels are refused before decoding. Raises
+    :class:`InputError` naming the file for anything unreadable.
+    """
+    label = name or (str(source) if not isinstance(source, Image.Image) else "image")
+    try:
+        img = source if isinstance(source, Image.Image) else Image.open(source)
+        w, h = img.size
+        if w < 1 or h < 1:
+            raise InputError(f"{label}: image has no pixels")
+        if w * h > max_pixels:
+            raise InputError(f"{label}: {w}x{h} pixels is more than the limit of {max_pixels:,}; "
+                             "resize it first")
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        if img.mode == "P":
+            img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+        if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+            arr = np.asarray(img, dtype=np.float64)
+            hi = 65535.0 if arr.max(initial=0) > 255 else 255.0
+            img = Image.fromarray(np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+        elif img.mode == "F":
+            arr = np.asarray(img, dtype=np.float64)
+            img = Image.fromarray(np.clip(arr * (255.0 if arr.max(initial=0) <= 1 else 1.0) + 0.5,
+                                          0, 255).astype(np.uint8), "L")
+        if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+            rgba = img.convert("RGBA")
+            flat = Image.new("RGB", rgba.size, background)
+            flat.paste(rgba, mask=rgba.getchannel("A"))
+            return flat
+        return img.convert("RGB")
+    except InputError:
+        raise
+    except FileNotFoundError:
+        raise InputError(f"{label}: no such file") from None
+    except IsADirectoryError:
+        raise InputError(f"{label}: is a directory, not an image") from None
+    except UnidentifiedImageError:
+        raise InputError(f"{label}: not an image file (or a format Pillow cannot read)") from None
+    except Image.DecompressionBombError:
+        raise InputError(f"{label}: refused as a decompression bomb (too many pixels)") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise InputError(f"{label}: cannot decode the image ({exc}); the file may be truncated "
+                         "or corrupt") from None
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
