@@ -224,6 +224,13 @@ class LMDBDataset(ImageDataset):
         key = (real, st.st_dev, st.st_ino, os.getpid())  # a replaced database gets a new entry
         env = _OPEN_ENVS.get(key)
         if env is None:
+            # In a forked child (DataLoader worker), environments inherited from the parent
+            # must not be used, and py-lmdb refuses a new one while they look open: close the
+            # child's copies (this does not affect the parent's).
+            for other in [k for k in list(_OPEN_ENVS.keys()) if k[:3] == key[:3] and k[3] != key[3]]:
+                inherited = _OPEN_ENVS.pop(other, None)
+                if inherited is not None:
+                    inherited.close()
             env = lmdb.open(str(self.path), readonly=True, lock=False, readahead=False,
                             meminit=False, max_readers=64, subdir=self.path.is_dir())
             _OPEN_ENVS[key] = env
