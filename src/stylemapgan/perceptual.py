@@ -138,8 +138,6 @@ class LPIPS(nn.Module):
         self.spec = BACKBONES[net]
         self.features = _build_features(self.spec)
         self.heads = nn.ModuleList(nn.Conv2d(c, 1, 1, bias=False) for c in self.spec.channels())
-        self.register_buffer("shift", torch.tensor(LPIPS_SHIFT).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("scale", torch.tensor(LPIPS_SCALE).view(1, 3, 1, 1), persistent=False)
         self.weights_sha256: str | None = None
         self.requires_grad_(False).eval()
 
@@ -188,8 +186,11 @@ class LPIPS(nn.Module):
     def layer_distances(self, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
         """Per-tap contributions ``[N]`` (their sum is the LPIPS distance)."""
         _check_images(x, y, self.spec.min_size, f"LPIPS-{self.net}")
-        dtype = self.shift.dtype
-        h = (torch.cat([x, y]).to(dtype) - self.shift) / self.scale
+        w = self.heads[0].weight
+        # The scaling constants are made in the working dtype (exact in float64).
+        shift = torch.tensor(LPIPS_SHIFT, dtype=w.dtype, device=w.device).view(1, 3, 1, 1)
+        scale = torch.tensor(LPIPS_SCALE, dtype=w.dtype, device=w.device).view(1, 3, 1, 1)
+        h = (torch.cat([x, y]).to(w.dtype) - shift) / scale
         n = x.shape[0]
         out = []
         taps = iter(self.heads)
