@@ -1,0 +1,164 @@
+"""``stylemapgan train``: train a StyleMapGAN model (one process, or many under torchrun)."""
+
+from __future__ import annotations
+
+import argparse
+
+from ._common import add_device, add_parser
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = add_parser(
+        sub, "train", help="train generator, encoder and discriminator on an image dataset",
+        description="""
+            Train StyleMapGAN with the full objective (G adversarial, stylemap reconstruction,
+            D logistic with reconstructions as fakes, lazy R1, image MSE + LPIPS + adversarial
+            loss on reconstructions, EMA of G and E). DATA is an LMDB (stylemapgan prepare-data),
+            a folder of images or a zip. Each run gets a folder OUTDIR/NNNNN-NAME with
+            config.json, log.jsonl, TensorBoard events, image grids and checkpoints.
+
+            --set changes any model setting (size, stylemap_size, stylemap_channels,
+            mapping_layers, channel_multiplier, channel_cap, light, normalization, ...) or
+            training setting (iterations, batch_size, lr, lambda_adv, lambda_w_rec, lambda_d,
+            lambda_d_rec, lambda_x_rec, lambda_perceptual, lambda_e_adv, r1_gamma, r1_interval,
+            ema_decay, flip, perceptual=vgg|alex|none, amp=auto|off|bf16|fp16, seed, workers,
+            val_images, val_every, image_every, checkpoint_every, keep_checkpoints, log_every,
+            grid_size). A loss weight of 0 disables that term.
+
+            For several GPUs or machines, launch the same command with torchrun; batch_size is
+            the total over all processes.""",
+        examples="""
+            stylemapgan train --data data/faces-lmdb --preset small-64 --set perceptual=none --outdir runs
+            stylemapgan train --data photos/ --preset official-256 --set iterations=200000 --outdir runs
+            stylemapgan train --resume runs/00000-small-64
+            stylemapgan train --data data/faces-lmdb --preset small-64 --set batch_size=8 --dry-run
+            torchrun --standalone --nproc_per_node 4 -m stylemapgan.cli train --data data/faces-lmdb --preset official-256 --outdir runs""",
+    )
+    p.add_argument("--data", help="training images: LMDB folder, image folder or .zip")
+    p.add_argument("--val-data", help="validation images (default: hold out val_images of --data)")
+    p.add_argument("--preset", default=None,
+                   help="model preset (default: official-256); see the README's preset table")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="change a model or training setting (repeatable)")
+    p.add_argument("--outdir", default="runs", help="parent folder of run folders (default: runs)")
+    p.add_argument("--name", default=None, help="run name (default: the preset name)")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue a run from its newest checkpoint (only iterations and the "
+                        "logging/checkpoint intervals may be changed with --set)")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    add_device(p)
+    p.set_defaults(func=run)
+
+
+def _resolve(args: argparse.Namespace):
+    import json
+    from pathlib import Path
+
+    from ..config import ModelConfig, get_preset
+    from ..errors import ConfigError, InputError
+    from ..training import TrainConfig, parse_overrides
+
+    model_changes, train_changes = parse_overrides(args.overrides)
+    if args.resume:
+        run_dir = Path(args.resume)
+        cfg_path = run_dir / "config.json"
+        if not cfg_path.is_file():
+            raise InputError(f"--resume {run_dir}: no config.json there; give a run folder "
+                             "made by `stylemapgan train`")
+        saved = json.loads(cfg_path.read_text(encoding="utf-8"))
+        if args.preset or model_changes:
+            raise ConfigError("--resume keeps the run's model; do not pass --preset or model "
+                              "settings with it")
+        model = ModelConfig.from_dict(saved["model"])
+        train = TrainConfig.from_dict({**saved["train"], **train_changes})
+        data = args.data or saved.get("dataset")
+        val_data = args.val_data or saved.get("val_dataset")
+        return model, train, data, val_data, run_dir, saved.get("preset", "")
+    if not args.data:
+        raise ConfigError("--data is required (an LMDB from `stylemapgan prepare-data`, a folder "
+                          "of images or a .zip); or use --resume RUN_DIR")
+    preset = args.preset or "official-256"
+    model = get_preset(preset)
+    if model_changes:
+        model = model.replace(**model_changes)
+    train = TrainConfig(**train_changes)
+    return model, train, args.data, args.val_data, None, preset
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    import shlex
+    import sys
+    from pathlib import Path
+
+    from ..training import (
+        Trainer,
+        _broadcast_object,
+        init_distributed,
+        new_run_dir,
+        shutdown_distributed,
+    )
+
+    model, train, data_path, val_path, run_dir, preset = _resolve(args)
+    if args.dry_run:
+        print(json.dumps({"model": model.to_dict(), "train": train.to_dict(),
+                          "dataset": data_path, "val_dataset": val_path,
+                          "resume": str(run_dir) if run_dir else None}, indent=2))
+        return 0
+
+    import torch
+    from tqdm import tqdm
+
+    from ..data import open_dataset
+    from ..errors import ConfigError
+    from ..training import resolve_amp
+
+    dist_info = init_distributed(args.device)
+    try:
+        # Settings that depend on the machine fail here, before a run folder is made.
+        resolve_amp(train.amp, dist_info.device)
+        if train.batch_size % dist_info.world_size:
+            raise ConfigError(f"batch_size {train.batch_size} is not divisible by the number of "
+                              f"processes ({dist_info.world_size}); change --set batch_size")
+        dataset = open_dataset(data_path, model.size)
+        val_dataset = open_dataset(val_path, model.size) if val_path else None
+        if run_dir is None:
+            if dist_info.is_main:
+                run_dir = new_run_dir(args.outdir, args.name or preset)
+                run_dir.mkdir(parents=True)
+            run_dir = Path(_broadcast_object(str(run_dir) if run_dir else None, dist_info))
+        info = {"dataset": str(data_path), "val_dataset": str(val_path) if val_path else None,
+                "dataset_images": len(dataset), "preset": preset,
+                "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+                "skipped_files": len(getattr(dataset, "skipped", []))}
+        if dist_info.is_main and getattr(dataset, "skipped", None):
+            with open(run_dir / "skipped.txt", "a", encoding="utf-8") as f:
+                f.writelines(f"{name}\t{reason}\n" for name, reason in dataset.skipped)
+            print(f"skipped {len(dataset.skipped)} unreadable file(s) in {data_path}; listed in "
+                  f"{run_dir / 'skipped.txt'}", file=sys.stderr)
+        trainer = Trainer(model, train, dataset, run_dir, dist_info=dist_info,
+                          val_dataset=val_dataset, resume=bool(args.resume), extra_info=info)
+        if dist_info.is_main:
+            print(f"run folder: {run_dir}  ({len(trainer.train_indices)} training images, "
+                  f"{len(trainer.val_data) if trainer.val_data is not None else 0} held out; "
+                  f"{dist_info.world_size} process(es) on {dist_info.device}; "
+                  f"precision {trainer.amp_dtype or torch.float32})".replace("torch.", ""),
+                  file=sys.stderr)
+        bar = tqdm(total=train.iterations, initial=trainer.step, unit="it", desc="train",
+                   dynamic_ncols=True, disable=not dist_info.is_main)
+
+        def progress(report) -> None:
+            bar.update(1)
+            shown = {k: report.losses[k] for k in ("d", "adv", "x_rec") if k in report.losses}
+            bar.set_postfix({k: f"{v:.3f}" for k, v in shown.items()}, refresh=False)
+
+        try:
+            trainer.train(progress)
+        finally:
+            bar.close()
+        if dist_info.is_main:
+            print(f"trained {trainer.step} iterations; checkpoints in {run_dir / 'checkpoints'}; "
+                  f"export with: stylemapgan export {run_dir} --out model.safetensors")
+    finally:
+        shutdown_distributed()
+    return 0

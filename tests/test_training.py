@@ -1,0 +1,389 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from stylemapgan import losses
+from stylemapgan.checkpoint import load_model
+from stylemapgan.cli import main
+from stylemapgan.config import PRESETS
+from stylemapgan.errors import ConfigError
+from stylemapgan.training import (
+    _STREAM_Z,
+    StepBatchSampler,
+    TrainConfig,
+    Trainer,
+    TrainingError,
+    _generator,
+    latest_checkpoint,
+    list_checkpoints,
+    parse_overrides,
+    read_checkpoint,
+)
+
+TINY = PRESETS["tiny-32"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny models: one thread is as fast, and far faster when other jobs share the cores.
+    torch.set_num_threads(1)
+QUIET = dict(workers=0, image_every=0, val_every=0, log_every=1, perceptual="none")
+
+
+class TensorImages(torch.utils.data.Dataset):
+    def __init__(self, n=12, size=32, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.rand(n, 3, size, size, generator=g) * 2 - 1
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i]
+
+
+def make_trainer(run_dir=None, dataset=None, perceptual=None, resume=False, **kw):
+    cfg = TrainConfig(**{**dict(iterations=2, batch_size=4, val_images=0), **QUIET, **kw})
+    return Trainer(TINY, cfg, dataset if dataset is not None else TensorImages(), run_dir,
+                   perceptual=perceptual, resume=resume)
+
+
+def write_images(folder, n=10, size=40, corrupt=0):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        arr = np.random.default_rng(i).integers(0, 256, (size, size, 3), dtype=np.uint8)
+        Image.fromarray(arr).save(folder / f"{i:03d}.png")
+    for i in range(corrupt):
+        (folder / f"bad{i}.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    return folder
+
+
+def _params(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _tiny_lpips():
+    perceptual = pytest.importorskip("stylemapgan.perceptual")
+    return perceptual.LPIPS.random_init("tiny", seed=0)
+
+
+# --------------------------------------------------------------------------- configuration
+def test_parse_overrides_types_and_scopes():
+    model, train = parse_overrides(["size=64", "channel_cap=null", "light=true", "lr=1e-3",
+                                    "train.batch_size=8", "model.normalization=instance",
+                                    "perceptual=none", "iterations=1_000"])
+    assert model == {"size": 64, "channel_cap": None, "light": True, "normalization": "instance"}
+    assert train == {"lr": 1e-3, "batch_size": 8, "perceptual": "none", "iterations": 1000}
+
+
+@pytest.mark.parametrize("item, msg", [
+    ("batch_size=eight", "expected an integer"),
+    ("lr=fast", "expected a number"),
+    ("lr=nan", "finite"),
+    ("flip=maybe", "true or false"),
+    ("lamda_adv=0", "unknown setting 'lamda_adv'"),
+    ("model.lr=1", "unknown setting 'lr'"),
+    ("noequals", "key=value"),
+])
+def test_parse_overrides_errors(item, msg):
+    with pytest.raises(ConfigError, match=msg):
+        parse_overrides([item])
+
+
+@pytest.mark.parametrize("kw, msg", [
+    (dict(batch_size=0), "batch_size must be >= 1"),
+    (dict(lambda_adv=-1.0), "lambda_adv must be >= 0"),
+    (dict(beta2=1.0), "beta2"),
+    (dict(ema_decay=1.0), "ema_decay"),
+    (dict(perceptual="resnet"), "perceptual must be one of"),
+    (dict(amp="fp8"), "amp must be one of"),
+    (dict(iterations=2.5), "iterations must be an integer"),
+])
+def test_train_config_validation(kw, msg):
+    with pytest.raises(ConfigError, match=msg):
+        TrainConfig(**kw)
+
+
+@pytest.mark.parametrize("sets, msg", [
+    (["batch_size=x"], "error: --set batch_size=x: expected an integer"),
+    (["bogus=1"], "error: --set: unknown setting 'bogus'"),
+    (["size=48"], "error: invalid model config: size must be a power of two"),
+    (["r1_interval=0"], "error: invalid train config: r1_interval must be >= 1"),
+    (["amp=fp16"], "error: amp=fp16 needs a CUDA device"),
+])
+def test_cli_bad_set_values_are_one_line_errors(tmp_path, capsys, sets, msg):
+    data = write_images(tmp_path / "imgs", n=4)
+    args = ["train", "--data", str(data), "--preset", "tiny-32", "--outdir", str(tmp_path / "runs"),
+            "--device", "cpu"]
+    for s in sets:
+        args += ["--set", s]
+    if "amp" not in sets[0]:
+        args.append("--dry-run")
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(msg)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_dry_run_prints_resolved_config(tmp_path, capsys):
+    assert main(["train", "--data", str(tmp_path), "--preset", "small-64", "--set", "lr=0.001",
+                 "--set", "stylemap_size=4", "--outdir", str(tmp_path / "runs"), "--dry-run"]) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    assert cfg["model"]["size"] == 64 and cfg["model"]["stylemap_size"] == 4
+    assert cfg["train"]["lr"] == 0.001 and cfg["train"]["batch_size"] == 16
+    assert not (tmp_path / "runs").exists()
+
+
+# --------------------------------------------------------------------------- data order
+def test_step_sampler_is_independent_of_world_size_and_covers_epochs():
+    idx = list(range(100, 110))
+    one = StepBatchSampler(idx, 4, 0, 1, seed=3)
+    two = [StepBatchSampler(idx, 4, r, 2, seed=3) for r in range(2)]
+    for step in range(7):
+        assert one.batch(step) == two[0].batch(step) + two[1].batch(step)
+    stream = [i for s in range(5) for i in one.batch(s)]  # 20 = two epochs
+    assert sorted(stream[:10]) == idx and sorted(stream[10:]) == idx
+    assert stream[:10] != stream[10:]
+    resumed = iter(StepBatchSampler(idx, 4, 0, 1, seed=3, start_step=3))
+    assert next(resumed) == one.batch(3)
+    with pytest.raises(ConfigError, match="divisible"):
+        StepBatchSampler(idx, 5, 0, 2, seed=0)
+
+
+# --------------------------------------------------------------------------- the objective
+def test_first_step_losses_are_the_documented_terms():
+    tr = make_trainer(r1_interval=1)
+    g0, e0, d0 = (_params(m) for m in (tr.generator, tr.encoder, tr.discriminator))
+    z = torch.randn(4, TINY.stylemap_channels, generator=_generator(0, 0, 0, _STREAM_Z))
+    with torch.no_grad():
+        w = tr.generator.mapping(z)
+        fake = tr.generator(w)
+        adv = losses.generator_adversarial(tr.discriminator(fake))
+        w_rec = losses.mse(tr.encoder(fake), w)
+    values = tr.train_step()
+    assert torch.allclose(values["adv"], adv, atol=1e-6)
+    assert torch.allclose(values["w_rec"], w_rec, atol=1e-6)  # E had not moved yet
+    assert set(values) == {"adv", "w_rec", "d", "d_rec", "r1", "x_rec", "e_adv"}
+    # Optimizers as in the reference: Adam(0, 0.99); D scaled for the lazy R1 (interval 1).
+    assert tr.g_opt.param_groups[0]["betas"] == (0.0, 0.99)
+    assert tr.d_opt.param_groups[0]["lr"] == pytest.approx(0.002 * 1 / 2)
+    for before, module in ((g0, tr.generator), (e0, tr.encoder), (d0, tr.discriminator)):
+        after = _params(module)
+        changed = [k for k in before if not torch.equal(before[k], after[k])]
+        params = {k for k, _ in module.named_parameters()}
+        assert set(changed) >= params, sorted(params - set(changed))[:5]
+
+
+def test_all_losses_with_perceptual_change_weights_and_ema():
+    lp = _tiny_lpips()
+    tr = make_trainer(perceptual=lp, iterations=3, r1_interval=2, ema_decay=0.5)
+    g0 = _params(tr.g_ema)
+    seen = set()
+    for _ in range(3):
+        values = tr.train_step()
+        assert all(torch.isfinite(v) for v in values.values())
+        seen |= set(values)
+    assert seen == {"adv", "w_rec", "d", "d_rec", "r1", "x_rec", "perceptual", "e_adv"}
+    assert values["perceptual"] > 0
+    # EMA moved, and is between the start and the raw weights.
+    k = "synthesis.conv0.weight"
+    ema, raw = tr.g_ema.state_dict()[k], tr.generator.state_dict()[k]
+    assert not torch.equal(ema, g0[k]) and not torch.equal(ema, raw)
+
+
+@pytest.mark.parametrize("zeroed, frozen, absent", [
+    (dict(lambda_adv=0.0), "generator.mapping", {"adv"}),
+    (dict(lambda_w_rec=0.0, lambda_x_rec=0.0, lambda_e_adv=0.0), "encoder", {"w_rec", "x_rec", "e_adv"}),
+    (dict(lambda_d=0.0, lambda_d_rec=0.0, r1_gamma=0.0), "discriminator", {"d", "d_rec", "r1"}),
+])
+def test_zero_weight_disables_terms(zeroed, frozen, absent):
+    tr = make_trainer(r1_interval=1, **zeroed)
+    module = tr.generator.mapping if frozen == "generator.mapping" else getattr(tr, frozen)
+    before = _params(module)
+    values = tr.train_step()
+    after = _params(module)
+    assert all(torch.equal(before[k], after[k]) for k in before), f"{frozen} changed"
+    assert not absent & {k for k in values if k not in ("x_rec", "e_adv") or frozen != "encoder"}
+
+
+def test_bf16_autocast_on_cpu_runs():
+    tr = make_trainer(amp="bf16", r1_interval=1)
+    assert tr.amp_dtype == torch.bfloat16
+    values = tr.train_step()
+    assert all(torch.isfinite(v) for v in values.values())
+
+
+# --------------------------------------------------------------------------- run folder, resume
+def _state_of(tr):
+    out = {}
+    for name in ("generator", "encoder", "discriminator", "g_ema", "e_ema"):
+        for k, v in getattr(tr, name).state_dict().items():
+            out[f"{name}.{k}"] = v
+    for name in ("g_opt", "e_opt", "d_opt"):
+        for pid, st in getattr(tr, name).state_dict()["state"].items():
+            for k, v in st.items():
+                out[f"{name}.{pid}.{k}"] = v
+    return out
+
+
+def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
+    kw = dict(iterations=4, r1_interval=3, checkpoint_every=2, batch_size=4)
+    straight = make_trainer(tmp_path / "a", **kw)
+    straight.train()
+    # Half the run, then a fresh process state resumes (with a DataLoader worker this time).
+    first = make_trainer(tmp_path / "b", **{**kw, "iterations": 2})
+    first.train()
+    assert [s for s, _ in list_checkpoints(tmp_path / "b")] == [2]
+    torch.manual_seed(1234)  # resuming restores the global RNG state too
+    resumed = make_trainer(tmp_path / "b", resume=True, **{**kw, "workers": 1})
+    assert resumed.step == 2
+    assert torch.equal(torch.get_rng_state(), read_checkpoint(
+        tmp_path / "b/checkpoints/ckpt-00000002.safetensors")[0]["rng.torch_cpu"])
+    resumed.train()
+    a, b = _state_of(straight), _state_of(resumed)
+    assert a.keys() == b.keys()
+    diff = [k for k in a if not torch.equal(a[k].nan_to_num(), b[k].nan_to_num())
+            or not torch.equal(a[k].isnan(), b[k].isnan())]
+    assert not diff, diff[:5]
+    # The logged losses agree too.
+    la = [json.loads(x) for x in (tmp_path / "a/log.jsonl").read_text().splitlines()]
+    lb = [json.loads(x) for x in (tmp_path / "b/log.jsonl").read_text().splitlines()]
+    assert [r["losses"] for r in la if "losses" in r] == [r["losses"] for r in lb if "losses" in r]
+
+
+def test_resume_refuses_changed_math(tmp_path):
+    make_trainer(tmp_path / "r", checkpoint_every=1, iterations=1).train()
+    with pytest.raises(TrainingError, match="lr"):
+        make_trainer(tmp_path / "r", resume=True, lr=0.01, iterations=2)
+
+
+def test_nan_stops_run_and_keeps_last_checkpoint(tmp_path, monkeypatch, capsys):
+    data = write_images(tmp_path / "imgs", n=6)
+    real_mse = losses.mse
+    calls = {"n": 0}
+
+    def flaky_mse(a, b):
+        calls["n"] += 1
+        out = real_mse(a, b)
+        # Two mse calls per step (w_rec, x_rec); poison step 4 (0-based 3).
+        return out * float("nan") if calls["n"] == 7 else out
+
+    monkeypatch.setattr(losses, "mse", flaky_mse)
+    args = ["train", "--data", str(data), "--preset", "tiny-32", "--outdir", str(tmp_path / "runs"),
+            "--device", "cpu", "--set", "iterations=6", "--set", "batch_size=2",
+            "--set", "checkpoint_every=2", "--set", "perceptual=none", "--set", "workers=0",
+            "--set", "val_images=0", "--set", "image_every=0"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: loss w_rec") and "NaN/Inf in iteration 4" in err
+    assert "ckpt-00000002.safetensors" in err
+    run = tmp_path / "runs" / "00000-tiny-32"
+    assert [s for s, _ in list_checkpoints(run)] == [2]
+    tensors, state, _ = latest_checkpoint(run)
+    assert state["step"] == 2
+    assert all(torch.isfinite(t).all() for k, t in tensors.items()
+               if t.is_floating_point() and "mean_stylemap" not in k)
+
+
+def test_checkpoint_save_is_atomic_and_pruned(tmp_path, monkeypatch):
+    import safetensors.torch
+
+    tr = make_trainer(tmp_path / "r", iterations=3, checkpoint_every=1, keep_checkpoints=2)
+    tr.train()
+    assert [s for s, _ in list_checkpoints(tmp_path / "r")] == [2, 3]
+    good = (tmp_path / "r/checkpoints/ckpt-00000003.safetensors").read_bytes()
+
+    def crash(tensors, path, metadata=None):
+        Path(path).write_bytes(b"partial")
+        raise KeyboardInterrupt  # a kill in the middle of the save
+
+    monkeypatch.setattr(safetensors.torch, "save_file", crash)
+    tr.step = 4
+    with pytest.raises(KeyboardInterrupt):
+        tr.save_checkpoint()
+    monkeypatch.undo()
+    ckpt_dir = tmp_path / "r/checkpoints"
+    assert sorted(p.name for p in ckpt_dir.iterdir()) == ["ckpt-00000002.safetensors",
+                                                          "ckpt-00000003.safetensors"]
+    assert (ckpt_dir / "ckpt-00000003.safetensors").read_bytes() == good
+    # A damaged newest file (e.g. a disk problem) is skipped in favour of the previous one.
+    (ckpt_dir / "ckpt-00000005.safetensors").write_bytes(b"junk")
+    _, state, path = latest_checkpoint(tmp_path / "r")
+    assert state["step"] == 3 and path.name == "ckpt-00000003.safetensors"
+
+
+def test_cli_train_folder_with_corrupt_images_then_export(tmp_path, capsys):
+    data = write_images(tmp_path / "imgs", n=12, corrupt=2)
+    args = ["train", "--data", str(data), "--preset", "tiny-32", "--outdir", str(tmp_path / "runs"),
+            "--device", "cpu", "--set", "iterations=3", "--set", "batch_size=2",
+            "--set", "perceptual=none", "--set", "workers=0", "--set", "val_images=2",
+            "--set", "image_every=2", "--set", "val_every=3", "--set", "log_every=2",
+            "--set", "checkpoint_every=2", "--set", "grid_size=4"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "skipped 2 unreadable file(s)" in err
+    run = tmp_path / "runs" / "00000-tiny-32"
+    assert len((run / "skipped.txt").read_text().splitlines()) == 2
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["skipped_files"] == 2 and cfg["train_images"] == 10 and cfg["val_images"] == 2
+    assert cfg["model"]["size"] == 32 and cfg["train"]["iterations"] == 3
+    records = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "losses" in r] == [2, 3]
+    val = [r["validation"] for r in records if "validation" in r]
+    assert len(val) == 1 and val[0]["val/mse"] > 0
+    assert {"adv", "d", "x_rec", "r1"} <= set(records[0]["losses"])
+    images = sorted(p.name for p in (run / "images").iterdir())
+    assert images == ["reals.png", "reconstructions-00000000.png", "reconstructions-00000002.png",
+                      "reconstructions-00000003.png", "samples-00000000.png",
+                      "samples-00000002.png", "samples-00000003.png"]
+    assert any(p.name.startswith("events.out.tfevents") for p in run.iterdir())
+    assert [s for s, _ in list_checkpoints(run)] == [2, 3]
+
+    out = tmp_path / "m.safetensors"
+    assert main(["export", str(run), "--out", str(out)]) == 0
+    model = load_model(out)
+    prov = model.provenance
+    assert prov["iterations"] == 3 and prov["images_seen"] == 6
+    assert prov["dataset"] == str(data) and "train" in prov["command"] and prov["wall_time_s"] >= 0
+    tensors, _ = read_checkpoint(run / "checkpoints/ckpt-00000003.safetensors")
+    for k, v in model.generator.state_dict().items():
+        if k != "mean_stylemap":
+            assert torch.equal(v, tensors[f"g_ema.{k}"])
+    assert main(["export", str(run), "--out", str(out)]) == 1  # no --overwrite
+    capsys.readouterr()
+    # Resume through the CLI continues the same run folder.
+    assert main(["train", "--resume", str(run), "--set", "iterations=4", "--device", "cpu"]) == 0
+    assert [s for s, _ in list_checkpoints(run)][-1] == 4
+    assert main(["train", "--resume", str(run), "--set", "lr=0.1"]) == 2
+    assert "cannot resume with changed settings lr" in capsys.readouterr().err
+
+
+def test_torchrun_two_processes_gloo(tmp_path):
+    data = write_images(tmp_path / "imgs", n=8)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+           "-m", "stylemapgan.cli", "train", "--data", str(data), "--preset", "tiny-32",
+           "--outdir", str(tmp_path / "runs"), "--device", "cpu",
+           "--set", "iterations=3", "--set", "batch_size=4", "--set", "perceptual=none",
+           "--set", "workers=0", "--set", "val_images=2", "--set", "r1_interval=2",
+           "--set", "checkpoint_every=3", "--set", "image_every=0", "--set", "log_every=1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = list((tmp_path / "runs").iterdir())
+    assert len(runs) == 1  # only rank 0 creates and writes
+    run = runs[0]
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["world_size"] == 2
+    records = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "losses" in r] == [1, 2, 3]
+    tensors, state, _ = latest_checkpoint(run)
+    assert state["step"] == 3 and state["world_size"] == 2
+    assert all(torch.isfinite(t).all() for k, t in tensors.items()
+               if t.is_floating_point() and "mean_stylemap" not in k)
