@@ -43,6 +43,21 @@ def test_frechet_general_case_matches_eigenvalue_formula():
     assert metrics.frechet_distance(_stats(mu1, s1), _stats(mu2, s2)) == pytest.approx(expected, rel=1e-9)
 
 
+def test_frechet_paths_agree():
+    # factors (few samples), Cholesky (full rank) and the symmetric square root give one value
+    torch.manual_seed(0)
+    few_a, few_b = metrics.gaussian_stats(torch.randn(12, 30)), metrics.gaussian_stats(torch.randn(9, 30) + 0.3)
+    many = metrics.gaussian_stats(torch.randn(200, 30) * 1.5)
+    assert few_a.factor is not None and many.factor is None
+    torch.testing.assert_close(few_a.factor @ few_a.factor.T, few_a.sigma)
+    strip = lambda s: metrics.GaussianStats(s.mu, s.sigma, s.count)  # noqa: E731
+    for a, b in ((few_a, few_b), (few_a, many), (many, few_b)):
+        ref = metrics.frechet_distance(a, b)
+        assert metrics.frechet_distance(strip(a), strip(b)) == pytest.approx(ref, rel=1e-6)
+        assert metrics.frechet_distance(b, a) == pytest.approx(ref, rel=1e-7)
+        assert metrics.frechet_distance(strip(b), a) == pytest.approx(ref, rel=1e-7)
+
+
 def test_streaming_stats_match_numpy_and_errors():
     torch.manual_seed(0)
     f = 1000.0 + torch.randn(257, 5, dtype=torch.float64)  # large offset: precision kept
@@ -170,7 +185,7 @@ def test_reconstruction_and_fids(tiny_model):
     lp = LPIPS.random_init("tiny", seed=0)
     out = metrics.reconstruction(tiny_model, images.split(4), lp)
     with torch.no_grad():
-        rec = tiny_model.reconstruct(images)
+        rec = tiny_model.reconstruct(images).clamp(-1, 1)
         assert out["mse"] == pytest.approx(float((rec - images).square().mean()), rel=1e-5)
         assert out["lpips"] == pytest.approx(float(lp(images, rec).mean()), rel=1e-5)
     assert out["count"] == 6

