@@ -13,12 +13,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from .ops import (
-    bias_leaky_relu,
     blur,
     blur_kernel,
     down_blur_padding,
+    leaky_relu_gain_,
     up_blur_padding,
 )
+
+
+def _scaled(weight: torch.Tensor, scale: float) -> torch.Tensor:
+    # Inference copies fold the scale into the weight (runtime.fold_scales): skip the multiply.
+    return weight if scale == 1.0 else weight * scale
 
 
 class EqualLinear(nn.Module):
@@ -41,11 +46,8 @@ class EqualLinear(nn.Module):
         self.activate = activate
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weight * self.scale
-        b = self.bias * self.lr_mul
-        if self.activate:
-            return bias_leaky_relu(F.linear(x, w), b)
-        return F.linear(x, w, b)
+        out = F.linear(x, _scaled(self.weight, self.scale), _scaled(self.bias, self.lr_mul))
+        return leaky_relu_gain_(out) if self.activate else out
 
     def extra_repr(self) -> str:
         return (f"{self.weight.shape[1]}, {self.weight.shape[0]}, lr_mul={self.lr_mul}, "
@@ -81,21 +83,19 @@ class EqualConv2d(nn.Module):
             self.blur_pad = up_blur_padding(kernel_size) if up else down_blur_padding(kernel_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weight * self.scale
+        w = _scaled(self.weight, self.scale)
         if self.up:
             # conv_transpose2d wants (in, out, k, k): the stored (out, in) weight, transposed.
-            x = F.conv_transpose2d(x, w.transpose(0, 1), stride=2)
-            x = blur(x, self.blur_kernel, self.blur_pad, gain=4.0)
+            # The bias comes after the blur, so it is added separately.
+            x = blur(F.conv_transpose2d(x, w.transpose(0, 1), stride=2), self.blur_kernel,
+                     self.blur_pad, gain=4.0)
+            if self.bias is not None:
+                x = x.add_(self.bias.view(1, -1, 1, 1).to(x.dtype))
         elif self.down:
-            x = blur(x, self.blur_kernel, self.blur_pad)
-            x = F.conv2d(x, w, stride=2)
+            x = F.conv2d(blur(x, self.blur_kernel, self.blur_pad), w, self.bias, stride=2)
         else:
-            x = F.conv2d(x, w, padding=self.kernel_size // 2)
-        if self.activate:
-            return bias_leaky_relu(x, self.bias)
-        if self.bias is not None:
-            x = x + self.bias.view(1, -1, 1, 1).to(x.dtype)
-        return x
+            x = F.conv2d(x, w, self.bias, padding=self.kernel_size // 2)
+        return leaky_relu_gain_(x) if self.activate else x
 
     def extra_repr(self) -> str:
         o, i, k, _ = self.weight.shape
@@ -129,6 +129,7 @@ class StyledConv(nn.Module):
         self.kernel_size = kernel_size
         self.up = up
         self.normalization = normalization
+        self.two_pass_norm = False  # see normalize(); set by the ONNX exporter
         if normalization == "batch":
             self.norm = nn.BatchNorm2d(in_channels, affine=False)
         if up:
@@ -137,6 +138,16 @@ class StyledConv(nn.Module):
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         if self.normalization == "layer":
+            if self.two_pass_norm:
+                # What F.layer_norm computes, spelled out for exporters: ONNX Runtime's fused
+                # LayerNorm uses E[x^2] - E[x]^2 and its reductions sum naively over millions
+                # of values (1e-3 errors at 256 px). Two passes, each a mean of means over one
+                # axis at a time, stay within 1e-5 of float64.
+                def mean(t: torch.Tensor) -> torch.Tensor:
+                    return t.mean(dim=3, keepdim=True).mean(dim=2, keepdim=True).mean(dim=1, keepdim=True)
+
+                centred = x - mean(x)
+                return centred * torch.rsqrt(mean(centred.square()) + 1e-5)
             return F.layer_norm(x, x.shape[1:], eps=1e-5)
         if self.normalization == "instance":
             return F.instance_norm(x, eps=1e-5)
@@ -148,17 +159,18 @@ class StyledConv(nn.Module):
                 f"stylemap of shape {tuple(style.shape)} does not match activations "
                 f"{tuple(x.shape)} (batch and spatial size must agree)"
             )
-        return self.gamma(style) * self.normalize(x) + self.beta(style)
+        return torch.addcmul(self.beta(style), self.gamma(style), self.normalize(x))
 
     def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
         x = self.modulate(x, style)
-        w = self.weight * self.scale
+        w = _scaled(self.weight, self.scale)
         if self.up:
             x = F.conv_transpose2d(x, w.transpose(0, 1), stride=2)
             x = blur(x, self.blur_kernel, self.blur_pad, gain=4.0)
+            x = x.add_(self.bias.view(1, -1, 1, 1).to(x.dtype))
         else:
-            x = F.conv2d(x, w, padding=self.kernel_size // 2)
-        return bias_leaky_relu(x, self.bias)
+            x = F.conv2d(x, w, self.bias, padding=self.kernel_size // 2)
+        return leaky_relu_gain_(x)
 
     def extra_repr(self) -> str:
         o, i, k, _ = self.weight.shape

@@ -50,6 +50,16 @@ def blur(x: torch.Tensor, kernel: torch.Tensor, pad: tuple[int, int], gain: floa
     return F.conv2d(x, k[None, None].expand(c, 1, *k.shape), groups=c)
 
 
+def leaky_relu_gain_(x: torch.Tensor, negative_slope: float = 0.2, gain: float = SQRT2) -> torch.Tensor:
+    """In-place ``leaky_relu(x) * gain`` for freshly computed tensors.
+
+    Scaling first is the same function (leaky ReLU is positively homogeneous) and keeps
+    autograd happy: the in-place leaky ReLU's backward reads its output, so nothing may
+    modify that output afterwards.
+    """
+    return F.leaky_relu_(x.mul_(gain), negative_slope)
+
+
 def bias_leaky_relu(x: torch.Tensor, bias: torch.Tensor | None, negative_slope: float = 0.2,
                     gain: float = SQRT2) -> torch.Tensor:
     """``leaky_relu(x + bias) * gain``, the reference's "fused leaky ReLU"; bias on dim 1."""

@@ -1,0 +1,246 @@
+"""Inference speed of StyleMapGAN: encoder, generator, projection + generation, a cached edit.
+
+Prints medians after warm-up, the device and thread count, FLOPs of each stage, the achieved
+GFLOP/s and, beside it, the peak this device reaches on the same convolution shapes run one at a
+time ("conv peak": the best GFLOP/s of any of the model's convolution shapes in isolation, and
+"conv roofline": the model's conv FLOPs divided by the summed isolated times of all its convs).
+
+    python benchmarks/inference.py                                  # official-256, batch 1, float32
+    python benchmarks/inference.py --precision bfloat16 --channels-last
+    python benchmarks/inference.py --preset official-256 --batch 32 --device cuda --precision float16
+    python benchmarks/inference.py --compare                        # float32 vs the fast path, PSNR
+
+Weights are random (the speed does not depend on them); pass --model to time a real file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from collections import Counter
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
+
+from stylemapgan.checkpoint import load_model
+from stylemapgan.config import get_preset
+from stylemapgan.editing import local_edit_wplus
+from stylemapgan.networks import StyleMapGAN
+from stylemapgan.runtime import RuntimeOptions, prepare, psnr
+from stylemapgan.utils import resolve_device
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timeit(fn, device, warmup: int, repeats: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def flops(fn) -> int:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def _as_convolution(func, args, kwargs):
+    """The aten.convolution arguments of a conv call (in inference mode PyTorch dispatches
+    aten.conv2d / aten.conv_transpose2d without decomposing them)."""
+    a = list(args) + [None] * 8
+    if func is torch.ops.aten.convolution.default:
+        return args
+    if func is torch.ops.aten.conv2d.default:
+        x, w, b = a[0], a[1], a[2]
+        stride, padding, dilation, groups = a[3] or [1, 1], a[4] or [0, 0], a[5] or [1, 1], a[6] or 1
+        return x, w, b, _pair(stride), _pair(padding), _pair(dilation), False, [0, 0], groups
+    if func is torch.ops.aten.conv_transpose2d.input:
+        x, w, b = a[0], a[1], a[2]
+        stride, padding, out_pad = a[3] or [1, 1], a[4] or [0, 0], a[5] or [0, 0]
+        groups, dilation = a[6] or 1, a[7] or [1, 1]
+        return x, w, b, _pair(stride), _pair(padding), _pair(dilation), True, _pair(out_pad), groups
+    return None
+
+
+def _pair(v):
+    return list(v) * 2 if len(v) == 1 else list(v)
+
+
+class ConvRecorder(TorchDispatchMode):
+    """Records the arguments of every convolution the model runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: Counter = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        conv = _as_convolution(func, args, kwargs or {})
+        if conv is not None:
+            x, w, b, stride, padding, dilation, transposed, out_pad, groups = conv
+            key = (tuple(x.shape), tuple(w.shape), b is not None, tuple(stride), tuple(padding),
+                   tuple(dilation), bool(transposed), tuple(out_pad), int(groups), x.dtype,
+                   x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
+            self.calls[key] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def conv_peak(calls: Counter, device, warmup: int, repeats: int) -> tuple[float, float, float]:
+    """(best GFLOP/s of any shape, roofline GFLOP/s, summed isolated seconds)."""
+    best, total_flops, total_time = 0.0, 0.0, 0.0
+    for key, count in calls.items():
+        xs, ws, has_b, stride, padding, dilation, transposed, out_pad, groups, dtype, cl = key
+        fmt = torch.channels_last if cl else torch.contiguous_format
+        x = torch.randn(xs, device=device, dtype=dtype).contiguous(memory_format=fmt)
+        w = torch.randn(ws, device=device, dtype=dtype).contiguous(memory_format=fmt)
+        b = torch.randn(ws[1] * groups if transposed else ws[0], device=device, dtype=dtype) if has_b else None
+
+        def run(x=x, w=w, b=b, stride=stride, padding=padding, dilation=dilation,
+                transposed=transposed, out_pad=out_pad, groups=groups):
+            return torch.ops.aten.convolution(x, w, b, stride, padding, dilation, transposed,
+                                              out_pad, groups)
+
+        f = flops(run)
+        with torch.inference_mode():
+            t = min(timeit(run, device, warmup, repeats))
+        best = max(best, f / t / 1e9)
+        total_flops += f * count
+        total_time += t * count
+    return best, total_flops / total_time / 1e9, total_time
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="official-256")
+    p.add_argument("--model", default=None, help="time this model file instead of random weights")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--compile", action="store_true", help="torch.compile the networks")
+    p.add_argument("--cuda-graphs", action="store_true", help="capture CUDA graphs (CUDA only)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--no-peak", action="store_true", help="skip the isolated-convolution peak")
+    p.add_argument("--compare", action="store_true",
+                   help="also run float32 and report the fast path's speed-up and PSNR")
+    p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    args = p.parse_args(argv)
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    torch.manual_seed(0)
+    if args.model:
+        model = load_model(args.model, device=device)
+    else:
+        model = StyleMapGAN(get_preset(args.preset)).to(device).eval().requires_grad_(False)
+        model.generator.update_mean_stylemap(1000)
+    cfg = model.config
+    options = RuntimeOptions(precision=args.precision, channels_last=args.channels_last,
+                             compile=args.compile, cuda_graphs=args.cuda_graphs)
+    runner = prepare(model, device, options)
+
+    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
+    print(f"device: {device} ({dev_name}), torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(f"model: {args.model or args.preset} ({cfg.size}px, {cfg.stylemap_size}x{cfg.stylemap_size}), "
+          f"batch {args.batch}, {options.describe()}")
+
+    x = torch.rand(args.batch, 3, cfg.size, cfg.size, device=device) * 2 - 1
+    x_ref = torch.rand(args.batch, 3, cfg.size, cfg.size, device=device) * 2 - 1
+    mask = torch.zeros(1, 1, cfg.size, cfg.size, device=device)
+    mask[..., cfg.size // 4: cfg.size // 2, cfg.size // 4: 3 * cfg.size // 4] = 1
+
+    with torch.inference_mode():
+        w = runner.project(x)
+        styles_src = runner.pyramid(w)
+        styles_ref = runner.pyramid(runner.project(x_ref))
+
+    encoder_calls = 0
+
+    def count_encoder(*_):
+        nonlocal encoder_calls
+        encoder_calls += 1
+
+    def edit():
+        return runner.synthesize(local_edit_wplus(styles_src, styles_ref, mask))
+
+    stages = {
+        "encoder": lambda: runner.project(x),
+        "generator": lambda: runner.generate_from_w(w),
+        "projection + generation": lambda: runner.reconstruct(x),
+        "edit (cached stylemaps)": edit,
+    }
+    stage_flops = {
+        "encoder": flops(lambda: model.encoder(x)),
+        "generator": flops(lambda: model.generator(w.float())),
+        "edit (cached stylemaps)": flops(lambda: model.generator.synthesize(
+            local_edit_wplus([s.float() for s in styles_src], [s.float() for s in styles_ref], mask))),
+    }
+    stage_flops["projection + generation"] = stage_flops["encoder"] + stage_flops["generator"]
+
+    results = {"device": str(device), "device_name": dev_name, "threads": torch.get_num_threads(),
+               "torch": torch.__version__, "preset": args.model or args.preset, "batch": args.batch,
+               "options": options.describe(), "stages": {}}
+    print(f"\n{'stage':26s} {'median s':>9s} {'s/image':>9s} {'GFLOPs':>8s} {'GFLOP/s':>8s}")
+    for name, fn in stages.items():
+        hook = model.encoder.register_forward_pre_hook(count_encoder) if name.startswith("edit") else None
+        with torch.inference_mode():
+            times = timeit(fn, device, args.warmup, args.repeats)
+        if hook is not None:
+            hook.remove()
+        med = statistics.median(times)
+        gf = stage_flops[name] / 1e9
+        print(f"{name:26s} {med:9.4f} {med / args.batch:9.4f} {gf:8.1f} {gf / med:8.1f}")
+        results["stages"][name] = {"median_s": med, "per_image_s": med / args.batch,
+                                   "gflops": gf, "gflop_per_s": gf / med, "times": times}
+    print(f"encoder passes during cached edits: {encoder_calls}")
+    results["encoder_calls_during_edit"] = encoder_calls
+
+    if not args.no_peak:
+        rec = ConvRecorder()
+        with torch.inference_mode(), rec, runner.autocast():
+            runner.reconstruct(x) if not options.compile else (model.generator(model.encoder(x)))
+        best, roof, iso = conv_peak(rec.calls, device, 1, 3)
+        achieved = results["stages"]["projection + generation"]["gflop_per_s"]
+        print(f"\nconv peak (best isolated shape): {best:8.1f} GFLOP/s -> projection + generation "
+              f"reaches {100 * achieved / best:5.1f}% of it")
+        print(f"conv roofline (all {sum(rec.calls.values())} convs isolated, {iso:.3f} s): {roof:8.1f} GFLOP/s "
+              f"-> {100 * achieved / roof:5.1f}%")
+        results.update(conv_peak_gflop_per_s=best, conv_roofline_gflop_per_s=roof,
+                       fraction_of_peak=achieved / best, fraction_of_roofline=achieved / roof)
+
+    if args.compare and options != RuntimeOptions():
+        base = prepare(model, device, RuntimeOptions())
+        with torch.inference_mode():
+            t32 = statistics.median(timeit(lambda: base.reconstruct(x), device, args.warmup, args.repeats))
+            y32, yfast = base.reconstruct(x).float(), runner.reconstruct(x).float()
+        fast = results["stages"]["projection + generation"]["median_s"]
+        q = psnr(yfast, y32)
+        print(f"\nfloat32 projection + generation: {t32:.4f} s; {options.describe()}: {fast:.4f} s "
+              f"-> {t32 / fast:.2f}x faster; PSNR vs float32 {q:.1f} dB")
+        results.update(float32_median_s=t32, speedup_vs_float32=t32 / fast, psnr_vs_float32_db=q)
+
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

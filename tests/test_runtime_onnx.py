@@ -1,0 +1,99 @@
+"""Fast paths against the float32 reference, and ONNX export checked with ONNX Runtime."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import make_model
+from stylemapgan.cli import main
+from stylemapgan.config import PRESETS
+from stylemapgan.editing import local_edit_wplus
+from stylemapgan.errors import ConfigError
+from stylemapgan.runtime import Runner, RuntimeOptions, fold_scales, prepare, psnr
+
+
+@pytest.fixture
+def model():
+    return make_model(PRESETS["tiny-32"]).requires_grad_(False)
+
+
+def test_fold_scales_keeps_outputs(model):
+    import copy
+
+    folded = fold_scales(copy.deepcopy(model))
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    z = torch.randn(2, 8)
+    with torch.no_grad():
+        assert torch.allclose(folded.reconstruct(x), model.reconstruct(x), atol=1e-5)
+        assert torch.allclose(folded.generator.generate(z), model.generator.generate(z), atol=1e-5)
+
+
+@pytest.mark.parametrize("options, tol_db", [
+    (RuntimeOptions(), 80.0),
+    (RuntimeOptions(channels_last=True), 80.0),
+    (RuntimeOptions(precision="bfloat16"), 25.0),
+    (RuntimeOptions(precision="bfloat16", channels_last=True), 25.0),
+])
+def test_runner_matches_float32_reference(model, options, tol_db):
+    runner = prepare(model, "cpu", options)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.inference_mode():
+        ref_w = model.project(x)
+        ref = model.reconstruct(x)
+        w = runner.project(x)
+        out = runner.reconstruct(x)
+        styles = runner.pyramid(w)
+        edit = runner.synthesize(local_edit_wplus(styles, styles, torch.ones(1, 1, 32, 32)))
+    assert out.dtype == w.dtype == torch.float32
+    assert out.shape == ref.shape and w.shape == ref_w.shape
+    assert psnr(out, ref) >= tol_db
+    assert psnr(edit, out) >= 80  # blending a pyramid with itself changes nothing
+    # the original model is untouched by prepare()
+    assert next(model.parameters()).dtype == torch.float32
+
+
+def test_runner_rejects_impossible_options(model):
+    with pytest.raises(ConfigError, match="CUDA graphs"):
+        Runner(model, torch.device("cpu"), RuntimeOptions(cuda_graphs=True))
+    with pytest.raises(ConfigError, match="bfloat16 on the CPU"):
+        Runner(model, torch.device("cpu"), RuntimeOptions(precision="float16"))
+    with pytest.raises(ConfigError, match="precision"):
+        RuntimeOptions(precision="int8")
+
+
+def test_psnr():
+    a = torch.zeros(1, 3, 4, 4)
+    assert psnr(a, a) == float("inf")
+    assert abs(psnr(a + 0.02, a) - 10 * torch.log10(torch.tensor(4 / 0.0004)).item()) < 1e-6
+
+
+def test_export_onnx_cli_and_runtime_check(tmp_path, tiny_model_file, capsys):
+    ort = pytest.importorskip("onnxruntime")
+    out = tmp_path / "onnx"
+    assert main(["export-onnx", "--model", str(tiny_model_file), "--out", str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert set(manifest["graphs"]) == {"encoder.onnx", "generator.onnx", "synthesis.onnx"}
+    assert all(g["max_abs_diff_vs_pytorch"] <= 1e-3 for g in manifest["graphs"].values())
+    assert "max |ONNX Runtime - PyTorch|" in capsys.readouterr().out
+    # An independent check at another batch size (the batch axis is dynamic).
+    from stylemapgan.checkpoint import load_model
+
+    model = load_model(tiny_model_file)
+    x = torch.rand(3, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        w = model.project(x)
+        styles = model.generator.pyramid(w)
+        ref_img = model.generator(w)
+    enc = ort.InferenceSession(str(out / "encoder.onnx"), providers=["CPUExecutionProvider"])
+    gen = ort.InferenceSession(str(out / "generator.onnx"), providers=["CPUExecutionProvider"])
+    syn = ort.InferenceSession(str(out / "synthesis.onnx"), providers=["CPUExecutionProvider"])
+    assert abs(enc.run(None, {"images": x.numpy()})[0] - w.numpy()).max() <= 1e-3
+    assert abs(gen.run(None, {"stylemap": w.numpy()})[0] - ref_img.numpy()).max() <= 1e-3
+    feeds = {f"style_{i:02d}": s.numpy() for i, s in enumerate(styles)}
+    assert abs(syn.run(None, feeds)[0] - ref_img.numpy()).max() <= 1e-3
+    # existing files are not replaced without --overwrite
+    before = (out / "manifest.json").read_bytes()
+    assert main(["export-onnx", "--model", str(tiny_model_file), "--out", str(out)]) == 1
+    assert (out / "manifest.json").read_bytes() == before
+    assert "--overwrite" in capsys.readouterr().err
