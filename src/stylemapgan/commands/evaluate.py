@@ -151,6 +151,25 @@ def read_triples(path: str | os.PathLike[str]) -> list[Triple]:
     return triples
 
 
+def check_triples(triples: list[Triple]) -> None:
+    """Header-only checks of every triple (readable images, mask size = source size), so bad
+    files stop the run before the long work starts."""
+    from PIL import Image
+
+    from ..data import check_image_header
+    from ..errors import InputError
+
+    for t in triples:
+        for f in (t.src, t.ref, t.mask):
+            problem = check_image_header(f, str(f))
+            if problem:
+                raise InputError(f"{f}: {problem}")
+        with Image.open(t.src) as a, Image.open(t.mask) as b:
+            if a.size != b.size:
+                raise InputError(f"{t.mask}: mask is {b.size[0]}x{b.size[1]} but the source "
+                                 f"{t.src.name} is {a.size[0]}x{a.size[1]}; they must match")
+
+
 def load_triple(t: Triple, size: int):
     """(src [3,R,R], ref [3,R,R], mask [1,R,R] in {0, 1}) at the model's resolution."""
     import torch
@@ -283,6 +302,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"{args.data}: no images")
     fid_set = dataset if args.fid_data is None else open_dataset(args.fid_data, size)
     triples = read_triples(args.edit_triples) if args.edit_triples else []
+    check_triples(triples)
     needs_fid = any(t in chosen for t in ("fid", "fid_lerp", "detectability"))
     lpips = LPIPS.from_pretrained(args.lpips, device=device) if "reconstruction" in chosen else None
     inception = InceptionFeatures.from_pretrained(device=device) if needs_fid else None
@@ -344,17 +364,16 @@ def run(args: argparse.Namespace) -> int:
                 seed=args.seed, device=device, progress=b.update)
 
     if triples:
-        tensors = []
-        for t in tqdm(triples, desc="reading triples", unit="triple", leave=False):
-            tensors.append(load_triple(t, size))
+        first = load_triple(triples[0], size)  # fail early on unreadable files
 
-        def edit_batches():
+        def edit_batches():  # read lazily, one batch at a time
             for i in range(0, len(triples), args.batch_size):
-                chunk = tensors[i: i + args.batch_size]
+                group = triples[i: i + args.batch_size]
+                chunk = [load_triple(t, size) for t in group]
                 yield metrics.EditBatch(torch.stack([c[0] for c in chunk]),
                                         torch.stack([c[1] for c in chunk]),
                                         torch.stack([c[2] for c in chunk]),
-                                        [t.part for t in triples[i: i + args.batch_size]])
+                                        [t.part for t in group])
 
         if "local_editing" in chosen or "detectability" in chosen:
             with bar(len(triples), "local editing") as b:
@@ -372,7 +391,7 @@ def run(args: argparse.Namespace) -> int:
         x = dataset[0][None]
         extra = {}
         if triples:
-            s, r, m = tensors[0]
+            s, r, m = first
             x, extra = s[None], {"reference": r[None], "mask": m[None], "space": args.edit_space}
         result["metrics"]["runtime"] = metrics.runtime(model, x, repeats=args.runtime_repeats,
                                                        device=device, **extra)
