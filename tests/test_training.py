@@ -361,6 +361,9 @@ def test_cli_train_folder_with_corrupt_images_then_export(tmp_path, capsys):
     # Resume through the CLI continues the same run folder.
     assert main(["train", "--resume", str(run), "--set", "iterations=4", "--device", "cpu"]) == 0
     assert [s for s, _ in list_checkpoints(run)][-1] == 4
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["train"]["iterations"] == 4 and "--preset tiny-32" in cfg["command"]
+    assert len(cfg["resumed_with"]) == 1 and "--resume" in cfg["resumed_with"][0]
     assert main(["train", "--resume", str(run), "--set", "lr=0.1"]) == 2
     assert "cannot resume with changed settings lr" in capsys.readouterr().err
 
@@ -387,3 +390,14 @@ def test_torchrun_two_processes_gloo(tmp_path):
     assert state["step"] == 3 and state["world_size"] == 2
     assert all(torch.isfinite(t).all() for k, t in tensors.items()
                if t.is_floating_point() and "mean_stylemap" not in k)
+
+
+def test_missing_lpips_weights_fail_before_the_run_starts(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("stylemapgan.perceptual")
+    monkeypatch.setenv("STYLEMAPGAN_HOME", str(tmp_path / "empty-home"))
+    data = write_images(tmp_path / "imgs", n=4)
+    assert main(["train", "--data", str(data), "--preset", "tiny-32", "--outdir",
+                 str(tmp_path / "runs"), "--device", "cpu", "--set", "perceptual=vgg"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error:") and "stylemapgan weights fetch" in err
+    assert not (tmp_path / "runs").exists()

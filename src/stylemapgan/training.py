@@ -649,11 +649,13 @@ class Trainer:
             self.val_data = torch.utils.data.Subset(val_dataset, range(count)) if count else None
         self.dataset, self.train_indices = dataset, train_idx
 
-        # Networks: the same seed on every rank gives identical initial weights.
-        torch.manual_seed(c.seed)
-        self.generator = Generator(model_config).to(self.device)
-        self.encoder = Encoder(model_config).to(self.device)
-        self.discriminator = Discriminator(model_config).to(self.device)
+        # Networks: the same seed on every rank gives identical initial weights (drawn without
+        # touching the caller's global random state).
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(c.seed)
+            self.generator = Generator(model_config).to(self.device)
+            self.encoder = Encoder(model_config).to(self.device)
+            self.discriminator = Discriminator(model_config).to(self.device)
         self.g_ema = copy.deepcopy(self.generator).eval().requires_grad_(False)
         self.e_ema = copy.deepcopy(self.encoder).eval().requires_grad_(False)
         self.stages = TrainingStages(self.generator, self.encoder, self.discriminator)
@@ -951,6 +953,23 @@ class Trainer:
         self.wall_time = float(state["wall_time"])
         log.info("resumed from %s at step %d", path, self.step)
 
+    def check_ranks_in_sync(self) -> None:
+        """Distributed runs: verify that every rank holds the same weights (a float64 checksum
+        of G, E and D); raises TrainingError if not."""
+        if not self.dist.distributed:
+            return
+        import torch.distributed as dist
+
+        with torch.no_grad():
+            sums = torch.stack([
+                torch.stack([p.double().sum() for p in m.parameters()]).sum()
+                for m in (self.generator, self.encoder, self.discriminator)])
+        gathered = [torch.zeros_like(sums) for _ in range(self.dist.world_size)]
+        dist.all_gather(gathered, sums)
+        if any(not torch.equal(g, gathered[0]) for g in gathered[1:]):
+            raise TrainingError(f"the processes' weights differ at step {self.step}; distributed "
+                                "training is out of sync (please report this)")
+
     # ----------------------------------------------------------------- the loop
     def _reduce_mean(self, values: torch.Tensor) -> torch.Tensor:
         if self.dist.distributed:
@@ -1052,6 +1071,7 @@ class Trainer:
                         self._log_line({"step": step, "validation": val})
                         self._events().scalars(step, val)
                 if c.checkpoint_every and (step % c.checkpoint_every == 0 or at_end):
+                    self.check_ranks_in_sync()
                     self.save_checkpoint()
                 if main and self._writer is not None:
                     self._writer.flush()
@@ -1063,6 +1083,7 @@ class Trainer:
 
                     dist.barrier()
         finally:
+            self.loader_iter = None  # stops DataLoader worker processes
             if self._writer is not None:
                 self._writer.close()
                 self._writer = None

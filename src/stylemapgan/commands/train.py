@@ -73,7 +73,7 @@ def _resolve(args: argparse.Namespace):
         train = TrainConfig.from_dict({**saved["train"], **train_changes})
         data = args.data or saved.get("dataset")
         val_data = args.val_data or saved.get("val_dataset")
-        return model, train, data, val_data, run_dir, saved.get("preset", "")
+        return model, train, data, val_data, run_dir, saved
     if not args.data:
         raise ConfigError("--data is required (an LMDB from `stylemapgan prepare-data`, a folder "
                           "of images or a .zip); or use --resume RUN_DIR")
@@ -82,12 +82,27 @@ def _resolve(args: argparse.Namespace):
     if model_changes:
         model = model.replace(**model_changes)
     train = TrainConfig(**train_changes)
-    return model, train, args.data, args.val_data, None, preset
+    return model, train, args.data, args.val_data, None, {"preset": preset}
+
+
+def _command_line(args: argparse.Namespace) -> str:
+    """The command that reproduces this run (from the parsed arguments, also in-process)."""
+    import shlex
+
+    parts = ["stylemapgan", "train"]
+    for flag, value in (("--data", args.data), ("--val-data", args.val_data),
+                        ("--preset", args.preset), ("--resume", args.resume),
+                        ("--outdir", None if args.resume else args.outdir), ("--name", args.name),
+                        ("--device", args.device)):
+        if value is not None:
+            parts += [flag, str(value)]
+    for item in args.overrides:
+        parts += ["--set", item]
+    return shlex.join(parts)
 
 
 def run(args: argparse.Namespace) -> int:
     import json
-    import shlex
     import sys
     from pathlib import Path
 
@@ -99,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
         shutdown_distributed,
     )
 
-    model, train, data_path, val_path, run_dir, preset = _resolve(args)
+    model, train, data_path, val_path, run_dir, saved = _resolve(args)
+    preset = saved.get("preset") or "run"
     if args.dry_run:
         print(json.dumps({"model": model.to_dict(), "train": train.to_dict(),
                           "dataset": data_path, "val_dataset": val_path,
@@ -111,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..data import open_dataset
     from ..errors import ConfigError
-    from ..training import resolve_amp
+    from ..training import build_perceptual, resolve_amp
 
     dist_info = init_distributed(args.device)
     try:
@@ -120,6 +136,8 @@ def run(args: argparse.Namespace) -> int:
         if train.batch_size % dist_info.world_size:
             raise ConfigError(f"batch_size {train.batch_size} is not divisible by the number of "
                               f"processes ({dist_info.world_size}); change --set batch_size")
+        # The perceptual network too (it may need `stylemapgan weights fetch`).
+        percept = build_perceptual(train.perceptual) if train.uses_perceptual else None
         dataset = open_dataset(data_path, model.size)
         val_dataset = open_dataset(val_path, model.size) if val_path else None
         if run_dir is None:
@@ -127,17 +145,26 @@ def run(args: argparse.Namespace) -> int:
                 run_dir = new_run_dir(args.outdir, args.name or preset)
                 run_dir.mkdir(parents=True)
             run_dir = Path(_broadcast_object(str(run_dir) if run_dir else None, dist_info))
+        command = _command_line(args)
         info = {"dataset": str(data_path), "val_dataset": str(val_path) if val_path else None,
                 "dataset_images": len(dataset), "preset": preset,
-                "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+                "command": saved.get("command", command),
                 "skipped_files": len(getattr(dataset, "skipped", []))}
+        if args.resume:
+            info["resumed_with"] = [*saved.get("resumed_with", []), command]
+            if saved.get("dataset_images") not in (None, len(dataset)):
+                raise ConfigError(
+                    f"the dataset {data_path} now has {len(dataset)} images, the run started with "
+                    f"{saved['dataset_images']}; the data order would change, so resuming would "
+                    "not continue the same run (start a new run instead)")
         if dist_info.is_main and getattr(dataset, "skipped", None):
             with open(run_dir / "skipped.txt", "a", encoding="utf-8") as f:
                 f.writelines(f"{name}\t{reason}\n" for name, reason in dataset.skipped)
             print(f"skipped {len(dataset.skipped)} unreadable file(s) in {data_path}; listed in "
                   f"{run_dir / 'skipped.txt'}", file=sys.stderr)
         trainer = Trainer(model, train, dataset, run_dir, dist_info=dist_info,
-                          val_dataset=val_dataset, resume=bool(args.resume), extra_info=info)
+                          val_dataset=val_dataset, perceptual=percept, resume=bool(args.resume),
+                          extra_info=info)
         if dist_info.is_main:
             print(f"run folder: {run_dir}  ({len(trainer.train_indices)} training images, "
                   f"{len(trainer.val_data) if trainer.val_data is not None else 0} held out; "
