@@ -8,18 +8,30 @@ Conventions
   any resolution, usually the image's; 1 selects the reference. Soft masks are allowed.
 * Nothing here mutates its inputs, and nothing here needs gradients turned on or off: callers
   decide (``torch.inference_mode()`` for interactive use, gradients for optimization).
+
+Receptive fields: :func:`edit_footprint` computes, from the architecture alone, the pixels an
+edit of some stylemap cells can possibly change. With batch normalization in eval mode
+(running statistics) every operation is local and pixels outside the footprint are exactly
+unchanged. With layer or instance normalization (the published models) the per-sample mean
+and variance are taken over the whole feature map, so a local edit also changes pixels far
+away, by a small amount.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
 
 from .errors import InputError
+from .ops import BLUR_TAPS, up_blur_padding
+
+if TYPE_CHECKING:
+    from .config import ModelConfig
 
 Styles = list[torch.Tensor]
 MaskMode = Literal["area", "max"]
@@ -63,7 +75,7 @@ def resize_mask(mask: torch.Tensor, size: int, mode: MaskMode = "area") -> torch
 
 
 def _blend(src: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor, mode: MaskMode) -> torch.Tensor:
-    m = resize_mask(mask, src.shape[-1], mode).to(src.dtype)
+    m = resize_mask(mask, src.shape[-1], mode).to(device=src.device, dtype=src.dtype)
     return torch.lerp(src, ref, m)  # src + m * (ref - src)
 
 
@@ -139,6 +151,8 @@ def style_mix(styles_a: Sequence[torch.Tensor], styles_b: Sequence[torch.Tensor]
 
 # --------------------------------------------------------------------------- interpolation
 def _weights(t: float | Sequence[float] | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    if isinstance(t, torch.Tensor):
+        t = t.detach()
     return torch.as_tensor(t, dtype=like.dtype, device=like.device).reshape(-1, *([1] * (like.ndim - 1)))
 
 
@@ -178,6 +192,12 @@ class Region:
     reference: int = 0
 
 
+def _round_half_away(x: float) -> int:
+    """Round to the nearest integer, halves away from zero (Python's ``round`` rounds halves
+    to even, which would move +16 px and +48 px regions inconsistently)."""
+    return int(math.copysign(math.floor(abs(x) + 0.5), x))
+
+
 def shift(t: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     """Translate [N, C, H, W] by (dy, dx) cells, filling with zeros (no wrap-around)."""
     h, w = t.shape[-2:]
@@ -200,7 +220,12 @@ def transplant(styles_src: Sequence[torch.Tensor], styles_refs: Sequence[torch.T
     """
     if not regions:
         raise InputError("transplant needs at least one region")
+    if len(styles_src) != len(styles_refs):
+        raise InputError("transplant: the original's and the references' W+ pyramids have "
+                         "different lengths")
     n_refs = styles_refs[0].shape[0]
+    for s, r in zip(styles_src, styles_refs, strict=True):
+        _check_pair(s, r, "transplant")
     for i, reg in enumerate(regions):
         if not 0 <= reg.reference < n_refs:
             raise InputError(f"region {i} uses reference {reg.reference}, but {n_refs} reference(s) were given")
@@ -214,9 +239,140 @@ def transplant(styles_src: Sequence[torch.Tensor], styles_refs: Sequence[torch.T
         a = _weights(alpha, s)
         x = s.expand(a.shape[0], -1, -1, -1)
         for reg, m in zip(regions, masks, strict=True):
-            dy, dx = round(reg.dy * scale), round(reg.dx * scale)
-            m_moved = shift(resize_mask(m, res).to(s.dtype), dy, dx)
+            dy, dx = _round_half_away(reg.dy * scale), _round_half_away(reg.dx * scale)
+            m_moved = shift(resize_mask(m, res).to(device=s.device, dtype=s.dtype), dy, dx)
             ref_moved = shift(refs[reg.reference: reg.reference + 1], dy, dx)
             x = torch.lerp(x, ref_moved, m_moved * a)
         out.append(x)
+    return out
+
+
+# --------------------------------------------------------------------------- semantic directions
+def apply_direction(w: torch.Tensor, direction: torch.Tensor,
+                    strength: float | Sequence[float] | torch.Tensor,
+                    mask: torch.Tensor | None = None, mode: MaskMode = "area") -> torch.Tensor:
+    """Move stylemaps along a direction: ``w + strength * m * direction``.
+
+    ``w``: [N, C, S, S]; ``direction``: [C, S, S] or [1, C, S, S]; ``strength``: one value, or K
+    values (with N = 1) for a batch of K results. ``mask`` (any resolution) limits the move to
+    the selected cells, as the reference's masked semantic manipulation does; without it the
+    edit is global.
+    """
+    d = direction if direction.ndim == 4 else direction[None]
+    if d.shape[1:] != w.shape[1:]:
+        raise InputError(f"direction of shape {tuple(d.shape[1:])} does not fit stylemaps of "
+                         f"shape {tuple(w.shape[1:])} (a direction learned with another model?)")
+    d = d.to(device=w.device, dtype=w.dtype)
+    if mask is not None:
+        d = d * resize_mask(check_mask(mask), w.shape[-1], mode).to(device=w.device, dtype=w.dtype)
+    return w + _weights(strength, w) * d
+
+
+# --------------------------------------------------------------------------- receptive fields
+# The maps below are float {0, 1} tensors [N, 1, H, W]. With ``line=True`` they are single rows
+# [N, 1, 1, W] and every kernel acts along W only: all the networks' kernels are square and
+# separable in support, so the reach along one axis is the same computation, far cheaper.
+def _dilate3(m: torch.Tensor, line: bool = False) -> torch.Tensor:
+    """Cells a 3x3 convolution (padding 1) lets a change at ``m`` reach."""
+    return F.max_pool2d(m, (1, 3) if line else 3, stride=1, padding=(0, 1) if line else 1)
+
+
+def _up_reach(m: torch.Tensor, kernel_size: int, line: bool = False) -> torch.Tensor:
+    """Cells of the doubled map that a stride-2 transposed conv (``kernel_size``) followed by
+    the 4-tap blur lets a change at ``m`` reach: the layer's own geometry with all-ones
+    weights (every tap of a trained network is nonzero)."""
+    k, taps = kernel_size, len(BLUR_TAPS)
+    kh, th = (1, 1) if line else (k, taps)
+    y = F.conv_transpose2d(m, torch.ones(1, 1, kh, k, dtype=m.dtype, device=m.device),
+                           stride=(1, 2) if line else 2)
+    p0, p1 = up_blur_padding(k)
+    y = F.pad(y, (p0, p1) if line else (p0, p1, p0, p1))
+    y = F.conv2d(y, torch.ones(1, 1, th, taps, dtype=m.dtype, device=m.device))
+    return (y > 0).to(m.dtype)
+
+
+def _as_cells(changed: torch.Tensor) -> torch.Tensor:
+    c = changed if changed.ndim == 4 else changed.reshape(-1, 1, *changed.shape[-2:])
+    return (c.detach().float().abs().amax(dim=1, keepdim=True) > 0).float().cpu()
+
+
+def pyramid_footprint(config: ModelConfig, changed_w: torch.Tensor, *,
+                      line: bool = False) -> list[torch.Tensor]:
+    """W+ cells that a change of the ``changed_w`` cells of ``w`` can reach through the
+    stylemap resizer (3x3 convs and upsampling convs). ``changed_w``: [N, 1, S, S] (nonzero =
+    changed); returns one bool map per W+ layer."""
+    x = _as_cells(changed_w)
+    res = config.style_resolutions()
+    out = []
+    for i, r in enumerate(res):
+        x = _up_reach(x, 3, line) if i > 0 and r > res[i - 1] else _dilate3(x, line)
+        out.append(x > 0)
+    return out
+
+
+def synthesis_footprint(config: ModelConfig, changed_styles: Sequence[torch.Tensor], *,
+                        line: bool = False) -> torch.Tensor:
+    """Pixels [N, 1, size, size] (bool) that changes of the given W+ cells can reach.
+
+    ``changed_styles``: one map per W+ layer at that layer's resolution, nonzero where the
+    stylemap changed. Follows the synthesis network: each modulated layer reads its stylemap
+    through 3x3 gamma/beta convs; 3x3 convs, upsampling convs (transposed conv + blur) and the
+    1x1 upsampling skips carry changes on. Exact (never too small) when the normalization is
+    local (batch norm in eval mode); see the module notes for layer normalization.
+    """
+    if len(changed_styles) != config.num_styles:
+        raise InputError(f"expected {config.num_styles} W+ maps, got {len(changed_styles)}")
+    c = [_as_cells(m) for m in changed_styles]
+    for m, r in zip(c, config.style_resolutions(), strict=True):
+        if m.shape[-1] != r:
+            raise InputError(f"W+ change map of size {m.shape[-1]} where {r} was expected")
+    n = max(m.shape[0] for m in c)
+    c = [m.expand(n, -1, -1, -1) for m in c]
+
+    def d3(m: torch.Tensor) -> torch.Tensor:
+        return _dilate3(m, line)
+
+    x = d3(d3(c[0]))                                   # conv0: modulation, 3x3 conv
+    for i in range(config.num_doublings):
+        a = _up_reach(torch.maximum(x, d3(c[2 * i + 1])), 3, line)   # upsampling styled conv
+        b = d3(torch.maximum(a, d3(c[2 * i + 2])))                   # styled 3x3 conv
+        x = torch.maximum(b, _up_reach(x, 1, line))                  # + 1x1 upsampling skip
+    x = torch.maximum(x, d3(c[-1]))                    # to-RGB: modulation, 1x1 conv
+    return x > 0
+
+
+def edit_footprint(config: ModelConfig, mask: torch.Tensor, space: Literal["w", "wplus"] = "wplus",
+                   mode: MaskMode = "area") -> torch.Tensor:
+    """Pixels [N, 1, size, size] (bool) that a local edit with ``mask`` can change: the
+    mask's cells at each layer, grown by the receptive field of everything downstream."""
+    mask = check_mask(mask)
+    if space == "w":
+        styles = pyramid_footprint(config, resize_mask(mask, config.stylemap_size, mode))
+    elif space == "wplus":
+        styles = [resize_mask(mask, r, mode) for r in config.style_resolutions()]
+    else:
+        raise InputError(f"unknown space {space!r}; use 'w' or 'wplus'")
+    return synthesis_footprint(config, styles)
+
+
+def influence_border(config: ModelConfig, space: Literal["w", "wplus"] = "wplus") -> list[int]:
+    """How far (in image pixels) past its own footprint (``size / r`` pixels square) a change
+    of one stylemap cell can reach, for each W+ layer (``space="wplus"``) or for a cell of
+    ``w`` (``space="w"``, one value); clipped by the image border. Measured on a cell in the
+    middle of the map, along one axis (the reach is the same along both)."""
+    res = [config.stylemap_size] if space == "w" else config.style_resolutions()
+    out = []
+    for k, r in enumerate(res):
+        cell = torch.zeros(1, 1, 1, r)
+        cell[..., r // 2] = 1
+        if space == "w":
+            fp = synthesis_footprint(config, pyramid_footprint(config, cell, line=True), line=True)
+        else:
+            maps = [torch.zeros(1, 1, 1, q) for q in config.style_resolutions()]
+            maps[k] = cell
+            fp = synthesis_footprint(config, maps, line=True)
+        xs = torch.nonzero(fp[0, 0, 0]).flatten()
+        px = config.size // r
+        lo, hi = (r // 2) * px, (r // 2 + 1) * px - 1
+        out.append(int(max(lo - xs.min(), xs.max() - hi)))
     return out

@@ -1,0 +1,137 @@
+"""Saved stylemaps: one projected image as a small ``.safetensors`` file.
+
+The file holds the stylemap ``w`` ([C, S, S], float32) under the key ``w`` and, in its
+metadata, what it came from: the model's configuration and checksum, the source image's name
+and checksum, where the model's square was cut from the photo (the placement, for pasting an
+edit back) and how it was projected (encoder alone, or refined). Edit commands accept these
+files wherever they accept images and skip the encoder for them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import atomic_write
+from .config import ModelConfig
+from .errors import ConfigError, InputError
+from .images import Placement
+
+log = logging.getLogger(__name__)
+
+FORMAT_NAME = "stylemapgan-stylemap"
+FORMAT_VERSION = 1
+SUFFIX = ".stylemap.safetensors"
+
+
+@dataclass
+class SavedStylemap:
+    """A stylemap read from a file. ``w``: [1, C, S, S]; the rest may be None if unknown."""
+
+    w: torch.Tensor
+    config: ModelConfig | None = None
+    model_sha256: str | None = None
+    source: str | None = None
+    source_sha256: str | None = None
+    placement: Placement | None = None
+    projection: dict[str, Any] = field(default_factory=dict)
+
+
+def is_stylemap_file(path: str | os.PathLike[str]) -> bool:
+    """True for a safetensors file (by suffix); whether it really is a stylemap is checked on
+    loading."""
+    return str(path).lower().endswith(".safetensors")
+
+
+def save_stylemap(path: str | os.PathLike[str], w: torch.Tensor, *,
+                  config: ModelConfig | None = None, model_sha256: str | None = None,
+                  source: str | None = None, source_sha256: str | None = None,
+                  placement: Placement | None = None, projection: dict[str, Any] | None = None,
+                  overwrite: bool = False) -> Path:
+    """Write one stylemap ([C, S, S] or [1, C, S, S]) and its provenance, atomically."""
+    from safetensors.torch import save_file
+
+    if w.ndim == 4:
+        if w.shape[0] != 1:
+            raise InputError(f"save_stylemap writes one stylemap per file, got a batch of {w.shape[0]}")
+        w = w[0]
+    if w.ndim != 3:
+        raise InputError(f"a stylemap must be [C, S, S], got {tuple(w.shape)}")
+    meta = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION)}
+    if config is not None:
+        meta["config"] = config.to_json()
+    for key, value in (("model_sha256", model_sha256), ("source", source),
+                       ("source_sha256", source_sha256)):
+        if value is not None:
+            meta[key] = str(value)
+    if placement is not None:
+        meta["placement"] = json.dumps(placement.to_dict())
+    if projection:
+        meta["projection"] = json.dumps(projection, sort_keys=True)
+    path = Path(path)
+    with atomic_write(path, overwrite=overwrite) as tmp:
+        save_file({"w": w.detach().to("cpu", torch.float32).contiguous()}, str(tmp), metadata=meta)
+    return path
+
+
+def load_stylemap(path: str | os.PathLike[str], config: ModelConfig | None = None,
+                  model_sha256: str | None = None) -> SavedStylemap:
+    """Read a stylemap file. With ``config`` the shape is checked against the model (an
+    :class:`InputError` names the file); a different ``model_sha256`` only logs a warning
+    (stylemaps of a fine-tuned model may still be wanted)."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such stylemap file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            keys = list(f.keys())
+            w = f.get_tensor("w") if "w" in keys and meta.get("format") == FORMAT_NAME else None
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise InputError(f"{path}: not a readable safetensors file ({str(exc).splitlines()[0]})") from None
+    if meta.get("format") != FORMAT_NAME or w is None:
+        kind = "a model file" if meta.get("format") == "stylemapgan-model" else "not a stylemap file"
+        raise InputError(f"{path} is {kind}; give an image or a stylemap written by "
+                         "`stylemapgan project`")
+    try:
+        version = int(meta.get("format_version", "0"))
+    except ValueError:
+        version = 0
+    if version > FORMAT_VERSION:
+        raise InputError(f"{path}: stylemap format {version} is newer than this stylemapgan "
+                         f"supports ({FORMAT_VERSION}); upgrade stylemapgan")
+    if w.ndim != 3 or not w.is_floating_point() or not torch.isfinite(w).all():
+        raise InputError(f"{path}: the stylemap must be a finite float [C, S, S] tensor, "
+                         f"got {tuple(w.shape)}")
+    saved_config = None
+    if "config" in meta:
+        try:
+            saved_config = ModelConfig.from_json(meta["config"])
+        except ConfigError:
+            log.warning("%s: unreadable model config in the metadata; ignored", path)
+    if config is not None and tuple(w.shape) != config.stylemap_shape:
+        raise InputError(f"{path}: stylemap of shape {tuple(w.shape)} does not fit this model "
+                         f"(needs {config.stylemap_shape}); project the image with this model")
+    if model_sha256 and meta.get("model_sha256") and meta["model_sha256"] != model_sha256:
+        log.warning("%s was projected with another model file (sha256 %s...); results may be off",
+                    path, meta["model_sha256"][:12])
+    placement = None
+    if "placement" in meta:
+        try:
+            placement = Placement.from_dict(json.loads(meta["placement"]))
+        except (InputError, json.JSONDecodeError):
+            log.warning("%s: unreadable placement in the metadata; ignored", path)
+    try:
+        projection = json.loads(meta.get("projection", "{}"))
+    except json.JSONDecodeError:
+        projection = {}
+    return SavedStylemap(w[None].float(), saved_config, meta.get("model_sha256"), meta.get("source"),
+                         meta.get("source_sha256"), placement, projection)
