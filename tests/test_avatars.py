@@ -144,7 +144,9 @@ def test_reader_errors(tmp_path):
 def test_make_avatars_without_node_is_a_clear_error(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(avatars.shutil, "which", lambda name: None)
     assert main(["make-avatars", "--out", str(tmp_path / "a"), "--count", "2"]) == 2
-    assert "Node.js (the `node` command) is not installed" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "error: cannot render avatars: Node.js (the `node` command) is not installed" in err
+    assert "make-avatars:" not in err  # no progress bar before the check
     assert not (tmp_path / "a").exists()
 
 

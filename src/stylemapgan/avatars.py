@@ -90,6 +90,19 @@ def node_status(folder: Path | None = None) -> tuple[str | None, str]:
     return node, "ok"
 
 
+def require_node() -> tuple[str, Path]:
+    """``(node executable, tool folder)``, or :class:`ConfigError` saying what to install."""
+    node = shutil.which("node")
+    if node is None:
+        raise ConfigError("cannot render avatars: Node.js (the `node` command) is not installed; "
+                          "install Node.js 18 or newer, then run `npm ci --prefix tools/avatars`")
+    folder = tool_dir()
+    node, reason = node_status(folder)
+    if node is None:
+        raise ConfigError(f"cannot render avatars: {reason}")
+    return node, folder
+
+
 def render_avatars(out: str | os.PathLike[str], *, size: int = 64, seeds: Sequence[int],
                    masks: bool = True, overwrite: bool = False,
                    progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
@@ -102,10 +115,7 @@ def render_avatars(out: str | os.PathLike[str], *, size: int = 64, seeds: Sequen
         raise InputError(f"avatar seeds must be in 0..999999, got {seeds[0]}..{seeds[-1]}")
     if not 16 <= size <= 512:
         raise InputError(f"avatar size must be in 16..512, got {size}")
-    folder = tool_dir()
-    node, reason = node_status(folder)
-    if node is None:
-        raise ConfigError(f"cannot render avatars: {reason}")
+    node, folder = require_node()
     cmd = [node, str(folder / "render.mjs"), "--out", str(out), "--size", str(size),
            "--seeds", _ranges(seeds), "--progress"]
     if not masks:

@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from ..avatars import name_of, render_avatars, split_of
+    from ..avatars import name_of, render_avatars, require_node, split_of
     from ..errors import InputError
     from ..images import check_writable
     from ..utils import parse_seeds
@@ -76,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"avatar seeds must be in 0..999999; {max(seeds)} is too large")
     out = Path(args.out)
     check_writable([out / split_of(s) / f"{name_of(s)}.png" for s in seeds], args.overwrite)
+    require_node()  # fail before the progress bar starts
     t0 = time.perf_counter()
     with tqdm(total=len(set(seeds)), unit="img", desc="make-avatars") as bar:
 
