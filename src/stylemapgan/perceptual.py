@@ -173,9 +173,10 @@ class LPIPS(nn.Module):
 
     @classmethod
     def _from_state(cls, net: str, state: dict[str, torch.Tensor]) -> LPIPS:
-        model = cls(net)
+        with torch.device("meta"):  # no time spent on a random init that is overwritten
+            model = cls(net)
         try:
-            model.load_state_dict(state, strict=True)
+            model.load_state_dict(state, strict=True, assign=True)
         except RuntimeError as exc:
             from .weights import WeightsCorruptError
 
@@ -411,9 +412,10 @@ class InceptionFeatures(nn.Module):
         from .weights import WeightsCorruptError, load_weights, read_manifest
 
         state = load_weights("inception", home)
-        net = FIDInception()
+        with torch.device("meta"):
+            net = FIDInception()
         try:
-            net.load_state_dict(state, strict=True)
+            net.load_state_dict(state, strict=True, assign=True)
         except RuntimeError as exc:
             raise WeightsCorruptError(f"Inception weights do not fit the network: "
                                       f"{str(exc).splitlines()[0]}") from None
