@@ -1,0 +1,108 @@
+"""``stylemapgan serve``: the interactive web editor."""
+
+from __future__ import annotations
+
+import argparse
+
+from ._common import add_device, add_parser, positive_int
+
+# Defaults for --model and --gallery. None means: --model is required and the gallery is off
+# (upload only). Once a default model ships, set DEFAULT_MODEL to its path and --model becomes
+# optional; likewise DEFAULT_GALLERY for a bundled gallery folder.
+DEFAULT_MODEL: str | None = None
+DEFAULT_GALLERY: str | None = None
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = add_parser(
+        sub, "serve", help="run the interactive web editor in your browser",
+        description="""
+            Serve the web editor: upload images (or pick them from --gallery), choose an original
+            and up to four references, paint the region on a reference with a brush, eraser or
+            box, drag it to another place on the original (unaligned transplantation), blend in
+            W or W+, step through interpolations, undo/redo, and download the result (PNG) and
+            the edit record (JSON).
+
+            Each image is projected once and its stylemaps cached in memory, so an edit costs one
+            generator pass; while one edit computes, newer edits from the same browser tab
+            replace the pending one. Uploads are limited in bytes and pixels and kept in memory
+            only. The server listens on 127.0.0.1 (this computer only) unless --host says
+            otherwise; it has no authentication, so bind other addresses only on a trusted
+            network.""",
+        examples="""
+            stylemapgan serve --model celeba_hq.safetensors
+            stylemapgan serve --model celeba_hq.safetensors --gallery photos/ --port 8080
+            stylemapgan serve --model m.safetensors --device cpu --max-upload-mb 10""",
+    )
+    p.add_argument("--model", required=DEFAULT_MODEL is None, default=DEFAULT_MODEL,
+                   help="model file (.safetensors)")
+    p.add_argument("--gallery", default=DEFAULT_GALLERY, metavar="DIR",
+                   help="folder of images offered in the page (default: none, upload only)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: 127.0.0.1, this computer only)")
+    p.add_argument("--port", type=port_number, default=8000, help="port (default: 8000)")
+    add_device(p)
+    p.add_argument("--max-upload-mb", type=positive_int, default=20,
+                   help="largest accepted upload in MiB (default: 20)")
+    p.add_argument("--max-megapixels", type=positive_int, default=40,
+                   help="largest accepted image in megapixels, checked before decoding (default: 40)")
+    p.add_argument("--cache-mb", type=positive_int, default=512,
+                   help="memory for cached projections in MiB (default: 512)")
+    p.set_defaults(func=run)
+
+
+def port_number(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 1 <= v <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number in 1..65535, got {text!r}")
+    return v
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host.strip().lower() in LOOPBACK_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    try:
+        import uvicorn
+
+        from ..web.app import create_app_from_file
+    except ImportError as exc:  # pragma: no cover - dependencies of the package
+        from ..errors import ConfigError
+
+        raise ConfigError(f"the web editor needs fastapi, uvicorn and python-multipart ({exc}); "
+                          "reinstall stylemapgan") from None
+    from ..web.settings import MiB, WebSettings
+
+    settings = WebSettings(max_upload_bytes=args.max_upload_mb * MiB,
+                           max_pixels=args.max_megapixels * 1_000_000,
+                           projection_cache_bytes=args.cache_mb * MiB)
+    app = create_app_from_file(args.model, gallery=args.gallery, device=args.device,
+                               settings=settings)
+    engine = app.state.engine
+    if not is_loopback(args.host):
+        print(f"warning: listening on {args.host}: anyone who can reach this address can use the "
+              "editor and its model (there is no authentication); use --host 127.0.0.1 to keep "
+              "it on this computer", file=sys.stderr)
+    shown = f"[{args.host}]" if ":" in args.host else args.host
+    gallery = app.state.gallery
+    where = f", gallery: {len(gallery)} image(s)" if gallery.root is not None else ""
+    print(f"stylemapgan editor: model {engine.model_name} ({engine.size}px) on {engine.device}"
+          f"{where}")
+    print(f"open http://{shown}:{args.port}/ in your browser (Ctrl+C to stop)", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    return 0

@@ -1,0 +1,316 @@
+"""The FastAPI application of the web editor.
+
+Routes (all JSON unless noted; errors are ``{"detail": "one-line message"}`` with a 4xx status):
+
+- ``GET /``: the editor page; ``/static/*``: its script and style (shipped in the package).
+- ``GET /api/info``: model and limits.
+- ``POST /api/images``: upload one image (multipart field ``file``); it is reduced to the model's
+  resolution, stored in memory and projected once. Returns its record (id, urls).
+- ``GET /api/images/{id}.png``, ``GET /api/images/{id}/reconstruction.png``: the stored image
+  and its reconstruction G(E(x)) (PNG).
+- ``GET /api/gallery``: the server-side gallery listing (opaque ids); ``GET
+  /api/gallery/{gid}/thumb.png``: a thumbnail; ``POST /api/gallery/{gid}``: use a gallery image
+  (like an upload).
+- ``POST /api/edit``: run an edit (see :class:`EditIn`); newest-wins per ``session``.
+- ``GET /api/results/{rid}/{k}.png``: frame ``k`` of a result; ``GET
+  /api/results/{rid}/record.json``: the edit record (download).
+- ``GET /api/stats``: cache and queue counters.
+
+No request value is ever used as a file path: images, results and gallery entries are looked up
+by id in server-side tables, and results are served from memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import FastAPI, File, HTTPException, UploadFile
+from fastapi import Path as PathParam
+from fastapi.requests import Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from PIL import Image, ImageOps
+from pydantic import BaseModel, Field
+
+from ..errors import InputError, StyleMapGANError
+from ..images import load_rgb
+from .cache import ByteLRU
+from .engine import EditEngine, EditSpec, NotFound, RegionSpec
+from .gallery import Gallery
+from .imaging import UploadError, decode_image, decode_mask, display_name
+from .queue import LatestWinsQueue
+from .settings import MiB, WebSettings
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+IMAGE_ID = r"^[0-9a-f]{32}$"
+RESULT_ID = r"^[A-Za-z0-9_-]{16}$"
+GALLERY_ID = r"^[0-9a-f]{16}$"
+THUMB_SIZE = 160
+
+CSP = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
+       "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
+       "form-action 'none'")
+
+
+# --------------------------------------------------------------------------- request bodies
+class RegionIn(BaseModel):
+    reference: int = Field(ge=0, description="index into `references`")
+    mask: str = Field(description="PNG data URL at any size; alpha (or gray) 255 = selected")
+    dx: int = Field(0, ge=-8192, le=8192, description="move right by this many image pixels")
+    dy: int = Field(0, ge=-8192, le=8192, description="move down by this many image pixels")
+
+
+class EditIn(BaseModel):
+    session: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$",
+                         description="a random id per browser tab: newest edit wins per session")
+    seq: int = Field(ge=0, le=2**53, description="increasing per session")
+    original: str = Field(pattern=IMAGE_ID)
+    references: list[Annotated[str, Field(pattern=IMAGE_ID)]] = Field(default_factory=list,
+                                                                      max_length=64)
+    regions: list[RegionIn] = Field(default_factory=list, max_length=64)
+    space: Literal["w", "wplus"] = "wplus"
+    steps: int = Field(1, ge=1, le=1024)
+
+
+# --------------------------------------------------------------------------- ASGI guard
+class _Guard:
+    """Limits request bodies (by Content-Length and by what actually arrives) and adds security
+    and caching headers to every response."""
+
+    def __init__(self, app: Any, settings: WebSettings) -> None:
+        self.app = app
+        self.settings = settings
+
+    def _limit(self, path: str) -> int:
+        if path == "/api/images":
+            return self.settings.upload_body_bytes
+        return self.settings.max_body_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        limit = self._limit(path)
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        if length is not None:
+            try:
+                too_big = int(length) > limit
+            except ValueError:
+                too_big = True
+            if too_big:
+                await self._reject(send, limit, path)
+                return
+        received = 0
+
+        async def limited_receive() -> dict:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise HTTPException(413, _too_large(limit, path))
+            return message
+
+        async def send_with_headers(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                extra = [(b"x-content-type-options", b"nosniff"),
+                         (b"referrer-policy", b"no-referrer")]
+                if path.startswith("/api/"):
+                    extra.append((b"cache-control", b"no-store"))
+                else:
+                    extra.append((b"content-security-policy", CSP.encode()))
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        await self.app(scope, limited_receive, send_with_headers)
+
+    @staticmethod
+    async def _reject(send: Any, limit: int, path: str) -> None:
+        body = json.dumps({"detail": _too_large(limit, path)}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def _too_large(limit: int, path: str) -> str:
+    what = "upload" if path == "/api/images" else "request"
+    return f"{what} is larger than the limit of {limit / MiB:.1f} MiB; use a smaller image"
+
+
+# --------------------------------------------------------------------------- the app
+def create_app(engine: EditEngine, gallery: Gallery | None = None) -> FastAPI:
+    """The editor application around ``engine`` (which owns the model and the stores)."""
+    settings = engine.settings
+    gallery = gallery if gallery is not None else Gallery(None)
+    queue = LatestWinsQueue(max_sessions=settings.max_sessions)
+    thumbs: ByteLRU[bytes] = ByteLRU(32 * MiB, len)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        queue.close()
+
+    app = FastAPI(title="stylemapgan editor", docs_url=None, redoc_url=None, openapi_url=None,
+                  lifespan=lifespan)
+    app.state.engine = engine
+    app.state.queue = queue
+    app.state.gallery = gallery
+    app.add_middleware(_Guard, settings=settings)
+
+    @app.exception_handler(StyleMapGANError)
+    async def _user_error(_: Request, exc: StyleMapGANError) -> JSONResponse:
+        status = 404 if isinstance(exc, NotFound) else getattr(exc, "status", 400)
+        return JSONResponse({"detail": str(exc)}, status_code=status)
+
+    def png(data: bytes) -> Response:
+        return Response(data, media_type="image/png")
+
+    # ---------------------------------------------------------------- page
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.get("/api/info")
+    def info() -> dict[str, Any]:
+        return {**engine.info(), "gallery": len(gallery) if gallery.root is not None else None}
+
+    @app.get("/api/stats")
+    def stats() -> dict[str, Any]:
+        return {**engine.stats(), "queue": queue.stats()}
+
+    # ---------------------------------------------------------------- images
+    @app.post("/api/images", status_code=201)
+    def upload(file: Annotated[UploadFile, File()]) -> dict[str, Any]:
+        name = display_name(file.filename)
+        data = file.file.read(settings.max_upload_bytes + 1)
+        img = decode_image(data, name, max_bytes=settings.max_upload_bytes,
+                           max_pixels=settings.max_pixels)
+        return engine.add_image(img, name, "upload").describe()
+
+    @app.get("/api/images/{iid}.png")
+    def image_png(iid: Annotated[str, PathParam(pattern=IMAGE_ID)]) -> Response:
+        return png(engine.image(iid).png)
+
+    @app.get("/api/images/{iid}/reconstruction.png")
+    def reconstruction_png(iid: Annotated[str, PathParam(pattern=IMAGE_ID)]) -> Response:
+        return png(engine.projection(iid).recon_png)
+
+    # ---------------------------------------------------------------- gallery
+    def gallery_item(gid: str):
+        item = gallery.get(gid)
+        if item is None:
+            raise NotFound(f"no gallery image with id {gid!r}")
+        return item
+
+    @app.get("/api/gallery")
+    def gallery_list() -> dict[str, Any]:
+        return {"enabled": gallery.root is not None, "truncated": gallery.truncated,
+                "items": [{"id": it.id, "name": it.name, "thumb": f"/api/gallery/{it.id}/thumb.png"}
+                          for it in gallery.items()]}
+
+    def load_gallery_image(gid: str) -> tuple[str, Image.Image]:
+        item = gallery_item(gid)
+        try:
+            if item.path.stat().st_size > settings.max_upload_bytes:
+                raise UploadError(f"gallery image {item.name}: larger than the limit of "
+                                  f"{settings.max_upload_bytes:,} bytes", 413)
+            return item.name, load_rgb(item.path, max_pixels=settings.max_pixels,
+                                       name=f"gallery image {item.name}")
+        except UploadError:
+            raise
+        except InputError as exc:
+            raise UploadError(str(exc), 422) from None
+        except OSError:
+            raise UploadError(f"gallery image {item.name}: cannot be read", 422) from None
+
+    @app.get("/api/gallery/{gid}/thumb.png")
+    def gallery_thumb(gid: Annotated[str, PathParam(pattern=GALLERY_ID)]) -> Response:
+        data = thumbs.get(gid)
+        if data is None:
+            _, img = load_gallery_image(gid)
+            thumb = ImageOps.fit(img, (THUMB_SIZE, THUMB_SIZE), method=Image.Resampling.LANCZOS)
+            buf = io.BytesIO()
+            thumb.save(buf, format="PNG", compress_level=1)
+            data = buf.getvalue()
+            thumbs.put(gid, data)
+        return png(data)
+
+    @app.post("/api/gallery/{gid}", status_code=201)
+    def gallery_use(gid: Annotated[str, PathParam(pattern=GALLERY_ID)]) -> dict[str, Any]:
+        name, img = load_gallery_image(gid)
+        return engine.add_image(img, display_name(name), "gallery").describe()
+
+    # ---------------------------------------------------------------- edits
+    @app.post("/api/edit")
+    def edit(body: EditIn) -> dict[str, Any]:
+        spec = EditSpec(
+            original=body.original, references=tuple(body.references),
+            regions=tuple(RegionSpec(r.reference, decode_mask(r.mask, engine.size, f"region {i} mask"),
+                                     dx=r.dx, dy=r.dy) for i, r in enumerate(body.regions)),
+            space=body.space, steps=body.steps,
+        )
+        engine.validate(spec)
+        for iid in (spec.original, *spec.references):
+            engine.image(iid)  # unknown ids: 404 now, not after waiting for a turn
+        job = queue.submit(body.session, body.seq, lambda: engine.edit(spec))
+        if not job.wait(settings.edit_timeout_s):
+            raise HTTPException(503, "the edit did not finish in time; the server is busy")
+        if job.status == "superseded":
+            return {"status": "superseded", "seq": body.seq, "superseded_by": job.superseded_by,
+                    "detail": "a newer edit from this session replaced this one"}
+        if job.status == "failed":
+            assert job.error is not None
+            raise job.error
+        res = job.result
+        latest = queue.latest(body.session)
+        return {"status": "done", "seq": body.seq, "result": res.id, **res.urls(),
+                "method": res.method, "newer_pending": latest is not None and latest > body.seq,
+                "timing": {"queued_ms": round(job.queued_ms, 1), "compute_ms": round(res.compute_ms, 1)}}
+
+    @app.get("/api/results/{rid}/record.json")
+    def result_record(rid: Annotated[str, PathParam(pattern=RESULT_ID)]) -> Response:
+        record = engine.result(rid).record
+        return Response(json.dumps(record, indent=2), media_type="application/json",
+                        headers={"content-disposition": 'attachment; filename="stylemapgan-edit.json"'})
+
+    @app.get("/api/results/{rid}/{k}.png")
+    def result_frame(rid: Annotated[str, PathParam(pattern=RESULT_ID)],
+                     k: Annotated[int, PathParam(ge=0, le=4096)]) -> Response:
+        res = engine.result(rid)
+        if k >= len(res.frames):
+            raise NotFound(f"result {rid} has {len(res.frames)} frame(s); there is no frame {k}")
+        return png(res.frames[k])
+
+    return app
+
+
+def create_app_from_file(model_path: str | os.PathLike[str], *, gallery: str | os.PathLike[str] | None = None,
+                         device: str = "auto", settings: WebSettings | None = None) -> FastAPI:
+    """Load a model file (and list a gallery folder) and build the app."""
+    from ..checkpoint import load_model, sha256_file
+    from ..utils import resolve_device
+
+    settings = settings or WebSettings()
+    listing = Gallery(gallery, max_items=settings.max_gallery_items)
+    model = load_model(model_path, device=resolve_device(device))
+    engine = EditEngine(model, settings, model_name=Path(model_path).name,
+                        model_sha256=sha256_file(model_path))
+    return create_app(engine, listing)
+
+
+__all__ = ["EditIn", "RegionIn", "create_app", "create_app_from_file"]

@@ -1,0 +1,129 @@
+"""Untrusted bytes -> images and masks, with every limit checked before decoding.
+
+Nothing here touches the file system: uploads and masks arrive as bytes and results leave as
+PNG bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import re
+import unicodedata
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ..errors import InputError
+from ..images import load_rgb
+
+# Formats Pillow may use to decode an upload (MPO: multi-picture JPEG from phone cameras).
+IMAGE_FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "BMP", "GIF", "TIFF")
+MAX_MASK_SIDE = 4096
+
+
+class UploadError(InputError):
+    """An unusable upload; ``status`` is the HTTP status that fits."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def display_name(name: str | None, limit: int = 80) -> str:
+    """A client-supplied file name made safe to show (never used as a path)."""
+    name = (name or "").replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(ch for ch in name if unicodedata.category(ch)[0] != "C").strip()
+    if len(name) > limit:
+        name = name[: limit - 1] + "…"
+    return name or "image"
+
+
+def decode_image(data: bytes, name: str, *, max_bytes: int, max_pixels: int) -> Image.Image:
+    """Bytes of an uploaded file -> RGB image, or :class:`UploadError` with a fitting status."""
+    if not data:
+        raise UploadError(f"{name}: the file is empty", 400)
+    if len(data) > max_bytes:
+        raise UploadError(f"{name}: the file is larger than the limit of {max_bytes:,} bytes; "
+                          "upload a smaller image", 413)
+    Image.init()  # register every plugin, so the formats below are all known
+    formats = [f for f in IMAGE_FORMATS if f in Image.OPEN]
+    try:
+        img = Image.open(io.BytesIO(data), formats=formats)
+    except UnidentifiedImageError:
+        raise UploadError(f"{name}: not an image; upload a PNG, JPEG, WebP, BMP, GIF or TIFF file",
+                          415) from None
+    except Image.DecompressionBombError:
+        raise UploadError(f"{name}: refused as a decompression bomb (far too many pixels)",
+                          413) from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise UploadError(f"{name}: cannot read the image ({exc})", 422) from None
+    w, h = img.size
+    if w * h > max_pixels:
+        raise UploadError(f"{name}: {w}x{h} pixels is more than the limit of {max_pixels:,}; "
+                          "resize it first", 413)
+    try:
+        return load_rgb(img, max_pixels=max_pixels, name=name)
+    except InputError as exc:
+        raise UploadError(str(exc), 422) from None
+
+
+def fit_square(img: Image.Image, size: int) -> np.ndarray:
+    """Center-crop to a square and resize to ``size`` (Lanczos) -> [size, size, 3] uint8."""
+    if img.size != (size, size):
+        img = ImageOps.fit(img, (size, size), method=Image.Resampling.LANCZOS)
+    return np.array(img.convert("RGB"), dtype=np.uint8)
+
+
+def encode_png(array: np.ndarray, compress_level: int = 1) -> bytes:
+    """[H, W, 3] or [H, W] uint8 -> PNG bytes (fast compression: these are served live)."""
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG", compress_level=compress_level)
+    return buf.getvalue()
+
+
+def mask_to_data_url(mask: np.ndarray) -> str:
+    """[H, W] float mask in [0, 1] -> a grayscale PNG data URL (for edit records)."""
+    gray = np.clip(np.rint(mask * 255.0), 0, 255).astype(np.uint8)
+    return "data:image/png;base64," + base64.b64encode(encode_png(gray, 6)).decode("ascii")
+
+
+_DATA_URL = re.compile(r"^data:image/png;base64,([A-Za-z0-9+/=\s]*)$")
+
+
+def decode_mask(data_url: str, size: int, what: str = "mask") -> np.ndarray:
+    """A PNG data URL -> float32 [size, size] mask in [0, 1].
+
+    The mask is the alpha channel when the PNG has one (what a canvas paints), else its gray
+    level. Masks of another size are resized (area average when shrinking).
+    """
+    m = _DATA_URL.match(data_url)
+    if not m:
+        raise UploadError(f"{what}: expected a PNG data URL (data:image/png;base64,...)", 400)
+    try:
+        raw = base64.b64decode(m.group(1), validate=False)
+    except (binascii.Error, ValueError):
+        raise UploadError(f"{what}: invalid base64 data", 400) from None
+    try:
+        img = Image.open(io.BytesIO(raw), formats=("PNG",))
+        w, h = img.size
+        if w > MAX_MASK_SIDE or h > MAX_MASK_SIDE or w < 1 or h < 1:
+            raise UploadError(f"{what}: {w}x{h} is not a usable mask size (at most "
+                              f"{MAX_MASK_SIDE} a side)", 413)
+        img.load()
+    except UploadError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        raise UploadError(f"{what}: not a readable PNG image", 400) from None
+    bands = img.getbands()
+    if "A" in bands:
+        gray = img.getchannel("A")
+    elif img.mode == "P" and "transparency" in img.info:
+        gray = img.convert("RGBA").getchannel("A")
+    else:
+        gray = img.convert("L")
+    if gray.size != (size, size):
+        shrink = gray.size[0] > size or gray.size[1] > size
+        gray = gray.resize((size, size), Image.Resampling.BOX if shrink else Image.Resampling.BILINEAR)
+    return np.asarray(gray, dtype=np.float32) / 255.0

@@ -1,0 +1,732 @@
+// StyleMapGAN web editor: plain JavaScript, no build step, no external resources.
+//
+// State lives here; the server keeps images (by content id), their projections and results.
+// Every change (a brush stroke, a drag, an option) sends an edit with an increasing sequence
+// number; the server computes only the newest one per session and answers older pending ones
+// as "superseded", so painting never piles up work.
+(() => {
+  "use strict";
+
+  const $ = (sel) => document.querySelector(sel);
+  const MAX_HISTORY = 50;
+  const LIVE_INTERVAL_MS = 120;
+
+  const state = {
+    info: null,
+    size: 256,
+    images: new Map(), // id -> {id, name, url, reconstruction, img}
+    original: null,
+    refs: [], // {image, mask: canvas, dx, dy}
+    active: 0,
+    space: "wplus",
+    steps: 1,
+    result: null, // {seq, frames: [url], imgs: [Image], record, method, compute}
+    frame: 0,
+  };
+  const history = { undo: [], redo: [] };
+  const session = randomId();
+  let seq = 0;
+  let shownSeq = 0;
+  let pendingEdits = 0;
+  let pendingUploads = 0;
+  let liveTimer = null;
+  let lastSent = 0;
+  let pointer = null; // the gesture in progress
+
+  const refCanvas = $("#ref-canvas");
+  const origCanvas = $("#orig-canvas");
+  const resultCanvas = $("#result-canvas");
+
+  // ------------------------------------------------------------------ helpers
+  function randomId() {
+    const bytes = new Uint8Array(16);
+    crypto.getRandomValues(bytes);
+    return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  }
+
+  function setStatus(text, isError = false) {
+    const el = $("#status");
+    el.textContent = text;
+    el.title = text;
+    el.classList.toggle("error", isError);
+  }
+
+  function updateProgress() {
+    const busy = pendingEdits > 0 || pendingUploads > 0;
+    const el = $("#progress");
+    el.hidden = !busy;
+    el.dataset.state = busy ? "busy" : "idle";
+    document.body.setAttribute("aria-busy", busy ? "true" : "false");
+    $("#progress-text").textContent = pendingUploads > 0 ? "uploading and projecting…" : "editing…";
+  }
+
+  async function api(path, options = {}) {
+    const res = await fetch(path, options);
+    let data = null;
+    try {
+      data = await res.json();
+    } catch (_) {
+      data = null;
+    }
+    if (!res.ok) {
+      let detail = data && data.detail;
+      if (Array.isArray(detail)) detail = detail.map((d) => `${(d.loc || []).join(".")}: ${d.msg}`).join("; ");
+      throw new Error(detail || `${res.status} ${res.statusText}`);
+    }
+    return data;
+  }
+
+  function loadImage(url) {
+    return new Promise((resolve, reject) => {
+      const img = new Image();
+      img.onload = () => resolve(img);
+      img.onerror = () => reject(new Error(`cannot load ${url}`));
+      img.src = url;
+    });
+  }
+
+  function newMask() {
+    const c = document.createElement("canvas");
+    c.width = c.height = state.size;
+    c.getContext("2d", { willReadFrequently: true }); // masks are read back for every edit
+    return c;
+  }
+
+  function maskIsEmpty(mask) {
+    const data = mask.getContext("2d").getImageData(0, 0, state.size, state.size).data;
+    for (let i = 3; i < data.length; i += 4) if (data[i] !== 0) return false;
+    return true;
+  }
+
+  function canvasPoint(canvas, event) {
+    const r = canvas.getBoundingClientRect();
+    return {
+      x: ((event.clientX - r.left) * state.size) / r.width,
+      y: ((event.clientY - r.top) * state.size) / r.height,
+    };
+  }
+
+  function activeRef() {
+    return state.refs[state.active] || null;
+  }
+
+  function tool() {
+    return document.querySelector('input[name="tool"]:checked').value;
+  }
+
+  function brushSize() {
+    return Number($("#brush-size").value);
+  }
+
+  // ------------------------------------------------------------------ undo / redo
+  function snapshot() {
+    return {
+      original: state.original,
+      active: state.active,
+      space: state.space,
+      steps: state.steps,
+      refs: state.refs.map((r) => ({
+        image: r.image, dx: r.dx, dy: r.dy,
+        mask: r.mask.getContext("2d").getImageData(0, 0, state.size, state.size),
+      })),
+    };
+  }
+
+  function restore(snap) {
+    state.original = snap.original;
+    state.active = snap.active;
+    state.space = snap.space;
+    state.steps = snap.steps;
+    state.refs = snap.refs.map((r) => {
+      const mask = newMask();
+      mask.getContext("2d").putImageData(r.mask, 0, 0);
+      return { image: r.image, dx: r.dx, dy: r.dy, mask };
+    });
+    syncControls();
+    renderAll();
+    requestEdit(true);
+  }
+
+  function pushHistory() {
+    history.undo.push(snapshot());
+    if (history.undo.length > MAX_HISTORY) history.undo.shift();
+    history.redo = [];
+    updateHistoryButtons();
+  }
+
+  function undo() {
+    if (!history.undo.length) return;
+    history.redo.push(snapshot());
+    restore(history.undo.pop());
+    updateHistoryButtons();
+  }
+
+  function redo() {
+    if (!history.redo.length) return;
+    history.undo.push(snapshot());
+    restore(history.redo.pop());
+    updateHistoryButtons();
+  }
+
+  function updateHistoryButtons() {
+    $("#undo").disabled = history.undo.length === 0;
+    $("#redo").disabled = history.redo.length === 0;
+  }
+
+  // ------------------------------------------------------------------ images and roles
+  async function addImageRecord(rec) {
+    let entry = state.images.get(rec.id);
+    if (!entry) {
+      entry = { ...rec, img: await loadImage(rec.url) };
+      state.images.set(rec.id, entry);
+    }
+    if (!state.original) {
+      pushHistory();
+      state.original = rec.id;
+    } else if (state.refs.length === 0 && rec.id !== state.original) {
+      pushHistory();
+      state.refs.push({ image: rec.id, mask: newMask(), dx: 0, dy: 0 });
+      state.active = 0;
+    }
+    renderLibrary();
+    renderAll();
+    requestEdit(true);
+  }
+
+  function setOriginal(id) {
+    if (state.original === id) return;
+    pushHistory();
+    state.original = id;
+    renderLibrary();
+    renderAll();
+    requestEdit(true);
+  }
+
+  function addReference(id) {
+    const max = state.info ? state.info.max_references : 4;
+    if (state.refs.length >= max) {
+      setStatus(`at most ${max} references; remove one first`, true);
+      return;
+    }
+    pushHistory();
+    state.refs.push({ image: id, mask: newMask(), dx: 0, dy: 0 });
+    state.active = state.refs.length - 1;
+    renderLibrary();
+    renderAll();
+    requestEdit(true);
+  }
+
+  function removeReference(index) {
+    pushHistory();
+    state.refs.splice(index, 1);
+    state.active = Math.max(0, Math.min(state.active, state.refs.length - 1));
+    renderLibrary();
+    renderAll();
+    requestEdit(true);
+  }
+
+  async function uploadFiles(files) {
+    for (const file of files) {
+      if (state.info && file.size > state.info.max_upload_bytes) {
+        setStatus(`${file.name}: larger than the limit of ${(state.info.max_upload_bytes / 1048576).toFixed(0)} MiB`, true);
+        continue;
+      }
+      const form = new FormData();
+      form.append("file", file, file.name);
+      pendingUploads++;
+      updateProgress();
+      try {
+        const rec = await api("/api/images", { method: "POST", body: form });
+        setStatus(`added ${rec.name}`);
+        await addImageRecord(rec);
+      } catch (err) {
+        setStatus(err.message, true);
+      } finally {
+        pendingUploads--;
+        updateProgress();
+      }
+    }
+  }
+
+  async function useGalleryItem(item) {
+    pendingUploads++;
+    updateProgress();
+    try {
+      const rec = await api(`/api/gallery/${item.id}`, { method: "POST" });
+      setStatus(`added ${rec.name}`);
+      await addImageRecord(rec);
+    } catch (err) {
+      setStatus(err.message, true);
+    } finally {
+      pendingUploads--;
+      updateProgress();
+    }
+  }
+
+  // ------------------------------------------------------------------ edits
+  function requestEdit(now) {
+    if (!state.original) return;
+    const wait = LIVE_INTERVAL_MS - (performance.now() - lastSent);
+    if (now || wait <= 0) {
+      clearTimeout(liveTimer);
+      liveTimer = null;
+      sendEdit();
+    } else if (!liveTimer) {
+      liveTimer = setTimeout(() => {
+        liveTimer = null;
+        sendEdit();
+      }, wait);
+    }
+  }
+
+  function editBody(mySeq) {
+    const regions = [];
+    state.refs.forEach((r, i) => {
+      if (!maskIsEmpty(r.mask)) {
+        regions.push({ reference: i, mask: r.mask.toDataURL("image/png"), dx: r.dx, dy: r.dy });
+      }
+    });
+    return {
+      session, seq: mySeq, original: state.original, references: state.refs.map((r) => r.image),
+      regions, space: state.space, steps: state.steps,
+    };
+  }
+
+  async function sendEdit() {
+    lastSent = performance.now();
+    const mySeq = ++seq;
+    const body = editBody(mySeq);
+    pendingEdits++;
+    updateProgress();
+    try {
+      const data = await api("/api/edit", {
+        method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body),
+      });
+      if (data.status !== "done" || mySeq < shownSeq) return; // superseded by a newer edit
+      const imgs = await Promise.all(data.frames.map(loadImage));
+      if (mySeq < shownSeq) return;
+      shownSeq = mySeq;
+      const keepEnd = !state.result || state.frame === state.result.frames.length - 1;
+      state.result = { seq: mySeq, frames: data.frames, imgs, record: data.record, method: data.method, timing: data.timing };
+      state.frame = keepEnd ? imgs.length - 1 : Math.min(state.frame, imgs.length - 1);
+      syncResultControls();
+      renderResult();
+      setStatus(`edit #${mySeq} (${data.method.replace(/_/g, " ")}) in ${Math.round(data.timing.compute_ms)} ms`);
+    } catch (err) {
+      if (mySeq >= shownSeq) setStatus(err.message, true);
+    } finally {
+      pendingEdits--;
+      updateProgress();
+    }
+  }
+
+  // ------------------------------------------------------------------ drawing
+  function drawImageFull(ctx, img) {
+    ctx.drawImage(img, 0, 0, state.size, state.size);
+  }
+
+  function tinted(mask, color) {
+    const c = newMask();
+    const ctx = c.getContext("2d");
+    ctx.drawImage(mask, 0, 0);
+    ctx.globalCompositeOperation = "source-in";
+    ctx.fillStyle = color;
+    ctx.fillRect(0, 0, state.size, state.size);
+    return c;
+  }
+
+  function renderRef() {
+    const ctx = refCanvas.getContext("2d");
+    ctx.clearRect(0, 0, state.size, state.size);
+    const ref = activeRef();
+    if (!ref) return;
+    drawImageFull(ctx, state.images.get(ref.image).img);
+    ctx.globalAlpha = 0.5;
+    ctx.drawImage(tinted(ref.mask, "#ff3b30"), 0, 0);
+    ctx.globalAlpha = 1;
+    if (pointer && pointer.kind === "box" && pointer.current) {
+      const r = boxRect(pointer.start, pointer.current);
+      ctx.strokeStyle = pointer.erase ? "#ffffff" : "#ff3b30";
+      ctx.lineWidth = Math.max(1, state.size / 256);
+      ctx.setLineDash([4, 3]);
+      ctx.strokeRect(r.x, r.y, r.w, r.h);
+      ctx.setLineDash([]);
+    }
+  }
+
+  function renderOrig() {
+    const ctx = origCanvas.getContext("2d");
+    ctx.clearRect(0, 0, state.size, state.size);
+    if (!state.original) return;
+    drawImageFull(ctx, state.images.get(state.original).img);
+    state.refs.forEach((ref, i) => {
+      // The reference's painted pixels, moved by the region's offset: where they will go.
+      const ghost = newMask();
+      const g = ghost.getContext("2d");
+      drawImageFull(g, state.images.get(ref.image).img);
+      g.globalCompositeOperation = "destination-in";
+      g.drawImage(ref.mask, 0, 0);
+      ctx.globalAlpha = i === state.active ? 0.75 : 0.4;
+      ctx.drawImage(ghost, ref.dx, ref.dy);
+      ctx.globalAlpha = i === state.active ? 0.35 : 0.15;
+      ctx.drawImage(tinted(ref.mask, "#ff9500"), ref.dx, ref.dy);
+      ctx.globalAlpha = 1;
+    });
+  }
+
+  function renderResult() {
+    const ctx = resultCanvas.getContext("2d");
+    ctx.clearRect(0, 0, state.size, state.size);
+    const res = state.result;
+    if (!res) {
+      resultCanvas.dataset.result = "";
+      return;
+    }
+    drawImageFull(ctx, res.imgs[state.frame]);
+    resultCanvas.dataset.result = res.frames[state.frame];
+    resultCanvas.dataset.seq = String(res.seq);
+    const png = $("#download-png");
+    png.href = res.frames[state.frame];
+    png.classList.remove("disabled");
+    png.removeAttribute("aria-disabled");
+    const json = $("#download-json");
+    json.href = res.record;
+    json.classList.remove("disabled");
+    json.removeAttribute("aria-disabled");
+  }
+
+  function renderAll() {
+    renderTabs();
+    renderRef();
+    renderOrig();
+    renderResult();
+  }
+
+  function renderTabs() {
+    const tabs = $("#ref-tabs");
+    tabs.replaceChildren();
+    state.refs.forEach((ref, i) => {
+      const b = document.createElement("button");
+      b.type = "button";
+      b.textContent = `${i + 1}`;
+      b.title = state.images.get(ref.image).name;
+      b.className = i === state.active ? "active" : "";
+      b.addEventListener("click", () => {
+        state.active = i;
+        renderAll();
+      });
+      tabs.append(b);
+    });
+    if (state.refs.length) {
+      const rm = document.createElement("button");
+      rm.type = "button";
+      rm.textContent = "remove";
+      rm.title = "Remove this reference";
+      rm.addEventListener("click", () => removeReference(state.active));
+      tabs.append(rm);
+    } else {
+      const note = document.createElement("span");
+      note.className = "muted";
+      note.textContent = "add a reference from the images";
+      tabs.append(note);
+    }
+  }
+
+  function renderLibrary() {
+    const lib = $("#library");
+    lib.replaceChildren();
+    for (const entry of state.images.values()) {
+      const card = document.createElement("div");
+      card.className = "card";
+      card.dataset.id = entry.id;
+      const refIndex = state.refs.findIndex((r) => r.image === entry.id);
+      const role = document.createElement("div");
+      role.className = "role";
+      if (state.original === entry.id) {
+        card.classList.add("original");
+        role.textContent = "original";
+      } else if (refIndex >= 0) {
+        card.classList.add("reference");
+        role.textContent = `reference ${refIndex + 1}`;
+      }
+      const img = document.createElement("img");
+      img.src = entry.url;
+      img.alt = entry.name;
+      const name = document.createElement("div");
+      name.className = "name";
+      name.textContent = entry.name;
+      name.title = entry.name;
+      const actions = document.createElement("div");
+      actions.className = "actions";
+      const asOrig = document.createElement("button");
+      asOrig.type = "button";
+      asOrig.className = "as-original";
+      asOrig.textContent = "original";
+      asOrig.title = "Edit this image";
+      asOrig.disabled = state.original === entry.id;
+      asOrig.addEventListener("click", () => setOriginal(entry.id));
+      const asRef = document.createElement("button");
+      asRef.type = "button";
+      asRef.className = "as-reference";
+      asRef.textContent = "+ reference";
+      asRef.title = "Take parts from this image";
+      asRef.addEventListener("click", () => addReference(entry.id));
+      actions.append(asOrig, asRef);
+      card.append(img, role, name, actions);
+      lib.append(card);
+    }
+  }
+
+  function syncControls() {
+    document.querySelectorAll('input[name="space"]').forEach((el) => {
+      el.checked = el.value === state.space;
+    });
+    $("#steps").value = String(state.steps);
+    renderLibrary();
+  }
+
+  function syncResultControls() {
+    const res = state.result;
+    const n = res ? res.frames.length : 1;
+    $("#step-row").hidden = n <= 1;
+    const slider = $("#step-slider");
+    slider.max = String(n - 1);
+    slider.value = String(state.frame);
+    $("#step-label").textContent = n > 1 ? `t = ${(state.frame / (n - 1)).toFixed(2)}` : "t = 1";
+    $("#result-info").textContent = res && n > 1 ? `step ${state.frame + 1} of ${n}` : "";
+  }
+
+  // ------------------------------------------------------------------ painting on the reference
+  function dab(ctx, a, b, erase) {
+    ctx.globalCompositeOperation = erase ? "destination-out" : "source-over";
+    ctx.strokeStyle = ctx.fillStyle = "#ffffff";
+    ctx.lineWidth = brushSize();
+    ctx.lineCap = ctx.lineJoin = "round";
+    ctx.beginPath();
+    ctx.moveTo(a.x, a.y);
+    ctx.lineTo(b.x + 0.01, b.y);
+    ctx.stroke();
+    ctx.globalCompositeOperation = "source-over";
+  }
+
+  function boxRect(a, b) {
+    const x = Math.max(0, Math.min(a.x, b.x));
+    const y = Math.max(0, Math.min(a.y, b.y));
+    return { x, y, w: Math.min(state.size, Math.max(a.x, b.x)) - x, h: Math.min(state.size, Math.max(a.y, b.y)) - y };
+  }
+
+  refCanvas.addEventListener("pointerdown", (event) => {
+    const ref = activeRef();
+    if (!ref || event.button !== 0) return;
+    event.preventDefault();
+    refCanvas.setPointerCapture(event.pointerId);
+    pushHistory();
+    const p = canvasPoint(refCanvas, event);
+    const t = tool();
+    if (t === "box") {
+      pointer = { kind: "box", start: p, current: p, erase: event.shiftKey };
+    } else {
+      pointer = { kind: "paint", last: p, erase: t === "eraser" };
+      dab(ref.mask.getContext("2d"), p, p, pointer.erase);
+      renderRef();
+      renderOrig();
+      requestEdit(false);
+    }
+  });
+
+  refCanvas.addEventListener("pointermove", (event) => {
+    if (!pointer || (pointer.kind !== "paint" && pointer.kind !== "box")) return;
+    const p = canvasPoint(refCanvas, event);
+    if (pointer.kind === "box") {
+      pointer.current = p;
+      renderRef();
+      return;
+    }
+    dab(activeRef().mask.getContext("2d"), pointer.last, p, pointer.erase);
+    pointer.last = p;
+    renderRef();
+    renderOrig();
+    requestEdit(false);
+  });
+
+  function endRefGesture() {
+    if (!pointer) return;
+    if (pointer.kind === "box") {
+      const r = boxRect(pointer.start, pointer.current);
+      const ctx = activeRef().mask.getContext("2d");
+      if (pointer.erase) ctx.clearRect(r.x, r.y, r.w, r.h);
+      else {
+        ctx.fillStyle = "#ffffff";
+        ctx.fillRect(r.x, r.y, r.w, r.h);
+      }
+    }
+    pointer = null;
+    renderRef();
+    renderOrig();
+    requestEdit(true);
+  }
+  refCanvas.addEventListener("pointerup", endRefGesture);
+  refCanvas.addEventListener("pointercancel", endRefGesture);
+
+  // ------------------------------------------------------------------ moving the region on the original
+  origCanvas.addEventListener("pointerdown", (event) => {
+    const ref = activeRef();
+    if (!ref || event.button !== 0 || maskIsEmpty(ref.mask)) return;
+    event.preventDefault();
+    origCanvas.setPointerCapture(event.pointerId);
+    pushHistory();
+    pointer = { kind: "move", start: canvasPoint(origCanvas, event), dx0: ref.dx, dy0: ref.dy };
+  });
+
+  origCanvas.addEventListener("pointermove", (event) => {
+    if (!pointer || pointer.kind !== "move") return;
+    const p = canvasPoint(origCanvas, event);
+    const ref = activeRef();
+    const clamp = (v) => Math.max(-state.size + 1, Math.min(state.size - 1, Math.round(v)));
+    ref.dx = clamp(pointer.dx0 + p.x - pointer.start.x);
+    ref.dy = clamp(pointer.dy0 + p.y - pointer.start.y);
+    renderOrig();
+    requestEdit(false);
+  });
+
+  function endMove() {
+    if (!pointer || pointer.kind !== "move") return;
+    pointer = null;
+    requestEdit(true);
+  }
+  origCanvas.addEventListener("pointerup", endMove);
+  origCanvas.addEventListener("pointercancel", endMove);
+
+  // ------------------------------------------------------------------ controls
+  $("#upload").addEventListener("change", async (event) => {
+    const files = Array.from(event.target.files || []);
+    event.target.value = "";
+    await uploadFiles(files);
+  });
+
+  const dropZone = $("#library-panel");
+  dropZone.addEventListener("dragover", (event) => {
+    event.preventDefault();
+    dropZone.classList.add("dragover");
+  });
+  dropZone.addEventListener("dragleave", () => dropZone.classList.remove("dragover"));
+  dropZone.addEventListener("drop", (event) => {
+    event.preventDefault();
+    dropZone.classList.remove("dragover");
+    uploadFiles(Array.from(event.dataTransfer.files || []));
+  });
+
+  $("#brush-size").addEventListener("input", () => {
+    $("#brush-size-value").textContent = $("#brush-size").value;
+  });
+
+  $("#clear-mask").addEventListener("click", () => {
+    const ref = activeRef();
+    if (!ref) return;
+    pushHistory();
+    ref.mask.getContext("2d").clearRect(0, 0, state.size, state.size);
+    renderAll();
+    requestEdit(true);
+  });
+
+  $("#reset-offset").addEventListener("click", () => {
+    const ref = activeRef();
+    if (!ref || (ref.dx === 0 && ref.dy === 0)) return;
+    pushHistory();
+    ref.dx = ref.dy = 0;
+    renderOrig();
+    requestEdit(true);
+  });
+
+  document.querySelectorAll('input[name="space"]').forEach((el) => {
+    el.addEventListener("change", () => {
+      pushHistory();
+      state.space = el.value;
+      requestEdit(true);
+    });
+  });
+
+  $("#steps").addEventListener("change", () => {
+    const max = state.info ? state.info.max_steps : 16;
+    const v = Math.max(1, Math.min(max, Math.round(Number($("#steps").value) || 1)));
+    $("#steps").value = String(v);
+    if (v === state.steps) return;
+    pushHistory();
+    state.steps = v;
+    requestEdit(true);
+  });
+
+  $("#step-slider").addEventListener("input", () => {
+    state.frame = Number($("#step-slider").value);
+    syncResultControls();
+    renderResult();
+  });
+
+  $("#undo").addEventListener("click", undo);
+  $("#redo").addEventListener("click", redo);
+
+  document.addEventListener("keydown", (event) => {
+    if (event.target instanceof HTMLInputElement && event.target.type === "number") return;
+    const mod = event.ctrlKey || event.metaKey;
+    const key = event.key.toLowerCase();
+    if (mod && key === "z") {
+      event.preventDefault();
+      if (event.shiftKey) redo();
+      else undo();
+    } else if (mod && key === "y") {
+      event.preventDefault();
+      redo();
+    } else if (!mod && (key === "[" || key === "]")) {
+      const s = $("#brush-size");
+      s.value = String(Number(s.value) + (key === "]" ? 1 : -1));
+      $("#brush-size-value").textContent = s.value;
+    } else if (!mod && "bex".includes(key) && key.length === 1) {
+      const value = { b: "brush", e: "eraser", x: "box" }[key];
+      document.querySelector(`input[name="tool"][value="${value}"]`).checked = true;
+    }
+  });
+
+  // ------------------------------------------------------------------ start
+  async function start() {
+    try {
+      const info = await api("/api/info");
+      state.info = info;
+      state.size = info.size;
+      for (const c of [refCanvas, origCanvas, resultCanvas]) c.width = c.height = info.size;
+      document.body.classList.toggle("pixelated", info.size < 128);
+      const s = $("#brush-size");
+      s.max = String(Math.max(2, Math.round(info.size / 4)));
+      s.value = String(Math.max(1, Math.round(info.size / 16)));
+      $("#brush-size-value").textContent = s.value;
+      $("#steps").max = String(info.max_steps);
+      $("#model-info").textContent =
+        `${info.model} · ${info.size}px · stylemap ${info.stylemap.join("x")} · ${info.device}`;
+      if (info.gallery !== null) {
+        const gal = await api("/api/gallery");
+        const box = $("#gallery");
+        for (const item of gal.items) {
+          const b = document.createElement("button");
+          b.type = "button";
+          b.className = "thumb";
+          b.title = item.name;
+          b.dataset.id = item.id;
+          const img = document.createElement("img");
+          img.loading = "lazy";
+          img.src = item.thumb;
+          img.alt = item.name;
+          b.append(img);
+          b.addEventListener("click", () => useGalleryItem(item));
+          box.append(b);
+        }
+        $("#gallery-section").hidden = gal.items.length === 0;
+      }
+      renderAll();
+      setStatus("upload an original and a reference to start");
+      document.body.dataset.ready = "true";
+    } catch (err) {
+      setStatus(`cannot reach the server: ${err.message}`, true);
+    }
+  }
+
+  start();
+})();

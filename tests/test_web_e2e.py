@@ -1,0 +1,302 @@
+"""End to end: the real `stylemapgan serve` process, driven in headless Chromium by Playwright.
+
+Needs Debian's `chromium` (/usr/bin/chromium) and the `playwright` Python package (no browser
+download: Playwright drives the system Chromium). Skipped with a reason when either is missing,
+except under CI=true, where they must be present (.ci/run installs chromium, the dev extra
+installs playwright).
+"""
+
+import base64
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from stylemapgan.checkpoint import load_model
+from stylemapgan.editing import Region, local_edit_wplus, transplant
+from stylemapgan.images import from_uint8, to_uint8
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+# Far outside the mask (more than FAR_PX pixels from any painted pixel: the 8x8 stylemap cells
+# are 4 px, so a cell that shares no pixel with the mask plus the synthesis convolutions' reach)
+# the result must match the reconstruction up to what layer normalization's per-image
+# statistics carry across the whole image: mean |difference| <= FAR_MEAN_TOL and 90% of the
+# values within FAR_P90_TOL, in 8-bit levels. Inside the mask the mean difference must be at
+# least INSIDE_MIN and at least 3 times the far one.
+FAR_PX = 12
+FAR_MEAN_TOL = 8.0
+FAR_P90_TOL = 20.0
+INSIDE_MIN = 5.0
+
+
+def _browser_or_skip():
+    problems = []
+    if not (os.path.exists(CHROMIUM) or shutil.which("chromium")):
+        problems.append("chromium is not installed (apt-get install -y chromium)")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        problems.append("the playwright package is missing (pip install playwright)")
+    if problems:
+        reason = "; ".join(problems)
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true but the browser test cannot run: {reason}")
+        pytest.skip(reason)
+    return CHROMIUM if os.path.exists(CHROMIUM) else shutil.which("chromium")
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_file, tmp_path_factory):
+    """`stylemapgan serve` (with a one-image gallery) in a subprocess on a free port; yields
+    its base URL."""
+    tmp = tmp_path_factory.mktemp("serve")
+    (tmp / "gallery").mkdir()
+    Image.fromarray(_smooth(9)).save(tmp / "gallery" / "gallery-one.png")
+    port = _free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"}
+    url = f"http://127.0.0.1:{port}"
+    with open(tmp / "server.log", "w+") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "stylemapgan.cli", "serve", "--model",
+                                 str(tiny_model_file), "--gallery", str(tmp / "gallery"),
+                                 "--port", str(port), "--device", "cpu"],
+                                stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            deadline = time.time() + 90
+            direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # no proxy
+            while True:
+                try:
+                    with direct.open(f"{url}/api/info", timeout=2) as r:
+                        if r.status == 200:
+                            break
+                except OSError:
+                    pass
+                if proc.poll() is not None or time.time() > deadline:
+                    log.seek(0)
+                    pytest.fail(f"the server did not start:\n{log.read()}")
+                time.sleep(0.2)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+
+
+def _smooth(seed, size=32, cells=4):
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (cells, cells, 3), dtype=np.uint8)
+    return np.array(Image.fromarray(small).resize((size, size), Image.Resampling.BILINEAR))
+
+
+def _far_from(mask, distance):
+    """Pixels more than ``distance`` pixels (Chebyshev) from every pixel where mask > 0."""
+    hit = np.pad(mask > 0, distance)
+    win = np.lib.stride_tricks.sliding_window_view(hit, (2 * distance + 1, 2 * distance + 1))
+    return ~win.any(axis=(-1, -2))
+
+
+def _open_browser(p, executable, tmp_path):
+    return p.chromium.launch_persistent_context(
+        str(tmp_path / "profile"), executable_path=executable, headless=True, args=CHROMIUM_ARGS,
+        viewport={"width": 1280, "height": 800}, accept_downloads=True)
+
+
+def _wait_idle(page, condition="true"):
+    page.wait_for_function(
+        "() => document.querySelector('#progress').dataset.state === 'idle'"
+        f" && document.querySelector('#result-canvas').dataset.result && ({condition})",
+        timeout=60_000)
+
+
+def _decode_mask(region):
+    data = base64.b64decode(region["mask"].split(",", 1)[1])
+    return np.asarray(Image.open(io.BytesIO(data)), dtype=np.float32) / 255
+
+
+def test_paint_a_region_in_the_browser_and_get_the_edit(server, tmp_path, tiny_model_file):
+    executable = _browser_or_skip()
+    from playwright.sync_api import sync_playwright
+
+    original, reference = _smooth(7), _smooth(8)
+    files = []
+    for name, arr in (("original.png", original), ("reference.png", reference)):
+        Image.fromarray(arr).save(tmp_path / name)
+        files.append(str(tmp_path / name))
+
+    with sync_playwright() as p:
+        context = _open_browser(p, executable, tmp_path)
+        try:
+            page = context.new_page()
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(server + "/")
+            page.wait_for_selector("body[data-ready=true]", timeout=30_000)
+            assert "tiny.safetensors" in page.locator("#model-info").text_content()
+
+            # Upload both: the first becomes the original, the second the reference.
+            page.set_input_files("#upload", files)
+            page.wait_for_selector("#library .card.original", timeout=30_000)
+            page.wait_for_selector("#library .card.reference", timeout=30_000)
+            assert page.locator("#library .card").count() == 2
+
+            # Paint a vertical band over the left part of the reference (32 px image).
+            page.locator("#brush-size").fill("4")
+            box = page.locator("#ref-canvas").bounding_box()
+            scale = box["width"] / 32
+
+            def at(x, y):
+                return box["x"] + x * scale, box["y"] + y * scale
+
+            page.mouse.move(*at(6, 2))
+            page.mouse.down()
+            page.mouse.move(*at(6, 30), steps=8)
+            page.mouse.move(*at(9, 30), steps=2)
+            page.mouse.move(*at(9, 2), steps=8)
+            page.mouse.up()
+
+            # Wait for the newest edit's result and the idle indicator.
+            _wait_idle(page)
+            page.wait_for_selector("#download-png:not(.disabled)")
+            status = page.locator("#status").text_content()
+            assert "local edit wplus" in status, status
+
+            with page.expect_download() as png_download:
+                page.click("#download-png")
+            result = np.asarray(Image.open(png_download.value.path()).convert("RGB")).astype(int)
+            with page.expect_download() as json_download:
+                page.click("#download-json")
+            record = json.loads(Path(json_download.value.path()).read_text())
+
+            # Undo removes the stroke: the next result is the plain reconstruction.
+            page.click("#undo")
+            _wait_idle(page, "document.querySelector('#status').textContent.includes('reconstruction')")
+            assert not errors, errors
+        finally:
+            context.close()
+
+    assert record["format"] == "stylemapgan-edit" and record["space"] == "wplus"
+    (region,) = record["regions"]
+    mask = _decode_mask(region)
+    assert mask.shape == (32, 32)
+    painted = mask > 0.5
+    assert painted[:, 6:9].mean() > 0.8 and not (mask[:, 16:] > 0).any()
+
+    model = load_model(tiny_model_file)
+    g = model.generator
+    with torch.no_grad():
+        sa, sb = g.pyramid(model.project(from_uint8(original))), g.pyramid(model.project(from_uint8(reference)))
+        recon = to_uint8(g.synthesize(sa))[0].astype(int)
+        expected = to_uint8(g.synthesize(local_edit_wplus(sa, sb, torch.from_numpy(mask)[None, None])))[0]
+    # Exactly what the library computes for the painted mask (PNG round trip: <= 1 level).
+    assert np.abs(result - expected.astype(int)).max() <= 1
+
+    diff = np.abs(result - recon).mean(axis=-1)
+    inside = diff[painted].mean()
+    far = _far_from(mask, FAR_PX)
+    assert far.sum() >= 32 * 8  # a band of columns on the right
+    far_mean, far_p90 = diff[far].mean(), np.percentile(diff[far], 90)
+    print(f"inside mean |diff| {inside:.1f}, far mean {far_mean:.2f}, far p90 {far_p90:.1f} (8-bit levels)")
+    assert inside >= INSIDE_MIN and inside >= 3 * far_mean
+    assert far_mean <= FAR_MEAN_TOL and far_p90 <= FAR_P90_TOL
+
+
+def test_box_from_the_gallery_moved_in_w_with_steps_undo_and_redo(server, tmp_path, tiny_model_file):
+    executable = _browser_or_skip()
+    from playwright.sync_api import sync_playwright
+
+    original = _smooth(17)
+    Image.fromarray(original).save(tmp_path / "original.png")
+    with sync_playwright() as p:
+        context = _open_browser(p, executable, tmp_path)
+        try:
+            page = context.new_page()
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(server + "/")
+            page.wait_for_selector("body[data-ready=true]", timeout=30_000)
+            page.set_input_files("#upload", [str(tmp_path / "original.png")])
+            page.wait_for_selector("#library .card.original", timeout=30_000)
+            # The reference comes from the server's gallery (by opaque id).
+            page.click("#gallery button.thumb")
+            page.wait_for_selector("#library .card.reference", timeout=30_000)
+
+            page.check('input[name="tool"][value="box"]')
+            ref = page.locator("#ref-canvas").bounding_box()
+            k = ref["width"] / 32
+            page.mouse.move(ref["x"] + 4 * k, ref["y"] + 4 * k)
+            page.mouse.down()
+            page.mouse.move(ref["x"] + 14 * k, ref["y"] + 14 * k, steps=4)
+            page.mouse.up()
+            # Drag the region on the original 12 px right and 8 px down.
+            orig = page.locator("#orig-canvas").bounding_box()
+            page.mouse.move(orig["x"] + 9 * k, orig["y"] + 9 * k)
+            page.mouse.down()
+            page.mouse.move(orig["x"] + 21 * k, orig["y"] + 17 * k, steps=6)
+            page.mouse.up()
+            page.check('input[name="space"][value="w"]')
+            page.locator("#steps").fill("3")
+            page.locator("#steps").dispatch_event("change")
+            _wait_idle(page, "!document.querySelector('#step-row').hidden"
+                             " && document.querySelector('#status').textContent.includes('transplant w')")
+
+            with page.expect_download() as json_download:
+                page.click("#download-json")
+            record = json.loads(Path(json_download.value.path()).read_text())
+            with page.expect_download() as last:
+                page.click("#download-png")
+            last_frame = np.asarray(Image.open(last.value.path()).convert("RGB")).astype(int)
+            page.locator("#step-slider").fill("0")
+            assert page.locator("#step-label").text_content() == "t = 0.00"
+            with page.expect_download() as first:
+                page.click("#download-png")
+            first_frame = np.asarray(Image.open(first.value.path()).convert("RGB")).astype(int)
+
+            # Undo the steps change (the slider goes away), redo it (it comes back).
+            page.click("#undo")
+            _wait_idle(page, "document.querySelector('#step-row').hidden")
+            page.click("#redo")
+            _wait_idle(page, "!document.querySelector('#step-row').hidden")
+            assert not errors, errors
+        finally:
+            context.close()
+
+    assert record["method"] == "transplant_w" and record["steps"] == 3 and record["space"] == "w"
+    assert record["references"][0]["name"] == "gallery-one.png"
+    (region,) = record["regions"]
+    assert abs(region["dx"] - 12) <= 1 and abs(region["dy"] - 8) <= 1
+    mask = _decode_mask(region)
+    assert (mask[5:13, 5:13] == 1).all() and mask[16:].max() == 0 and mask[:, 16:].max() == 0
+
+    model = load_model(tiny_model_file)
+    g = model.generator
+    with torch.no_grad():
+        wa = model.project(from_uint8(original))
+        wb = model.project(from_uint8(_smooth(9)))
+        reg = Region(torch.from_numpy(mask)[None, None], dy=region["dy"], dx=region["dx"])
+        want = to_uint8(g(transplant([wa], [wb], [reg], 32, alpha=1.0)[0]))[0].astype(int)
+        recon = to_uint8(g(wa))[0].astype(int)
+    assert np.abs(last_frame - want).max() <= 1
+    assert np.abs(first_frame - recon).max() <= 1  # t = 0 is the reconstruction
+    assert np.abs(last_frame - recon).mean() > 1
