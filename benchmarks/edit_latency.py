@@ -4,11 +4,14 @@ For each preset (random weights; the speed does not depend on them) at batch 1:
 
 * server side: projecting an uploaded image (encoder + one generator pass for the
   reconstruction, PNG encoding), and one edit from cached projections (local W+ edit, local W
-  edit, a moved region = transplantation), each including PNG encoding of the result;
+  edit, a moved region = transplantation), each including PNG encoding of the result. Timed on a
+  worker thread, as the server runs its model work (on a busy CPU, OpenMP's spinning in the
+  main thread can make the same call many times slower there);
 * end to end: a real uvicorn server on 127.0.0.1 in a thread, an HTTP client uploading images
   and posting edits, each edit followed by fetching its PNG (what the page does).
 
-Prints medians (and min) in milliseconds, the device and the thread count.
+Prints medians (and min) in milliseconds, the device and the thread count; for HTTP edits also
+the median compute time the server reported in its responses.
 
     python benchmarks/edit_latency.py                                   # tiny-32 and official-256-light, CPU
     python benchmarks/edit_latency.py --presets official-256 --repeats 5 --device cuda
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import io
 import json
 import platform
@@ -102,6 +106,24 @@ def specs(engine: EditEngine, ids: list[str]) -> dict[str, EditSpec]:
     }
 
 
+def on_worker_thread(fn):
+    """Run ``fn()`` on a fresh thread and return its result (or raise its exception)."""
+    box: dict = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:
+            box["error"] = exc
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
 def server_side(engine: EditEngine, device, warmup: int, repeats: int) -> tuple[dict, list[str]]:
     s = engine.size
     seeds = iter(range(1000, 100000))
@@ -157,6 +179,7 @@ def through_http(engine: EditEngine, device, warmup: int, repeats: int) -> dict:
             Image.fromarray((left_mask(s) * 255).astype(np.uint8)).save(buf, format="PNG")
             mask = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
             seq = iter(range(1, 10**9))
+            compute: list[float] = []
             for name, space, dx in (("local W+", "wplus", 0), ("local W", "w", 0),
                                     ("moved region (W+)", "wplus", s // 4)):
                 def edit(space=space, dx=dx) -> None:
@@ -166,9 +189,12 @@ def through_http(engine: EditEngine, device, warmup: int, repeats: int) -> dict:
                     r.raise_for_status()
                     data = r.json()
                     assert data["status"] == "done", data
+                    compute.append(data["timing"]["compute_ms"] / 1000)
                     client.get(data["frames"][0]).raise_for_status()
 
+                compute.clear()
                 out[f"edit + fetch PNG: {name}"] = timed(edit, device, warmup, repeats)
+                out[f"  (server-reported compute: {name})"] = summary(compute[warmup:])
     finally:
         server.should_exit = True
         thread.join(10)
@@ -182,7 +208,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=10, help="timed runs per row (models under 128 px)")
+    ap.add_argument("--repeats-big", type=int, default=3, help="timed runs per row (128 px and up)")
     ap.add_argument("--json", help="also write the results to this JSON file")
     args = ap.parse_args()
     if args.threads:
@@ -194,15 +221,17 @@ def main() -> None:
     targets = [("file " + args.model, None)] if args.model else [(p, p) for p in args.presets.split(",")]
     for label, preset in targets:
         model = load_model(args.model, device=device) if preset is None else random_model(preset, device)
+        repeats = args.repeats if model.config.size < 128 else args.repeats_big
+        warmup = args.warmup if model.config.size < 128 else min(args.warmup, 1)
         engine = EditEngine(model, model_name=label)
-        server, _ = server_side(engine, device, args.warmup, args.repeats)
-        http = through_http(EditEngine(model, model_name=label), device, args.warmup, args.repeats)
+        server, _ = on_worker_thread(functools.partial(server_side, engine, device, warmup, repeats))
+        http = through_http(EditEngine(model, model_name=label), device, warmup, repeats)
         results[label] = {"server": server, "http": http}
-        print(f"\n{label} ({model.config.size}px, batch 1)")
+        print(f"\n{label} ({model.config.size}px, batch 1, {repeats} timed runs per row)")
         for group, rows in (("server side", server), ("end to end (HTTP)", http)):
             print(f"  {group}")
             for name, r in rows.items():
-                print(f"    {name:<34} median {r['median_ms']:9.1f} ms   min {r['min_ms']:9.1f} ms")
+                print(f"    {name:<44} median {r['median_ms']:9.1f} ms   min {r['min_ms']:9.1f} ms")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": str(device), "threads": torch.get_num_threads(), "results": results}, f, indent=2)

@@ -313,6 +313,8 @@ def test_edit_record_is_downloadable_and_describes_the_edit(client, two_images):
     ({"space": "z"}, 422, ""),
     ({"session": "a b"}, 422, ""),
     ({"references": ["R", "R", "R"]}, 400, "at most 2 references"),
+    ({"regions": [{"reference": 0, "mask": "M"}] * 9}, 400, "at most 8 regions"),
+    ({"regions": [{"reference": 0, "mask": mask_url(np.zeros((2100, 8)))}]}, 413, "not a usable mask size"),
 ])
 def test_bad_edit_requests_get_4xx(client, two_images, change, status, words):
     ida, idb, _, _ = two_images
@@ -320,8 +322,7 @@ def test_bad_edit_requests_get_4xx(client, two_images, change, status, words):
             "regions": [{"reference": 0, "mask": mask_url(left_mask())}], "space": "wplus", "steps": 1}
     body.update(change)
     body["references"] = [idb if r == "R" else r for r in body["references"]]
-    if body["regions"] and body["regions"][0]["mask"] == "M":
-        body["regions"][0]["mask"] = mask_url(left_mask())
+    body["regions"] = [{**r, "mask": mask_url(left_mask())} if r["mask"] == "M" else r for r in body["regions"]]
     r = client.post("/api/edit", json=body)
     assert r.status_code == status, r.text
     assert words in json.dumps(r.json()["detail"])

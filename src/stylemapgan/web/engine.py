@@ -198,6 +198,8 @@ class EditEngine:
             raise InputError(f"steps must be between 1 and {s.max_steps}, got {spec.steps}")
         if len(spec.references) > s.max_references:
             raise InputError(f"at most {s.max_references} references per edit, got {len(spec.references)}")
+        if len(spec.regions) > 4 * s.max_references:
+            raise InputError(f"at most {4 * s.max_references} regions per edit, got {len(spec.regions)}")
         for i, r in enumerate(spec.regions):
             if not 0 <= r.reference < len(spec.references):
                 raise InputError(f"region {i} uses reference {r.reference}, but the edit has "

@@ -20,7 +20,7 @@ from ..images import load_rgb
 
 # Formats Pillow may use to decode an upload (MPO: multi-picture JPEG from phone cameras).
 IMAGE_FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "BMP", "GIF", "TIFF")
-MAX_MASK_SIDE = 4096
+MAX_MASK_SIDE = 2048  # masks are reduced to the model size (at most 1024) anyway
 
 
 class UploadError(InputError):
