@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="timed iterations (default: 16, so one lazy R1 step is included)")
     p.add_argument("--warmup", type=int, default=1, help="untimed iterations first (default: 1)")
     p.add_argument("--perceptual", default="none", choices=PERCEPTUAL_CHOICES)
-    p.add_argument("--amp", default="off", choices=("auto", "off", "bf16", "fp16"))
+    p.add_argument("--amp", default="auto", choices=("auto", "off", "bf16", "fp16"),
+                   help="autocast precision, as the training setting amp (default: auto)")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

@@ -97,6 +97,7 @@ class TrainConfig:
     flip: bool = True
     perceptual: str = "vgg"
     amp: str = "auto"
+    channels_last: str = "auto"
     seed: int = 0
     workers: int = 2
     val_images: int = 64
@@ -148,6 +149,8 @@ class TrainConfig:
                       f"got {self.perceptual!r}")
         if self.amp not in AMP_CHOICES:
             raise bad(f"amp must be one of {', '.join(AMP_CHOICES)}, got {self.amp!r}")
+        if self.channels_last not in ("auto", "on", "off"):
+            raise bad(f"channels_last must be auto, on or off, got {self.channels_last!r}")
 
     @property
     def d_lazy_ratio(self) -> float:
@@ -572,17 +575,31 @@ def build_perceptual(name: str) -> nn.Module | None:
     return LPIPS.from_pretrained(name)
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes in bfloat16 natively (AVX512-BF16 or AMX), where bfloat16
+    autocast is 2-3x faster than float32; elsewhere it is emulated and slower."""
+    cpu = getattr(torch, "cpu", None)
+    for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        fn = getattr(cpu, name, None)
+        try:
+            if fn is not None and fn():
+                return True
+        except RuntimeError:  # pragma: no cover - defensive
+            pass
+    return False
+
+
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for ``amp`` on ``device`` (None: full float32).
 
-    ``auto`` picks bfloat16 on CUDA devices that support it, else float16 on CUDA, and float32
-    on the CPU (bfloat16 autocast is slower than float32 on most CPUs; ask for it with bf16).
+    ``auto`` picks bfloat16 on CUDA devices that support it, else float16 on CUDA; on the CPU
+    bfloat16 when the CPU has native bfloat16 instructions, else float32.
     """
     if amp == "off":
         return None
     if amp == "auto":
         if device.type != "cuda":
-            return None
+            return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else None
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if amp == "fp16":
         if device.type != "cuda":
@@ -656,6 +673,13 @@ class Trainer:
             self.generator = Generator(model_config).to(self.device)
             self.encoder = Encoder(model_config).to(self.device)
             self.discriminator = Discriminator(model_config).to(self.device)
+        # channels_last speeds up the CPU convolutions (oneDNN) by up to 1.7x; on CUDA it is
+        # left to the user (on).
+        self.channels_last = c.channels_last == "on" or (
+            c.channels_last == "auto" and self.device.type == "cpu")
+        if self.channels_last:
+            for m in (self.generator, self.encoder, self.discriminator):
+                m.to(memory_format=torch.channels_last)
         self.g_ema = copy.deepcopy(self.generator).eval().requires_grad_(False)
         self.e_ema = copy.deepcopy(self.encoder).eval().requires_grad_(False)
         self.stages = TrainingStages(self.generator, self.encoder, self.discriminator)
@@ -673,7 +697,10 @@ class Trainer:
         self.e_opt = torch.optim.Adam(self.encoder.parameters(), lr=c.lr, betas=betas)
         self.d_opt = torch.optim.Adam(self.discriminator.parameters(), lr=c.lr * ratio,
                                       betas=(c.beta1**ratio, c.beta2**ratio))
-        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        self.scaler = None
+        if self.amp_dtype == torch.float16:  # fp16 needs loss scaling; bf16 does not
+            scaler_cls = getattr(torch.amp, "GradScaler", None)
+            self.scaler = scaler_cls("cuda") if scaler_cls else torch.cuda.amp.GradScaler()
 
         if perceptual is None and c.uses_perceptual:
             perceptual = build_perceptual(c.perceptual)
@@ -726,6 +753,8 @@ class Trainer:
             gen = _generator(self.config.seed, self.dist.rank, step, _STREAM_FLIP)
             mask = (torch.rand(x.shape[0], generator=gen) < 0.5).to(self.device)
             x = torch.where(mask[:, None, None, None], x.flip(3), x)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         return x
 
     def _z(self, step: int, stream: int) -> torch.Tensor:

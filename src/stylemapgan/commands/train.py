@@ -21,7 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             mapping_layers, channel_multiplier, channel_cap, light, normalization, ...) or
             training setting (iterations, batch_size, lr, lambda_adv, lambda_w_rec, lambda_d,
             lambda_d_rec, lambda_x_rec, lambda_perceptual, lambda_e_adv, r1_gamma, r1_interval,
-            ema_decay, flip, perceptual=vgg|alex|none, amp=auto|off|bf16|fp16, seed, workers,
+            ema_decay, flip, perceptual=vgg|alex|none, amp=auto|off|bf16|fp16,
+            channels_last=auto|on|off, seed, workers,
             val_images, val_every, image_every, checkpoint_every, keep_checkpoints, log_every,
             grid_size). A loss weight of 0 disables that term.
 
