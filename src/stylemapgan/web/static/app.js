@@ -142,6 +142,11 @@
       mask.getContext("2d").putImageData(r.mask, 0, 0);
       return { image: r.image, dx: r.dx, dy: r.dy, mask };
     });
+    if (!state.original) {
+      state.result = null; // nothing to edit any more; ignore edits still in flight
+      shownSeq = seq + 1;
+      syncResultControls();
+    }
     syncControls();
     renderAll();
     requestEdit(true);
@@ -378,18 +383,23 @@
     const ctx = resultCanvas.getContext("2d");
     ctx.clearRect(0, 0, state.size, state.size);
     const res = state.result;
+    const png = $("#download-png");
+    const json = $("#download-json");
     if (!res) {
       resultCanvas.dataset.result = "";
+      for (const a of [png, json]) {
+        a.removeAttribute("href");
+        a.classList.add("disabled");
+        a.setAttribute("aria-disabled", "true");
+      }
       return;
     }
     drawImageFull(ctx, res.imgs[state.frame]);
     resultCanvas.dataset.result = res.frames[state.frame];
     resultCanvas.dataset.seq = String(res.seq);
-    const png = $("#download-png");
     png.href = res.frames[state.frame];
     png.classList.remove("disabled");
     png.removeAttribute("aria-disabled");
-    const json = $("#download-json");
     json.href = res.record;
     json.classList.remove("disabled");
     json.removeAttribute("aria-disabled");
