@@ -154,6 +154,13 @@ def test_paint_a_region_in_the_browser_and_get_the_edit(server, tmp_path, tiny_m
             page.goto(server + "/")
             page.wait_for_selector("body[data-ready=true]", timeout=30_000)
             assert "tiny.safetensors" in page.locator("#model-info").text_content()
+            # Record every state the progress indicator goes through.
+            page.evaluate("""() => {
+                window.progressStates = [];
+                const el = document.querySelector('#progress');
+                new MutationObserver(() => window.progressStates.push(el.dataset.state + (el.hidden ? '' : '+shown')))
+                    .observe(el, {attributes: true});
+            }""")
 
             # Upload both: the first becomes the original, the second the reference.
             page.set_input_files("#upload", files)
@@ -179,6 +186,8 @@ def test_paint_a_region_in_the_browser_and_get_the_edit(server, tmp_path, tiny_m
             # Wait for the newest edit's result and the idle indicator.
             _wait_idle(page)
             page.wait_for_selector("#download-png:not(.disabled)")
+            states = page.evaluate("() => window.progressStates")
+            assert "busy+shown" in states and states[-1] == "idle", states
             status = page.locator("#status").text_content()
             assert "local edit wplus" in status, status
 
@@ -259,7 +268,7 @@ def test_box_from_the_gallery_moved_in_w_with_steps_undo_and_redo(server, tmp_pa
             page.locator("#steps").fill("3")
             page.locator("#steps").dispatch_event("change")
             _wait_idle(page, "!document.querySelector('#step-row').hidden"
-                             " && document.querySelector('#status').textContent.includes('transplant w')")
+                             " && document.querySelector('#status').textContent.includes('(transplant w)')")
 
             with page.expect_download() as json_download:
                 page.click("#download-json")
