@@ -4,7 +4,7 @@ As in the reference's semantic manipulation, a linear classifier separates the f
 stylemaps ``w`` of positive examples (e.g. smiling faces) from negative ones; the unit normal
 of its decision boundary is the direction, and ``w + strength * direction`` (optionally only
 inside a mask, see :func:`stylemapgan.editing.apply_direction`) adds the attribute (negative
-strengths remove it). The classifiers are implemented in torch (float64, full-batch L-BFGS):
+strengths remove it). The classifiers are implemented in torch (float64, Newton's method):
 
 * ``svm``: a linear support vector machine with the squared hinge loss (the L2-SVM that
   liblinear's ``LinearSVC`` fits by default), ``0.5 |v|^2 + C * sum(max(0, 1 - y f(x))^2)``;
@@ -62,18 +62,81 @@ class Direction:
         return (w * v).flatten(1).sum(1) + self.bias
 
 
-def _objective(x: torch.Tensor, y: torch.Tensor, sample_weight: torch.Tensor, v: torch.Tensor,
-               b: torch.Tensor, method: str, c: float) -> torch.Tensor:
+def objective(x: torch.Tensor, y: torch.Tensor, sample_weight: torch.Tensor, v: torch.Tensor,
+              b: torch.Tensor | float, method: str, c: float) -> torch.Tensor:
+    """The training objective of the classifiers (a plain definition, also used by tests)."""
     margin = y * (x @ v + b)
     losses = F.relu(1.0 - margin).square() if method == "svm" else F.softplus(-margin)
     return 0.5 * v.square().sum() + c * (sample_weight * losses).sum()
 
 
+def _newton(x: torch.Tensor, y: torch.Tensor, sw: torch.Tensor, method: str, c: float,
+            max_iter: int, tol: float) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Minimize :func:`objective` over (v, b) by Newton's method (the generalized Hessian for
+    the squared hinge) with a backtracking line search; converges in a handful of steps.
+
+    The Newton system ``[[I + X'DX, X'D1], [1'DX, 1'D1]] [dv; db] = -[g_v; g_b]`` is solved by
+    eliminating the (unregularized) bias; ``(I + X'DX)^-1`` goes through the n x n Gram
+    matrix of the examples when there are fewer examples than dimensions (Woodbury), else
+    through the d x d matrix. Returns v, b and the number of steps.
+    """
+    n, d = x.shape
+    v = torch.zeros(d, dtype=x.dtype)
+    b = torch.zeros((), dtype=x.dtype)
+    gram = x @ x.T if n <= d else None
+    g0 = None
+    steps = 0
+    for steps in range(1, max_iter + 1):  # noqa: B007 (steps is returned)
+        m = y * (x @ v + b)
+        if method == "svm":
+            r = F.relu(1.0 - m)
+            coef = 2.0 * c * sw * y * r
+            curv = 2.0 * c * sw * (m < 1.0).to(x.dtype)
+        else:
+            p = torch.sigmoid(-m)
+            coef = c * sw * y * p
+            curv = c * sw * p * (1.0 - p)
+        gv, gb = v - x.T @ coef, -coef.sum()
+        gnorm = float(torch.sqrt(gv.square().sum() + gb.square()))
+        g0 = g0 or max(gnorm, 1e-300)
+        if gnorm <= tol * g0:
+            break
+        act = torch.nonzero(curv > 0).flatten()
+        sq = curv[act].sqrt()
+        if gram is not None:
+            k = torch.eye(len(act), dtype=x.dtype) + sq[:, None] * gram[act][:, act] * sq[None, :]
+            chol = torch.linalg.cholesky(k)
+            xa = x[act]
+
+            def m_inv(z: torch.Tensor, chol: torch.Tensor = chol, xa: torch.Tensor = xa,
+                      sq: torch.Tensor = sq) -> torch.Tensor:
+                t = torch.cholesky_solve((sq * (xa @ z))[:, None], chol)[:, 0]
+                return z - xa.T @ (sq * t)
+        else:
+            xa = sq[:, None] * x[act]
+            chol = torch.linalg.cholesky(torch.eye(d, dtype=x.dtype) + xa.T @ xa)
+
+            def m_inv(z: torch.Tensor, chol: torch.Tensor = chol) -> torch.Tensor:
+                return torch.cholesky_solve(z[:, None], chol)[:, 0]
+        u = x.T @ curv
+        mg, mu = m_inv(gv), m_inv(u)
+        schur = float(curv.sum() - u @ mu)
+        db = (-gb + u @ mg) / schur if schur > 1e-12 * max(1.0, float(curv.sum())) else gb * 0
+        dv = -mg - mu * db
+        f0 = float(objective(x, y, sw, v, b, method, c))
+        slope = float(gv @ dv + gb * db)
+        t = 1.0
+        while t > 1e-12 and float(objective(x, y, sw, v + t * dv, b + t * db, method, c)) > f0 + 1e-4 * t * slope:
+            t *= 0.5
+        v, b = v + t * dv, b + t * db
+    return v, b, steps
+
+
 def fit_direction(positive: torch.Tensor, negative: torch.Tensor, *, method: str = "svm",
-                  c: float = 1.0, max_iter: int = 500, tol: float = 1e-10) -> Direction:
+                  c: float = 1.0, max_iter: int = 100, tol: float = 1e-8) -> Direction:
     """Learn a direction from stylemaps of positive [P, C, S, S] and negative [Q, C, S, S]
-    examples. Deterministic (no random initialization). Returns a :class:`Direction` whose
-    ``info`` holds the training accuracy."""
+    examples. Deterministic. Returns a :class:`Direction` whose ``info`` holds the training
+    accuracy and the norm of the unnormalized classifier weights."""
     if method not in METHODS:
         raise InputError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
     if not c > 0:
@@ -88,20 +151,7 @@ def fit_direction(positive: torch.Tensor, negative: torch.Tensor, *, method: str
     y = torch.cat([torch.ones(len(positive)), -torch.ones(len(negative))]).double()
     n = len(x)
     sw = torch.where(y > 0, n / (2.0 * len(positive)), n / (2.0 * len(negative))).double()
-    v = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
-    b = torch.zeros((), dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([v, b], lr=1.0, max_iter=max_iter, tolerance_grad=tol,
-                            tolerance_change=1e-14, history_size=20, line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        loss = _objective(x, y, sw, v, b, method, c)
-        loss.backward()
-        return loss
-
-    with torch.enable_grad():
-        opt.step(closure)
-    v, b = v.detach(), b.detach()
+    v, b, iters = _newton(x, y, sw, method, c, max_iter, tol)
     norm = float(v.norm())
     if not norm > 0:
         raise InputError("the examples gave no direction (are the positive and negative "
@@ -109,8 +159,8 @@ def fit_direction(positive: torch.Tensor, negative: torch.Tensor, *, method: str
     pred = torch.where(x @ v + b > 0, 1.0, -1.0)
     acc = float((pred == y).double().mean())
     info = {"method": method, "C": c, "positives": len(positive), "negatives": len(negative),
-            "train_accuracy": acc}
-    log.info("direction: %s, C=%g, training accuracy %.3f", method, c, acc)
+            "train_accuracy": acc, "weight_norm": norm, "newton_steps": iters}
+    log.info("direction: %s, C=%g, training accuracy %.3f (%d Newton steps)", method, c, acc, iters)
     return Direction((v / norm).reshape(shape).float(), float(b) / norm, info)
 
 

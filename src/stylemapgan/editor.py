@@ -177,21 +177,22 @@ class Editor:
             keys = [content_key(im) for im in images]
         if len(keys) != len(images):
             raise InputError(f"{len(keys)} keys for {len(images)} images")
-        todo = [i for i, k in enumerate(keys) if k not in self._cache]
-        fresh: dict[int, torch.Tensor] = {}
-        with torch.inference_mode():
-            for j in range(0, len(todo), self.batch_size):
-                idx = todo[j: j + self.batch_size]
-                ws = self.model.project(images[idx])
-                self.encoder_images += len(idx)
-                for i, w in zip(idx, ws, strict=True):
-                    fresh[i] = w.clone()
-        out = []
+        found: dict[Hashable, torch.Tensor] = {k: self._cache[k] for k in keys if k in self._cache}
+        todo: dict[Hashable, int] = {}
         for i, k in enumerate(keys):
-            w = fresh[i] if i in fresh else self._cache[k]
-            self.remember(k, w)
-            out.append(w)
-        return torch.stack(out)
+            if k not in found and k not in todo:
+                todo[k] = i  # one encoder pass per distinct key
+        pending = list(todo.items())
+        with torch.inference_mode():
+            for j in range(0, len(pending), self.batch_size):
+                part = pending[j: j + self.batch_size]
+                ws = self.model.project(images[[i for _, i in part]])
+                self.encoder_images += len(part)
+                for (k, _), w in zip(part, ws, strict=True):
+                    found[k] = w.clone()
+        for k in dict.fromkeys(keys):
+            self.remember(k, found[k])
+        return torch.stack([found[k] for k in keys])
 
     def remember(self, key: Hashable, w: torch.Tensor) -> None:
         """Put a stylemap [C, S, S] into the projection cache (e.g. one read from a file)."""

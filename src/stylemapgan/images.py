@@ -377,9 +377,10 @@ def paste_back(photo: Image.Image | np.ndarray, result: np.ndarray, placement: P
         alpha = np.clip(_gaussian_blur(_dilate(m, round(feather)), feather / 2), 0, 1)
     else:
         alpha = np.ones((sh, sw), dtype=np.float32)
-    # Only inside the region (never the padding), fading out toward region edges that are
-    # not the photo's own edges.
-    x0, y0, x1, y1 = placement.region
+    # Only where the square and the region overlap (never the padding), fading out toward
+    # the edges of that area that are not the photo's own edges.
+    rx0, ry0, rx1, ry1 = placement.region
+    x0, y0, x1, y1 = max(s0, rx0), max(t0, ry0), min(s1, rx1), min(t1, ry1)
     ys = np.arange(t0, t1, dtype=np.float32)[:, None] + 0.5
     xs = np.arange(s0, s1, dtype=np.float32)[None, :] + 0.5
     f = max(float(feather), 1e-6)
