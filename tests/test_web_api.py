@@ -521,3 +521,18 @@ def test_serve_default_host_is_loopback(tiny_model_file, monkeypatch, capsys):
     assert main(["serve", "--model", str(tiny_model_file)]) == 0
     assert seen["host"] == "127.0.0.1" and seen["port"] == 8000
     assert "warning" not in capsys.readouterr().err
+
+
+def test_a_default_model_and_gallery_are_a_one_line_change(tiny_model_file, gallery_dir, monkeypatch, capsys):
+    import uvicorn
+
+    from stylemapgan.commands import serve
+
+    monkeypatch.setattr(serve, "DEFAULT_MODEL", lambda: tiny_model_file)
+    monkeypatch.setattr(serve, "DEFAULT_GALLERY", str(gallery_dir))
+    seen = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(kw, app=app))
+    assert main(["serve", "--device", "cpu"]) == 0  # no --model needed any more
+    assert seen["app"].state.engine.model_name == "tiny.safetensors"
+    assert len(seen["app"].state.gallery) == 3
+    assert "gallery: 3 image(s)" in capsys.readouterr().out

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import os
+from collections.abc import Callable
 
 from ._common import add_device, add_parser, positive_int
 
+PathDefault = str | os.PathLike[str] | Callable[[], str | os.PathLike[str]] | None
+
 # Defaults for --model and --gallery. None means: --model is required and the gallery is off
-# (upload only). Once a default model ships, set DEFAULT_MODEL to its path and --model becomes
-# optional; likewise DEFAULT_GALLERY for a bundled gallery folder.
-DEFAULT_MODEL: str | None = None
-DEFAULT_GALLERY: str | None = None
+# (upload only). Each may be a path or a function returning one, called only when the command
+# runs (no import-time work), so shipping a default is one line, e.g.
+#   DEFAULT_GALLERY = lambda: avatars.gallery_dir() / "test"
+DEFAULT_MODEL: PathDefault = None
+DEFAULT_GALLERY: PathDefault = None
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -36,10 +41,12 @@ def register(sub: argparse._SubParsersAction) -> None:
             stylemapgan serve --model celeba_hq.safetensors --gallery photos/ --port 8080
             stylemapgan serve --model m.safetensors --device cpu --max-upload-mb 10""",
     )
-    p.add_argument("--model", required=DEFAULT_MODEL is None, default=DEFAULT_MODEL,
-                   help="model file (.safetensors)")
-    p.add_argument("--gallery", default=DEFAULT_GALLERY, metavar="DIR",
-                   help="folder of images offered in the page (default: none, upload only)")
+    p.add_argument("--model", required=DEFAULT_MODEL is None,
+                   help="model file (.safetensors)" + ("" if DEFAULT_MODEL is None
+                                                       else " (default: the packaged model)"))
+    p.add_argument("--gallery", metavar="DIR",
+                   help="folder of images offered in the page (default: "
+                   + ("none, upload only)" if DEFAULT_GALLERY is None else "the packaged gallery)"))
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default: 127.0.0.1, this computer only)")
     p.add_argument("--port", type=port_number, default=8000, help="port (default: 8000)")
@@ -74,6 +81,12 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def resolve_default(value: PathDefault) -> str | None:
+    if value is None:
+        return None
+    return os.fspath(value() if callable(value) else value)
+
+
 def run(args: argparse.Namespace) -> int:
     import sys
 
@@ -91,8 +104,9 @@ def run(args: argparse.Namespace) -> int:
     settings = WebSettings(max_upload_bytes=args.max_upload_mb * MiB,
                            max_pixels=args.max_megapixels * 1_000_000,
                            projection_cache_bytes=args.cache_mb * MiB)
-    app = create_app_from_file(args.model, gallery=args.gallery, device=args.device,
-                               settings=settings)
+    model = args.model or resolve_default(DEFAULT_MODEL)
+    gallery_dir = args.gallery or resolve_default(DEFAULT_GALLERY)
+    app = create_app_from_file(model, gallery=gallery_dir, device=args.device, settings=settings)
     engine = app.state.engine
     if not is_loopback(args.host):
         print(f"warning: listening on {args.host}: anyone who can reach this address can use the "
