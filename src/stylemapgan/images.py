@@ -182,7 +182,10 @@ def from_uint8(array: np.ndarray) -> torch.Tensor:
     """[H, W, 3] or [N, H, W, 3] uint8 -> [N, 3, H, W] float in [-1, 1]."""
     if array.ndim == 3:
         array = array[None]
-    t = torch.from_numpy(np.ascontiguousarray(array)).permute(0, 3, 1, 2).float()
+    array = np.ascontiguousarray(array)
+    if not array.flags.writeable:  # e.g. np.asarray of a PIL image; torch wants to own it
+        array = array.copy()
+    t = torch.from_numpy(array).permute(0, 3, 1, 2).float()
     return t / 127.5 - 1.0
 
 

@@ -1,0 +1,321 @@
+"""Shared plumbing of the commands that read photos or stylemaps and write edits: argument
+helpers, input loading, output naming and the JSON edit records that reproduce an edit."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # heavy imports stay inside functions
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from ..editor import Editor
+    from ..images import Placement
+
+RECORD_FORMAT = "stylemapgan-edit-record"
+RECORD_VERSION = 1
+
+
+# --------------------------------------------------------------------------- argument types
+def abspath(text: str) -> str:
+    """An argument that names a file: stored absolute, so records replay from anywhere."""
+    if not text:
+        raise argparse.ArgumentTypeError("expected a path, got an empty string")
+    return os.path.abspath(os.path.expanduser(text))
+
+
+def nonneg_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return v
+
+
+def finite_float(text: str) -> float:
+    import math
+
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return v
+
+
+def nonneg_float(text: str) -> float:
+    v = finite_float(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return v
+
+
+def add_model(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, type=abspath, help="model file (.safetensors)")
+
+
+def add_fit(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--fit", choices=("crop", "pad", "stretch"), default="crop",
+                   help="how a photo that is not square becomes the model's square: crop the "
+                        "center (default), pad it (edge pixels repeated) or stretch it")
+
+
+def add_mask_args(p: argparse.ArgumentParser, required: bool) -> None:
+    g = p.add_argument_group("mask (1 = take the edit; give one of --mask, --labels, --mask-box)")
+    g.add_argument("--mask", type=abspath, metavar="IMAGE",
+                   help="mask image, any size and format: white/opaque = edit, gray = partial")
+    g.add_argument("--labels", type=abspath, metavar="LABEL_MAP",
+                   help="label map (pixel value = label id), used with --parts")
+    g.add_argument("--parts", metavar="PARTS",
+                   help="parts of the label map: CelebAMask-HQ names (hair, skin, nose, eyes, "
+                        "brows, ears, mouth, neck, cloth, background) and/or label ids, e.g. hair,13")
+    g.add_argument("--mask-box", metavar="X0,Y0,X1,Y1",
+                   help="a rectangle, right/bottom exclusive, in --units")
+    g.add_argument("--units", choices=("cells", "px"), default="cells",
+                   help="units of --mask-box and of transplant boxes/moves: stylemap cells "
+                        "(default) or pixels of the model's image")
+    g.add_argument("--invert-mask", action="store_true", help="edit everything but the mask")
+    g.add_argument("--mask-threshold", type=float, metavar="T",
+                   help="make a mask image binary: values >= T count as 1")
+    g.add_argument("--mask-mode", choices=("area", "max"), default="area",
+                   help="how the mask shrinks to each stylemap: area = fraction of the cell "
+                        "covered (soft, default), max = any pixel selects the cell (the "
+                        "reference's max pooling; the edited area grows)")
+    p.set_defaults(_mask_required=required)
+
+
+def add_output(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--gif-ms", type=int, default=80, help="milliseconds per animation frame (default: 80)")
+    p.add_argument("--batch-size", type=int, default=8, help="images per generator pass (default: 8)")
+
+
+def add_paste_back(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--paste-back", action="store_true",
+                   help="also write pasted.png: the result put back into the full source photo "
+                        "(only the edited area, with a feathered seam)")
+    p.add_argument("--feather", type=nonneg_float, default=8.0,
+                   help="width of the paste-back seam in photo pixels (default: 8)")
+
+
+def mask_spec(args: argparse.Namespace):
+    """The MaskSpec the mask flags describe (None if none given and none required)."""
+    from ..errors import InputError
+    from ..masks import MaskSpec
+
+    given = [k for k in ("mask", "labels", "mask_box") if getattr(args, k, None)]
+    if len(given) > 1:
+        raise InputError("give only one of --mask, --labels and --mask-box")
+    if getattr(args, "parts", None) and not getattr(args, "labels", None):
+        raise InputError("--parts needs --labels LABEL_MAP")
+    if not given:
+        if getattr(args, "_mask_required", False):
+            raise InputError("this edit needs a mask: give --mask IMAGE, --labels MAP --parts "
+                             "PARTS or --mask-box X0,Y0,X1,Y1")
+        return None
+    if args.labels and not args.parts:
+        raise InputError("--labels needs --parts (e.g. --parts hair or --parts 13,14)")
+    if args.mask_threshold is not None and not args.mask:
+        raise InputError("--mask-threshold applies to --mask images only")
+    if given[0] == "mask":
+        return MaskSpec("image", path=args.mask, invert=args.invert_mask, threshold=args.mask_threshold)
+    if given[0] == "labels":
+        return MaskSpec("labels", path=args.labels, parts=args.parts, invert=args.invert_mask)
+    return MaskSpec("box", box=args.mask_box, units=args.units, invert=args.invert_mask)
+
+
+# --------------------------------------------------------------------------- inputs
+@dataclass
+class Input:
+    """One image or saved stylemap given on the command line."""
+
+    path: Path
+    kind: str  # "image" or "stylemap"
+    sha256: str
+    pixels: np.ndarray | None = None  # [S, S, 3] uint8: what the model sees (images)
+    placement: Placement | None = None
+    photo: Image.Image | None = None
+    w: torch.Tensor | None = None  # [1, C, S, S] once projected (or read)
+
+    def describe(self, role: str) -> dict[str, Any]:
+        d: dict[str, Any] = {"role": role, "path": str(self.path), "kind": self.kind,
+                             "sha256": self.sha256}
+        if self.placement is not None:
+            d["placement"] = self.placement.to_dict()
+        return d
+
+
+class Session:
+    """A loaded model plus the bookkeeping every edit command needs."""
+
+    def __init__(self, model_path: str, device: str, batch_size: int = 8) -> None:
+        from ..checkpoint import sha256_file
+        from ..editor import Editor
+        from ..utils import resolve_device
+
+        self.model_path = Path(model_path)
+        self.device = resolve_device(device)
+        self.editor: Editor = Editor.load(model_path, self.device, batch_size=batch_size)
+        self.model_sha256 = sha256_file(model_path)
+        self.size = self.editor.size
+        self.config = self.editor.config
+
+    def read(self, path: str | os.PathLike[str], fit: str = "crop",
+             box: tuple[float, float, float, float] | None = None) -> Input:
+        """Read an image (fitted to the model) or a saved stylemap."""
+        from ..checkpoint import sha256_file
+        from ..errors import InputError
+        from ..images import load_image
+        from ..stylemaps import is_stylemap_file, load_stylemap
+
+        p = Path(path)
+        if not p.is_file():
+            raise InputError(f"{p}: no such file" if not p.is_dir() else
+                             f"{p}: is a folder; this command takes one image or stylemap here")
+        digest = sha256_file(p)
+        if is_stylemap_file(p):
+            if box is not None:
+                raise InputError(f"{p}: --source-box applies to photos, not to saved stylemaps")
+            saved = load_stylemap(p, self.config, self.model_sha256)
+            self.editor.remember(("file", digest), saved.w)
+            return Input(p, "stylemap", digest, placement=saved.placement, w=saved.w.to(self.device))
+        pixels, placement, photo = load_image(p, self.size, fit=fit, box=box)
+        return Input(p, "image", digest, pixels=pixels, placement=placement, photo=photo)
+
+    def project(self, inputs: Sequence[Input]) -> None:
+        """Fill ``w`` of every input; the encoder runs once per distinct picture."""
+        from ..images import from_uint8
+
+        todo = [x for x in inputs if x.w is None]
+        if not todo:
+            return
+        import numpy as np
+
+        batch = from_uint8(np.stack([x.pixels for x in todo]))
+        keys = [("image", x.sha256, json.dumps(x.placement.to_dict(), sort_keys=True)) for x in todo]
+        ws = self.editor.project(batch, keys=keys)
+        for x, w in zip(todo, ws, strict=True):
+            x.w = w[None]
+
+    def preview(self, x: Input) -> np.ndarray:
+        """What to show for an input in a grid: the fitted photo, or a stylemap's rendering."""
+        from ..images import to_uint8
+
+        if x.pixels is not None:
+            return x.pixels
+        return to_uint8(self.editor.render(x.w))[0]
+
+
+# --------------------------------------------------------------------------- outputs
+def frame_names(k: int) -> list[str]:
+    return ["result.png"] if k == 1 else [f"frame_{i:03d}.png" for i in range(k)]
+
+
+def planned_outputs(out: Path, k: int, *, grid: bool = True, paste: bool = False) -> list[Path]:
+    names = frame_names(k)
+    if k > 1:
+        names.append("animation.gif")
+    if grid:
+        names.append("grid.png")
+    if paste:
+        names.append("pasted.png")
+    names.append("record.json")
+    return [out / n for n in names]
+
+
+def write_frames(out: Path, frames: np.ndarray, tiles: Sequence[np.ndarray], *, overwrite: bool,
+                 gif_ms: int = 80) -> list[Path]:
+    """Write the result frames, the animation (K > 1) and grid.png (input tiles + frames)."""
+    import numpy as np
+
+    from ..editor import grid_columns
+    from ..images import make_grid, save_gif, save_png
+
+    written = []
+    for name, img in zip(frame_names(len(frames)), frames, strict=True):
+        written.append(save_png(img, out / name, overwrite=overwrite))
+    if len(frames) > 1:
+        written.append(save_gif(frames, out / "animation.gif", duration_ms=max(10, gif_ms),
+                                overwrite=overwrite))
+    all_tiles = np.stack([*tiles, *frames])
+    cols = len(all_tiles) if len(frames) <= 8 else grid_columns(len(all_tiles))
+    written.append(save_png(make_grid(all_tiles, ncols=cols), out / "grid.png", overwrite=overwrite))
+    return written
+
+
+def canonical_argv(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                   skip: Sequence[str] = ("out", "overwrite", "device", "help")) -> list[str]:
+    """The options of ``args`` as a command line for ``parser`` (paths already absolute):
+    positionals first, then every option whose value is set. Parsing it again gives the
+    same namespace."""
+    positionals: list[str] = []
+    options: list[str] = []
+    for a in parser._actions:  # argparse keeps no public list of actions
+        if a.dest in skip or a.dest == argparse.SUPPRESS or isinstance(a, argparse._HelpAction):
+            continue
+        v = getattr(args, a.dest, None)
+        if not a.option_strings:
+            positionals.extend(str(x) for x in (v if isinstance(v, list) else [v]))
+            continue
+        opt = next((o for o in a.option_strings if o.startswith("--")), a.option_strings[0])
+        if isinstance(a, argparse._StoreTrueAction):
+            if v:
+                options.append(opt)
+        elif v is None or v is False:
+            continue
+        elif isinstance(a, argparse._AppendAction):
+            for item in v:
+                options += [opt, *(str(t) for t in (item if isinstance(item, list) else [item]))]
+        elif isinstance(v, list):
+            options += [opt, *(str(t) for t in v)]
+        else:
+            options += [opt, str(v)]
+    return positionals + options
+
+
+def write_record(out: Path, *, operation: str, argv: list[str], session: Session,
+                 inputs: Sequence[tuple[str, Input]], extra_files: Sequence[tuple[str, str]] = (),
+                 parameters: dict[str, Any], outputs: Sequence[Path], overwrite: bool,
+                 command_prefix: Sequence[str] = ("stylemapgan", "edit")) -> Path:
+    """record.json: what was done, with checksums of every input and output and the exact
+    command (``argv``) that ``stylemapgan edit replay`` runs again."""
+    import torch
+
+    from .. import __version__
+    from ..checkpoint import atomic_write, sha256_file
+
+    files = [x.describe(role) for role, x in inputs]
+    for role, path in extra_files:
+        files.append({"role": role, "path": path, "sha256": sha256_file(path)})
+    full = [*command_prefix, *argv, "--out", str(out.resolve()), "--device", str(session.device)]
+    record = {
+        "format": RECORD_FORMAT,
+        "version": RECORD_VERSION,
+        "operation": operation,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "stylemapgan_version": __version__,
+        "torch_version": torch.__version__,
+        "device": str(session.device),
+        "command": shlex.join(full),
+        "argv": [*command_prefix[1:], *argv],
+        "model": {"path": str(session.model_path), "sha256": session.model_sha256},
+        "inputs": files,
+        "parameters": parameters,
+        "outputs": [{"path": p.name, "sha256": sha256_file(p)} for p in outputs],
+    }
+    path = out / "record.json"
+    with atomic_write(path, overwrite=overwrite) as tmp:
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
+    return path

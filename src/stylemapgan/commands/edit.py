@@ -1,0 +1,537 @@
+"""``stylemapgan edit OPERATION``: every StyleMapGAN edit on your own photos or saved stylemaps.
+
+Operations: reconstruct, mix, interpolate, local, transplant, direction, and replay (run the
+edit a record.json describes again). Each writes its images, grid.png (inputs, mask, results)
+and record.json into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ._common import add_device, add_overwrite, add_parser, positive_int
+from ._editio import (
+    abspath,
+    add_fit,
+    add_mask_args,
+    add_model,
+    add_output,
+    add_paste_back,
+    finite_float,
+)
+
+SPACE_HELP = ("where to blend: wplus = every per-layer stylemap at its own resolution (finer "
+              "boundaries, default), w = the stylemap w only")
+
+
+def _common(p: argparse.ArgumentParser, source_box: bool = True) -> None:
+    add_model(p)
+    add_output(p)
+    add_fit(p)
+    if source_box:
+        p.add_argument("--source-box", metavar="X0,Y0,X1,Y1",
+                       help="use only this region of the source photo (photo pixels), e.g. one "
+                            "face of a group photo; with --paste-back the edit goes back there")
+    add_device(p)
+    add_overwrite(p)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = add_parser(
+        sub, "edit", help="edit photos: reconstruct, mix, interpolate, local, transplant, direction, replay",
+        description="""
+            Edit your own photos (any size and format; non-square ones are center-cropped,
+            see --fit) or stylemaps saved by `stylemapgan project`. Each operation writes its
+            result image(s), grid.png (inputs, mask and results side by side) and
+            record.json, which lists the inputs with checksums and the exact command; run it
+            again with `stylemapgan edit replay record.json --out DIR`.""",
+        examples="""
+            stylemapgan edit reconstruct photo.jpg --model m.safetensors --out rec
+            stylemapgan edit local me.jpg friend.jpg --labels me_labels.png --parts hair --model m.safetensors --out hair
+            stylemapgan edit local me.jpg friend.jpg --mask-box 2,4,6,7 --steps 8 --model m.safetensors --out mouth
+            stylemapgan edit mix a.jpg b.jpg --layers coarse --model m.safetensors --out mix
+            stylemapgan edit interpolate a.jpg b.stylemap.safetensors --steps 12 --model m.safetensors --out lerp
+            stylemapgan edit transplant cat.jpg --ref dog.jpg --region ref=0 box=2,1,5,4 move=1,0 --model m.safetensors --out tp
+            stylemapgan edit direction me.jpg --direction smile.safetensors --strength 4 --model m.safetensors --out smile
+            stylemapgan edit replay hair/record.json --out hair_again""",
+    )
+    ops = p.add_subparsers(dest="operation", metavar="OPERATION", required=True)
+
+    q = add_parser(ops, "reconstruct", help="G(E(x)): the projection of a photo",
+                   description="Project a photo (or render a saved stylemap) and write the reconstruction.",
+                   examples="stylemapgan edit reconstruct photo.jpg --model m.safetensors --out rec --paste-back")
+    q.add_argument("source", type=abspath, help="photo or saved stylemap")
+    add_paste_back(q)
+    _common(q)
+    q.set_defaults(func=run_reconstruct, _parser=q)
+
+    q = add_parser(ops, "mix", help="style mixing: some W+ layers from a second image",
+                   description="""
+                       Style mixing: the W+ stylemaps of A, with the layers selected by --layers
+                       taken from B. coarse = all but the first two layers from B (A keeps its
+                       layout), fine = the first two from B; or a range a:b or a list 1,2,3.""",
+                   examples="""
+                       stylemapgan edit mix a.jpg b.jpg --layers coarse --model m.safetensors --out mix
+                       stylemapgan edit mix a.jpg b.jpg --layers 4:8 --model m.safetensors --out mix48""")
+    q.add_argument("source", type=abspath, help="image A (photo or stylemap)")
+    q.add_argument("reference", type=abspath, help="image B (photo or stylemap)")
+    q.add_argument("--layers", default="coarse", help="coarse, fine, a:b or 1,2,3 (default: coarse)")
+    add_paste_back(q)
+    _common(q)
+    q.set_defaults(func=run_mix, _parser=q)
+
+    q = add_parser(ops, "interpolate", help="interpolation in W or W+, N steps, grid and GIF",
+                   description="""
+                       Images along the straight line between two stylemaps, endpoints
+                       included: in W (lerp of w) or W+ (lerp of every per-layer stylemap).
+                       Writes frame_000.png ..., animation.gif and grid.png.""",
+                   examples="""
+                       stylemapgan edit interpolate a.jpg b.jpg --steps 10 --model m.safetensors --out lerp
+                       stylemapgan edit interpolate a.jpg b.jpg --space wplus --steps 5 --model m.safetensors --out lerp""")
+    q.add_argument("source", type=abspath, help="start (photo or stylemap)")
+    q.add_argument("reference", type=abspath, help="end (photo or stylemap)")
+    q.add_argument("--steps", type=positive_int, default=8, help="number of images (default: 8)")
+    q.add_argument("--space", choices=("w", "wplus"), default="w", help="W (default) or W+")
+    _common(q, source_box=False)
+    q.set_defaults(func=run_interpolate, _parser=q)
+
+    q = add_parser(ops, "local", help="local editing: the reference inside a mask",
+                   description="""
+                       Local editing (Eq. 2 of the paper): the reference's stylemap inside the
+                       mask, the source's outside, with the mask shrunk to every stylemap's
+                       resolution. Source and reference should be aligned (same framing). The
+                       mask is in the source photo's coordinates (or the model's square size).
+                       --steps N > 1 adds N images from the reconstruction to the full edit.""",
+                   examples="""
+                       stylemapgan edit local me.jpg you.jpg --labels me_seg.png --parts hair,brows --model m.safetensors --out out
+                       stylemapgan edit local me.jpg you.jpg --mask brush.png --space w --model m.safetensors --out out
+                       stylemapgan edit local group.jpg you.jpg --source-box 400,80,656,336 --mask-box 2,4,6,7 --paste-back --model m.safetensors --out out""")
+    q.add_argument("source", type=abspath, help="photo or stylemap to edit")
+    q.add_argument("reference", type=abspath, help="photo or stylemap to take the masked part from")
+    q.add_argument("--space", choices=("w", "wplus"), default="wplus", help=SPACE_HELP)
+    q.add_argument("--steps", type=positive_int, default=1,
+                   help="images from the reconstruction (0) to the full edit (1) (default: 1)")
+    add_mask_args(q, required=True)
+    add_paste_back(q)
+    _common(q)
+    q.set_defaults(func=run_local, _parser=q)
+
+    q = add_parser(ops, "transplant", help="unaligned transplantation of regions between images",
+                   description="""
+                       Copy regions of one or more references to other places of the original
+                       (unaligned transplantation). Each --region is a list of KEY=VALUE:
+                       ref=I (index into the --ref list, default 0); the region as box=X0,Y0,X1,Y1,
+                       mask=IMAGE, or labels=LABEL_MAP with parts=PARTS (in the reference's
+                       coordinates); move=DX,DY (how far to move it) or to=X,Y (where its
+                       top-left corner goes); units=cells|px (default: --units). Later regions
+                       cover earlier ones. --steps N > 1 interpolates from the original to the
+                       full edit.""",
+                   examples="""
+                       stylemapgan edit transplant cat.jpg --ref dog.jpg --region box=2,1,5,4 move=1,0 --model m.safetensors --out tp
+                       stylemapgan edit transplant me.jpg --ref a.jpg --ref b.jpg --region ref=0 box=1,1,3,3 to=5,1 --region ref=1 mask=b_eyes.png --steps 8 --model m.safetensors --out tp""")
+    q.add_argument("source", type=abspath, help="the original (photo or stylemap)")
+    q.add_argument("--ref", dest="refs", action="append", type=abspath, required=True, metavar="REFERENCE",
+                   help="a reference photo or stylemap (repeat for several)")
+    q.add_argument("--region", dest="regions", action="append", nargs="+", type=_region_token,
+                   required=True, metavar="KEY=VALUE", help="a region to move (repeat for several)")
+    q.add_argument("--units", choices=("cells", "px"), default="cells",
+                   help="units of boxes and moves: stylemap cells (default) or model-image pixels")
+    q.add_argument("--space", choices=("w", "wplus"), default="wplus", help=SPACE_HELP)
+    q.add_argument("--steps", type=positive_int, default=1, help="interpolation steps (default: 1)")
+    add_paste_back(q)
+    _common(q)
+    q.set_defaults(func=run_transplant, _parser=q)
+
+    q = add_parser(ops, "direction", help="semantic manipulation along a learned direction",
+                   description="""
+                       Move the stylemap along a direction learned by `stylemapgan direction`:
+                       w + strength * direction, everywhere or only inside a mask. Positive
+                       strengths add the attribute, negative ones remove it; --steps N > 1
+                       writes N images with strengths from 0 to --strength.""",
+                   examples="""
+                       stylemapgan edit direction me.jpg --direction smile.safetensors --strength 5 --model m.safetensors --out smile
+                       stylemapgan edit direction me.jpg --direction smile.safetensors --strength -5 --steps 6 --mask-box 2,4,6,7 --model m.safetensors --out less""")
+    q.add_argument("source", type=abspath, help="photo or stylemap")
+    q.add_argument("--direction", required=True, type=abspath, help="direction file (.safetensors)")
+    q.add_argument("--strength", type=finite_float, default=3.0,
+                   help="distance to move in stylemap space; the direction has unit norm (default: 3)")
+    q.add_argument("--steps", type=positive_int, default=1, help="images from strength 0 to --strength")
+    add_mask_args(q, required=False)
+    add_paste_back(q)
+    _common(q)
+    q.set_defaults(func=run_direction, _parser=q)
+
+    q = add_parser(ops, "replay", help="run the edit a record.json describes again",
+                   description="""
+                       Check that the model and every input still have the checksums the record
+                       lists, run the recorded command again into --out, and compare the new
+                       outputs with the recorded checksums.""",
+                   examples="stylemapgan edit replay out/record.json --out again")
+    q.add_argument("record", type=abspath, help="record.json written by an edit")
+    q.add_argument("--out", required=True, help="output folder for the new run")
+    q.add_argument("--device", default=None, help="device to run on (default: the recorded one, "
+                                                  "or auto if that is not available)")
+    q.add_argument("--force", action="store_true", help="run even if an input's checksum changed")
+    q.add_argument("--strict", action="store_true",
+                   help="exit with status 1 if an output differs from the recorded one")
+    add_overwrite(q)
+    q.set_defaults(func=run_replay)
+
+
+# --------------------------------------------------------------------------- helpers
+def _region_token(text: str) -> str:
+    """Region tokens that name files are made absolute (records replay from anywhere)."""
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"region item {text!r} is not KEY=VALUE")
+    key = key.strip().lower()
+    if key in ("mask", "labels"):
+        value = abspath(value)
+    return f"{key}={value}"
+
+
+def _source_box(args: argparse.Namespace):
+    from ..images import parse_box
+
+    box = getattr(args, "source_box", None)
+    return parse_box(box, "--source-box") if box else None
+
+
+def _parameters(args: argparse.Namespace) -> dict[str, Any]:
+    skip = {"func", "model", "out", "overwrite", "device", "command", "operation", "verbose"}
+    return {k: v for k, v in vars(args).items()
+            if not k.startswith("_") and k not in skip and isinstance(v, (str, int, float, bool, list, type(None)))}
+
+
+def _finish(args, ses, operation, out, frames, tiles, inputs, *, paste=None, extra_files=()):
+    """Write frames, grid, optional paste-back and the record; print a summary."""
+    from ..images import save_png
+    from ._editio import canonical_argv, write_frames, write_record
+
+    written = write_frames(out, frames, tiles, overwrite=args.overwrite, gif_ms=args.gif_ms)
+    if paste is not None:
+        written.append(save_png(paste, out / "pasted.png", overwrite=args.overwrite))
+    argv = [operation, *canonical_argv(args._parser, args)]
+    write_record(out, operation=operation, argv=argv, session=ses, inputs=inputs,
+                 extra_files=extra_files, parameters=_parameters(args), outputs=written,
+                 overwrite=args.overwrite)
+    names = ", ".join(p.name for p in written[:3]) + (", ..." if len(written) > 3 else "")
+    print(f"{operation}: wrote {len(written) + 1} file(s) to {out} ({names}, record.json)")
+    return 0
+
+
+def _paste(args, src, frame, mask=None):
+    from ..errors import InputError
+    from ..images import paste_back
+
+    if not args.paste_back:
+        return None
+    if src.photo is None or src.placement is None:
+        raise InputError(f"--paste-back needs the source photo: give the image {src.path.name} "
+                         "was projected from instead of the stylemap")
+    return paste_back(src.photo, frame, src.placement, feather=args.feather, mask=mask)
+
+
+def _check_paste_source(args, path: str) -> None:
+    from ..errors import InputError
+    from ..stylemaps import is_stylemap_file
+
+    if getattr(args, "paste_back", False) and is_stylemap_file(path):
+        raise InputError(f"--paste-back needs the source photo, but {path} is a saved stylemap; "
+                         "give the photo instead")
+
+
+def _begin(args, k: int):
+    from pathlib import Path
+
+    from ..images import check_writable
+    from ._editio import Session, planned_outputs
+
+    out = Path(args.out)
+    check_writable(planned_outputs(out, k, paste=bool(getattr(args, "paste_back", False))),
+                   args.overwrite)
+    if args.batch_size < 1:
+        from ..errors import InputError
+
+        raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
+    return out, Session(args.model, args.device, args.batch_size)
+
+
+def _mask(args, ses, src):
+    from ._editio import mask_spec
+
+    spec = mask_spec(args)
+    if spec is None:
+        return None, None
+    m = spec.build(ses.size, ses.config.stylemap_size, src.placement, photo=str(src.path))
+    return spec, m
+
+
+# --------------------------------------------------------------------------- operations
+def run_reconstruct(args: argparse.Namespace) -> int:
+    from ..images import to_uint8
+
+    _check_paste_source(args, args.source)
+    out, ses = _begin(args, 1)
+    src = ses.read(args.source, args.fit, _source_box(args))
+    ses.project([src])
+    frames = to_uint8(ses.editor.reconstruct(src.w))
+    paste = _paste(args, src, frames[-1])
+    return _finish(args, ses, "reconstruct", out, frames, [ses.preview(src)], [("source", src)],
+                   paste=paste)
+
+
+def run_mix(args: argparse.Namespace) -> int:
+    from ..editing import layer_selection
+    from ..images import to_uint8
+
+    _check_paste_source(args, args.source)
+    out, ses = _begin(args, 1)
+    layer_selection(args.layers, ses.config.num_styles)  # fail early on a bad spec
+    a = ses.read(args.source, args.fit, _source_box(args))
+    b = ses.read(args.reference, args.fit)
+    ses.project([a, b])
+    frames = to_uint8(ses.editor.mix(a.w, b.w, args.layers))
+    paste = _paste(args, a, frames[-1])
+    return _finish(args, ses, "mix", out, frames, [ses.preview(a), ses.preview(b)],
+                   [("source", a), ("reference", b)], paste=paste)
+
+
+def run_interpolate(args: argparse.Namespace) -> int:
+    from ..images import to_uint8
+
+    out, ses = _begin(args, args.steps)
+    a = ses.read(args.source, args.fit)
+    b = ses.read(args.reference, args.fit)
+    ses.project([a, b])
+    frames = to_uint8(ses.editor.interpolate(a.w, b.w, args.steps, space=args.space))
+    return _finish(args, ses, "interpolate", out, frames, [ses.preview(a), ses.preview(b)],
+                   [("source", a), ("reference", b)])
+
+
+def _t(k: int):
+    from ..editing import steps
+
+    return steps(k) if k > 1 else None
+
+
+def run_local(args: argparse.Namespace) -> int:
+    from ..images import mask_to_rgb, to_uint8
+    from ..masks import as_tensor
+
+    _check_paste_source(args, args.source)
+    out, ses = _begin(args, args.steps)
+    src = ses.read(args.source, args.fit, _source_box(args))
+    ref = ses.read(args.reference, args.fit)
+    spec, mask = _mask(args, ses, src)
+    if float(mask.max()) == 0.0:
+        print(f"note: the mask ({spec.describe()}) selects nothing; the result is the reconstruction")
+    ses.project([src, ref])
+    images = ses.editor.local_edit(src.w, ref.w, as_tensor(mask), space=args.space,
+                                   mode=args.mask_mode, t=_t(args.steps))
+    frames = to_uint8(images)
+    paste = _paste(args, src, frames[-1], mask)
+    extra = [("mask", spec.path)] if spec.path else []
+    return _finish(args, ses, "local", out, frames,
+                   [ses.preview(src), ses.preview(ref), mask_to_rgb(mask)],
+                   [("source", src), ("reference", ref)], paste=paste, extra_files=extra)
+
+
+def _parse_pair(text: str, what: str) -> tuple[float, float]:
+    from ..errors import InputError
+
+    try:
+        a, b = (float(v) for v in text.split(","))
+    except ValueError:
+        raise InputError(f"region {what}={text!r}: expected two numbers X,Y") from None
+    return a, b
+
+
+def _regions(args, ses, refs):
+    """Turn --region token lists into editing.Region objects (+ masks for grid/paste-back)."""
+    import numpy as np
+
+    from ..editing import Region
+    from ..errors import InputError
+    from ..masks import MaskSpec, as_tensor
+
+    size, cells = ses.size, ses.config.stylemap_size
+    regions, moved_masks, files = [], [], []
+    known = {"ref", "box", "mask", "labels", "parts", "move", "to", "units"}
+    for i, tokens in enumerate(args.regions):
+        kv: dict[str, str] = {}
+        for tok in tokens:
+            k, _, v = tok.partition("=")
+            if k not in known:
+                raise InputError(f"region {i}: unknown key {k!r}; use {', '.join(sorted(known))}")
+            kv[k] = v
+        units = kv.get("units", args.units)
+        if units not in ("cells", "px"):
+            raise InputError(f"region {i}: units must be cells or px, got {units!r}")
+        try:
+            r = int(kv.get("ref", "0"))
+        except ValueError:
+            raise InputError(f"region {i}: ref must be an integer index into --ref") from None
+        if not 0 <= r < len(refs):
+            raise InputError(f"region {i}: ref={r}, but {len(refs)} reference(s) were given "
+                             f"(indices 0..{len(refs) - 1})")
+        kinds = [k for k in ("box", "mask", "labels") if k in kv]
+        if len(kinds) != 1:
+            raise InputError(f"region {i}: give exactly one of box=, mask=, labels= (got {kinds or 'none'})")
+        if kinds[0] == "box":
+            spec = MaskSpec("box", box=kv["box"], units=units)
+        elif kinds[0] == "mask":
+            spec = MaskSpec("image", path=kv["mask"])
+        else:
+            if "parts" not in kv:
+                raise InputError(f"region {i}: labels= needs parts=, e.g. parts=eyes")
+            spec = MaskSpec("labels", path=kv["labels"], parts=kv["parts"])
+        if spec.path:
+            files.append((f"region {i} mask", spec.path))
+        m = spec.build(size, cells, refs[r].placement, photo=str(refs[r].path))
+        if float(m.max()) == 0:
+            raise InputError(f"region {i}: the region ({spec.describe()}) selects nothing")
+        scale = size / cells if units == "cells" else 1.0
+        if "move" in kv and "to" in kv:
+            raise InputError(f"region {i}: give move= or to=, not both")
+        if "to" in kv:
+            ys, xs = np.nonzero(m > 0)
+            tx, ty = _parse_pair(kv["to"], "to")
+            dx, dy = tx * scale - xs.min(), ty * scale - ys.min()
+        elif "move" in kv:
+            mx, my = _parse_pair(kv["move"], "move")
+            dx, dy = mx * scale, my * scale
+        else:
+            dx = dy = 0.0
+        dx, dy = round(dx), round(dy)
+        if abs(dx) >= size or abs(dy) >= size:
+            raise InputError(f"region {i}: a move of ({dx}, {dy}) px leaves the {size}x{size} image")
+        regions.append(Region(as_tensor(m), dy=dy, dx=dx, reference=r))
+        moved = np.zeros_like(m)
+        ys0, ys1 = max(dy, 0), size + min(dy, 0)
+        xs0, xs1 = max(dx, 0), size + min(dx, 0)
+        moved[ys0:ys1, xs0:xs1] = m[ys0 - dy: ys1 - dy, xs0 - dx: xs1 - dx]
+        moved_masks.append(moved)
+    return regions, np.maximum.reduce(moved_masks), files
+
+
+def run_transplant(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..editing import steps
+    from ..images import mask_to_rgb, to_uint8
+
+    _check_paste_source(args, args.source)
+    out, ses = _begin(args, args.steps)
+    src = ses.read(args.source, args.fit, _source_box(args))
+    refs = [ses.read(r, args.fit) for r in args.refs]
+    regions, union, files = _regions(args, ses, refs)
+    ses.project([src, *refs])
+    alpha = steps(args.steps) if args.steps > 1 else 1.0
+    images = ses.editor.transplant(src.w, torch.cat([r.w for r in refs]), regions,
+                                   space=args.space, alpha=alpha)
+    frames = to_uint8(images)
+    paste = _paste(args, src, frames[-1], union)
+    tiles = [ses.preview(src), *(ses.preview(r) for r in refs), mask_to_rgb(union)]
+    inputs = [("source", src), *((f"reference {i}", r) for i, r in enumerate(refs))]
+    return _finish(args, ses, "transplant", out, frames, tiles, inputs, paste=paste,
+                   extra_files=files)
+
+
+def run_direction(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..directions import load_direction
+    from ..images import mask_to_rgb, to_uint8
+    from ..masks import as_tensor
+
+    _check_paste_source(args, args.source)
+    direction = load_direction(args.direction)
+    out, ses = _begin(args, args.steps)
+    if tuple(direction.vector.shape) != ses.config.stylemap_shape:
+        from ..errors import InputError
+
+        raise InputError(f"{args.direction}: direction of shape {tuple(direction.vector.shape)} "
+                         f"does not fit this model's stylemaps {ses.config.stylemap_shape}; "
+                         "learn it with this model")
+    src = ses.read(args.source, args.fit, _source_box(args))
+    spec, mask = _mask(args, ses, src)
+    ses.project([src])
+    strength = (torch.linspace(0.0, args.strength, args.steps) if args.steps > 1
+                else torch.tensor([args.strength]))
+    images = ses.editor.apply_direction(src.w, direction.vector, strength,
+                                        mask=None if mask is None else as_tensor(mask),
+                                        mode=args.mask_mode)
+    frames = to_uint8(images)
+    paste = _paste(args, src, frames[-1], mask)
+    tiles = [ses.preview(src)] + ([mask_to_rgb(mask)] if mask is not None else [])
+    files = [("direction", args.direction)] + ([("mask", spec.path)] if spec and spec.path else [])
+    return _finish(args, ses, "direction", out, frames, tiles, [("source", src)], paste=paste,
+                   extra_files=files)
+
+
+# --------------------------------------------------------------------------- replay
+def run_replay(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from ..checkpoint import sha256_file
+    from ..cli import build_parser
+    from ..errors import InputError
+    from ._editio import RECORD_FORMAT, RECORD_VERSION
+
+    path = Path(args.record)
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such record file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: not a JSON edit record ({exc})") from None
+    if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT:
+        raise InputError(f"{path}: not an edit record (written as record.json by `stylemapgan edit`)")
+    if int(record.get("version", 0)) > RECORD_VERSION:
+        raise InputError(f"{path}: record version {record['version']} is newer than this stylemapgan")
+    argv = record.get("argv")
+    if not isinstance(argv, list) or not argv or argv[0] != "edit" or "replay" in argv[:2]:
+        raise InputError(f"{path}: the record has no replayable command")
+    # The files must be the ones the record was made from.
+    for f in [{"role": "model", **record.get("model", {})}, *record.get("inputs", [])]:
+        p = Path(f.get("path", ""))
+        if not p.is_file():
+            raise InputError(f"{path}: the {f.get('role', 'input')} {p} is gone")
+        if sha256_file(p) != f.get("sha256"):
+            msg = f"{path}: the {f.get('role', 'input')} {p} changed since the edit (checksum differs)"
+            if not args.force:
+                raise InputError(msg + "; pass --force to run anyway")
+            print(f"warning: {msg}")
+    device = args.device or record.get("device", "auto")
+    if args.device is None and device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            device = "auto"
+    new_argv = [*argv, "--out", args.out, "--device", device]
+    if args.overwrite:
+        new_argv.append("--overwrite")
+    print("replaying: stylemapgan " + " ".join(new_argv))
+    ns = build_parser().parse_args(new_argv)
+    rc = ns.func(ns)
+    if rc:
+        return rc
+    out = Path(args.out)
+    same, differ = 0, []
+    for o in record.get("outputs", []):
+        p = out / o["path"]
+        if p.is_file() and sha256_file(p) == o["sha256"]:
+            same += 1
+        else:
+            differ.append(o["path"])
+    total = same + len(differ)
+    if not differ:
+        print(f"replay: all {total} output(s) are identical to the recorded ones")
+        return 0
+    print(f"replay: {same} of {total} output(s) identical; different: {', '.join(differ)} "
+          f"(recorded on {record.get('device')} with torch {record.get('torch_version')}; other "
+          "devices or versions can change the last bits)")
+    return 1 if args.strict else 0
