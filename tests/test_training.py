@@ -233,8 +233,9 @@ def _state_of(tr):
     return out
 
 
-def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
-    kw = dict(iterations=4, r1_interval=3, checkpoint_every=2, batch_size=4)
+@pytest.mark.parametrize("amp", ["off", "bf16"])
+def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, amp):
+    kw = dict(iterations=4, r1_interval=3, checkpoint_every=2, batch_size=4, amp=amp)
     straight = make_trainer(tmp_path / "a", **kw)
     straight.train()
     # Half the run, then a fresh process state resumes (with a DataLoader worker this time).
@@ -390,6 +391,13 @@ def test_torchrun_two_processes_gloo(tmp_path):
     assert state["step"] == 3 and state["world_size"] == 2
     assert all(torch.isfinite(t).all() for k, t in tensors.items()
                if t.is_floating_point() and "mean_stylemap" not in k)
+    # Resume the distributed run (the ranks' weights are checked to agree at each checkpoint).
+    cmd = [*cmd[:cmd.index("train") + 1], "--resume", str(run), "--device", "cpu",
+           "--set", "iterations=4", "--set", "checkpoint_every=4"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _, state, _ = latest_checkpoint(run)
+    assert state["step"] == 4
 
 
 def test_missing_lpips_weights_fail_before_the_run_starts(tmp_path, monkeypatch, capsys):
