@@ -97,9 +97,13 @@ def add_mask_args(p: argparse.ArgumentParser, required: bool) -> None:
 
 
 def add_output(p: argparse.ArgumentParser) -> None:
+    from ._common import positive_int
+
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--gif-ms", type=int, default=80, help="milliseconds per animation frame (default: 80)")
-    p.add_argument("--batch-size", type=int, default=8, help="images per generator pass (default: 8)")
+    p.add_argument("--gif-ms", type=positive_int, default=80,
+                   help="milliseconds per animation frame (default: 80)")
+    p.add_argument("--batch-size", type=positive_int, default=8,
+                   help="images per generator pass (default: 8)")
 
 
 def add_paste_back(p: argparse.ArgumentParser) -> None:

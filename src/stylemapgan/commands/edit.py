@@ -251,10 +251,6 @@ def _begin(args, k: int):
     out = Path(args.out)
     check_writable(planned_outputs(out, k, paste=bool(getattr(args, "paste_back", False))),
                    args.overwrite)
-    if args.batch_size < 1:
-        from ..errors import InputError
-
-        raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
     return out, Session(args.model, args.device, args.batch_size)
 
 
