@@ -652,6 +652,8 @@ class Trainer:
                               f"processes ({self.dist.world_size}); change --set batch_size")
         self.local_batch = c.batch_size // self.dist.world_size
         self.amp_dtype = resolve_amp(c.amp, self.device)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest
 
         # Data: a held-out validation split unless a separate validation set is given.
         n = len(dataset)
