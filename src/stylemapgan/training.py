@@ -1113,6 +1113,10 @@ class Trainer:
                     import torch.distributed as dist
 
                     dist.barrier()
+            if self.dist.distributed:  # everyone waits for rank 0's last writes
+                import torch.distributed as dist
+
+                dist.barrier()
         finally:
             self.loader_iter = None  # stops DataLoader worker processes
             if self._writer is not None:
