@@ -713,7 +713,6 @@ class Trainer:
         self.wall_time = 0.0  # training seconds over all sessions of this run
         self.loader_iter: Iterator | None = None
         self._writer: _EventWriter | None = None
-        self._interval: dict[str, list[float]] = {}
         if resume:
             self._resume()
 
