@@ -85,10 +85,18 @@ class EqualConv2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = _scaled(self.weight, self.scale)
         if self.up:
-            # conv_transpose2d wants (in, out, k, k): the stored (out, in) weight, transposed.
+            if self.kernel_size == 1:
+                # A 1x1 transposed conv with stride 2 is a 1x1 conv followed by zero insertion:
+                # convolving at the input resolution does a quarter of the work, and oneDNN's
+                # regular 1x1 kernels are ~5x faster than its transposed ones.
+                y = F.conv2d(x, w)
+                up = y.new_zeros(y.shape[0], y.shape[1], 2 * y.shape[2] - 1, 2 * y.shape[3] - 1)
+                up[:, :, ::2, ::2] = y
+            else:
+                # conv_transpose2d wants (in, out, k, k): the stored (out, in) weight, transposed.
+                up = F.conv_transpose2d(x, w.transpose(0, 1), stride=2)
             # The bias comes after the blur, so it is added separately.
-            x = blur(F.conv_transpose2d(x, w.transpose(0, 1), stride=2), self.blur_kernel,
-                     self.blur_pad, gain=4.0)
+            x = blur(up, self.blur_kernel, self.blur_pad, gain=4.0)
             if self.bias is not None:
                 x = x.add_(self.bias.view(1, -1, 1, 1).to(x.dtype))
         elif self.down:
