@@ -478,17 +478,14 @@ def test_without_a_gallery_the_listing_is_empty(client):
 
 
 # --------------------------------------------------------------------------- the command
-def test_serve_help_and_required_model(capsys):
+def test_serve_help_and_default_model(capsys):
     with pytest.raises(SystemExit) as e:
         main(["serve", "--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
     for flag in ("--model", "--gallery", "--host", "--port", "examples:"):
         assert flag in out
-    with pytest.raises(SystemExit) as e:
-        main(["serve"])
-    assert e.value.code == 2
-    assert "--model" in capsys.readouterr().err
+    assert "packaged" in out  # --model defaults to the embedded model
 
 
 def test_serve_refuses_a_missing_gallery_and_bad_port(tiny_model_file, tmp_path, capsys):

@@ -112,6 +112,21 @@ def _strict_load(module: nn.Module, state: Mapping[str, torch.Tensor], what: str
 
 
 # --------------------------------------------------------------------------- model files
+DEFAULT_MODEL_NAME = "avatars64.safetensors"
+
+
+def default_model_path() -> Path:
+    """The small model shipped inside the package (trained on Open Peeps avatars, 64 px),
+    used by every command when ``--model`` is not given. Its card is MODEL_CARD.md beside it."""
+    from importlib import resources
+
+    path = Path(str(resources.files("stylemapgan") / "assets" / "models" / DEFAULT_MODEL_NAME))
+    if not path.is_file():
+        raise ModelFileError(f"the embedded default model is missing ({path}); reinstall "
+                             "stylemapgan or pass --model")
+    return path
+
+
 def save_model(model: StyleMapGAN, path: str | os.PathLike[str], *,
                provenance: Mapping[str, Any] | None = None, overwrite: bool = False) -> Path:
     """Write ``model`` (generator + encoder) to a ``.safetensors`` model file, atomically.

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from . import __version__
 from .errors import StyleMapGANError
 
-COMMANDS = ("generate", "info", "convert", "prepare-data", "export-onnx", "train", "export", "weights", "evaluate", "make-avatars", "serve", "project", "edit", "direction")
+COMMANDS = ("generate", "info", "convert", "prepare-data", "export-onnx", "train", "export", "weights", "evaluate", "make-avatars", "serve", "project", "edit", "direction", "demo")
 
 DESCRIPTION = """\
 StyleMapGAN: project real images into spatial stylemaps in one forward pass and edit them.

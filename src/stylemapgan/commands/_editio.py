@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ._common import abspath, nonneg_float
+
 if TYPE_CHECKING:  # heavy imports stay inside functions
     import numpy as np
     import torch
@@ -26,46 +28,6 @@ RECORD_VERSION = 1
 
 
 # --------------------------------------------------------------------------- argument types
-def abspath(text: str) -> str:
-    """An argument that names a file: stored absolute, so records replay from anywhere."""
-    if not text:
-        raise argparse.ArgumentTypeError("expected a path, got an empty string")
-    return os.path.abspath(os.path.expanduser(text))
-
-
-def nonneg_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return v
-
-
-def finite_float(text: str) -> float:
-    import math
-
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(v):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-    return v
-
-
-def nonneg_float(text: str) -> float:
-    v = finite_float(text)
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return v
-
-
-def add_model(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, type=abspath, help="model file (.safetensors)")
-
-
 def add_fit(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fit", choices=("crop", "pad", "stretch"), default="crop",
                    help="how a photo that is not square becomes the model's square: crop the "

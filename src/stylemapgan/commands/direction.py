@@ -4,8 +4,19 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import add_device, add_overwrite, add_parser, positive_int
-from ._editio import abspath, add_fit, add_model, nonneg_float
+from ._common import (
+    abspath,
+    add_device,
+    add_model,
+    add_overwrite,
+    add_parser,
+    nonneg_float,
+    positive_int,
+    resolve_model,
+)
+from ._editio import (
+    add_fit,
+)
 
 TRUE = {"1", "+1", "true", "yes", "y", "pos", "positive"}
 FALSE = {"0", "-1", "false", "no", "n", "neg", "negative"}
@@ -82,6 +93,7 @@ def _read_csv(path: str) -> tuple[list[str], list[str]]:
 
 
 def run(args: argparse.Namespace) -> int:
+    args.model = resolve_model(args.model)
     import hashlib
     from pathlib import Path
 

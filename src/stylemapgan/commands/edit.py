@@ -10,15 +10,21 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ._common import add_device, add_overwrite, add_parser, positive_int
-from ._editio import (
+from ._common import (
     abspath,
+    add_device,
+    add_model,
+    add_overwrite,
+    add_parser,
+    finite_float,
+    positive_int,
+    resolve_model,
+)
+from ._editio import (
     add_fit,
     add_mask_args,
-    add_model,
     add_output,
     add_paste_back,
-    finite_float,
 )
 
 SPACE_HELP = ("where to blend: wplus = every per-layer stylemap at its own resolution (finer "
@@ -251,6 +257,7 @@ def _begin(args, k: int):
     out = Path(args.out)
     check_writable(planned_outputs(out, k, paste=bool(getattr(args, "paste_back", False))),
                    args.overwrite)
+    args.model = resolve_model(args.model)
     return out, Session(args.model, args.device, args.batch_size)
 
 

@@ -9,7 +9,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._common import add_device, add_overwrite, add_parser, float_in, positive_int
+from ._common import (
+    add_device,
+    add_model,
+    add_overwrite,
+    add_parser,
+    float_in,
+    positive_int,
+    resolve_model,
+)
 
 ALL_METRICS = ("reconstruction", "fid", "fid_lerp", "local_editing", "detectability", "runtime")
 DEFAULT_METRICS = ("reconstruction", "fid", "fid_lerp", "runtime")
@@ -49,7 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             stylemapgan evaluate --model m.safetensors --data test.zip --metrics reconstruction,runtime --out eval
             stylemapgan evaluate --model m.safetensors --data test/ --edit-triples triples/ --metrics local_editing,detectability --out eval""",
     )
-    p.add_argument("--model", required=True, help="model file (.safetensors)")
+    add_model(p)
     p.add_argument("--data", required=True,
                    help="test images: LMDB folder, image folder or .zip (see prepare-data)")
     p.add_argument("--metrics", default=None,
@@ -271,6 +279,7 @@ def _parse_metrics(text: str | None, have_triples: bool) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    args.model = resolve_model(args.model)
     import datetime as dt
 
     import torch

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import add_overwrite, add_parser
+from ._common import add_model, add_overwrite, add_parser, resolve_model
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,13 +20,14 @@ def register(sub: argparse._SubParsersAction) -> None:
             stylemapgan export-onnx --model celeba_hq.safetensors --out onnx/
             python benchmarks/onnx_speed.py --onnx-dir onnx/ --model celeba_hq.safetensors""",
     )
-    p.add_argument("--model", required=True, help="model file (.safetensors)")
+    add_model(p)
     p.add_argument("--out", required=True, help="output folder")
     add_overwrite(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    args.model = resolve_model(args.model)
     from ..checkpoint import load_model
     from ..onnx_export import export_onnx
 

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import add_device, add_overwrite, add_parser, float_in, positive_int
+from ._common import (
+    add_device,
+    add_model,
+    add_overwrite,
+    add_parser,
+    float_in,
+    positive_int,
+    resolve_model,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             stylemapgan generate --model celeba_hq.safetensors --seeds 0-7 --truncation 0.7 --out samples
             stylemapgan generate --model m.safetensors --seeds 3,14,15 --out samples --device cpu""",
     )
-    p.add_argument("--model", required=True, help="model file (.safetensors)")
+    add_model(p)
     p.add_argument("--seeds", default="0-7", help="seeds: 0-7, 1,5,9 or 0-3,10 (default: 0-7)")
     p.add_argument("--truncation", type=float_in(0.0, 2.0), default=1.0,
                    help="pull stylemaps toward the mean: 1 = none, 0.7 = typical (default: 1)")
@@ -30,6 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    args.model = resolve_model(args.model)
     from pathlib import Path
 
     import numpy as np

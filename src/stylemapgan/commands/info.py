@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ._common import add_parser
+from ._common import add_parser, resolve_model
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,12 +16,14 @@ def register(sub: argparse._SubParsersAction) -> None:
             stylemapgan info celeba_hq.safetensors
             stylemapgan info celeba_hq.safetensors --json""",
     )
-    p.add_argument("model", help="model file (.safetensors)")
+    p.add_argument("model", nargs="?", default=None,
+                   help="model file (.safetensors); default: the embedded avatar model")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    args.model = resolve_model(args.model)
     from pathlib import Path
 
     from ..checkpoint import load_model, read_model_metadata, sha256_file

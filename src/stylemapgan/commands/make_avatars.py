@@ -4,27 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import add_overwrite, add_parser, positive_int
+from ._common import add_overwrite, add_parser, int_in, positive_int
 
-
-def _size(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a size in 16..512, got {text!r}") from None
-    if not 16 <= v <= 512:
-        raise argparse.ArgumentTypeError(f"expected a size in 16..512, got {text!r}")
-    return v
-
-
-def _start(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a seed in 0..999999, got {text!r}") from None
-    if not 0 <= v <= 999_999:
-        raise argparse.ArgumentTypeError(f"expected a seed in 0..999999, got {text!r}")
-    return v
+_size = int_in(16, 512)
+_start = int_in(0, 999_999)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

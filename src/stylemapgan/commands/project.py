@@ -4,8 +4,20 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import add_device, add_overwrite, add_parser, positive_int
-from ._editio import abspath, add_fit, add_model, nonneg_float, nonneg_int
+from ._common import (
+    abspath,
+    add_device,
+    add_model,
+    add_overwrite,
+    add_parser,
+    nonneg_float,
+    nonneg_int,
+    positive_int,
+    resolve_model,
+)
+from ._editio import (
+    add_fit,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -75,6 +87,7 @@ def _names(paths) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    args.model = resolve_model(args.model)
     import datetime as _dt
     import json
     import logging

@@ -6,7 +6,7 @@ import argparse
 import os
 from collections.abc import Callable
 
-from ._common import add_device, add_parser, positive_int
+from ._common import add_device, add_parser, int_in, positive_int
 
 PathDefault = str | os.PathLike[str] | Callable[[], str | os.PathLike[str]] | None
 
@@ -14,8 +14,20 @@ PathDefault = str | os.PathLike[str] | Callable[[], str | os.PathLike[str]] | No
 # (upload only). Each may be a path or a function returning one, called only when the command
 # runs (no import-time work), so shipping a default is one line, e.g.
 #   DEFAULT_GALLERY = lambda: avatars.gallery_dir() / "test"
-DEFAULT_MODEL: PathDefault = None
-DEFAULT_GALLERY: PathDefault = None
+def _default_model() -> str:
+    from ..checkpoint import default_model_path
+
+    return str(default_model_path())
+
+
+def _default_gallery() -> str:
+    from ..avatars import gallery_dir
+
+    return str(gallery_dir() / "test")
+
+
+DEFAULT_MODEL: PathDefault = _default_model
+DEFAULT_GALLERY: PathDefault = _default_gallery
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -37,6 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             otherwise; it has no authentication, so bind other addresses only on a trusted
             network.""",
         examples="""
+            stylemapgan serve
             stylemapgan serve --model celeba_hq.safetensors
             stylemapgan serve --model celeba_hq.safetensors --gallery photos/ --port 8080
             stylemapgan serve --model m.safetensors --device cpu --max-upload-mb 10""",
@@ -60,14 +73,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def port_number(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
-    if not 1 <= v <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port number in 1..65535, got {text!r}")
-    return v
+port_number = int_in(1, 65535)
 
 
 def is_loopback(host: str) -> bool:
