@@ -533,3 +533,25 @@ def test_a_default_model_and_gallery_are_a_one_line_change(tiny_model_file, gall
     assert seen["app"].state.engine.model_name == "tiny.safetensors"
     assert len(seen["app"].state.gallery) == 3
     assert "gallery: 3 image(s)" in capsys.readouterr().out
+
+
+def test_fast_path_engine_stays_close_to_float32(tiny_model):
+    """serve --fast: a bfloat16 channels-last copy of the networks; edits within ~PSNR 25 dB of
+    the float32 engine on a random tiny model (trained models do better), and the record says so."""
+    from stylemapgan.runtime import RuntimeOptions, psnr
+
+    fast = EditEngine(tiny_model, SETTINGS, model_name="tiny",
+                      runtime=RuntimeOptions(precision="bfloat16", channels_last=True))
+    exact = EditEngine(tiny_model, SETTINGS, model_name="tiny")
+    assert fast.runner is not None and exact.runner is None
+    with TestClient(create_app(fast)) as cf, TestClient(create_app(exact)) as ce:
+        outs = []
+        for c in (cf, ce):
+            ida, idb = upload(c, smooth_image(10)).json()["id"], upload(c, smooth_image(11)).json()["id"]
+            frames, data = frames_of(c, edit(c, ida, [idb], [{"reference": 0, "mask": mask_url(left_mask())}]))
+            outs.append((frames[0], data))
+    (f_fast, _), (f_exact, _) = outs
+    q = psnr(torch.from_numpy(f_fast / 127.5 - 1), torch.from_numpy(f_exact / 127.5 - 1))
+    assert q >= 25, q
+    assert fast.info()["precision"] == "bfloat16, channels-last"
+    assert exact.info()["precision"] == "float32"

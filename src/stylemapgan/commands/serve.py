@@ -64,6 +64,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="address to listen on (default: 127.0.0.1, this computer only)")
     p.add_argument("--port", type=port_number, default=8000, help="port (default: 8000)")
     add_device(p)
+    p.add_argument("--fast", action="store_true",
+                   help="run the networks in reduced precision with channels-last memory where the "
+                        "device supports it (bfloat16 on CPUs with AMX/AVX512-BF16, bf16/fp16 on "
+                        "GPUs): about 2-3x faster edits, PSNR about 40 dB against float32")
     p.add_argument("--max-upload-mb", type=positive_int, default=20,
                    help="largest accepted upload in MiB (default: 20)")
     p.add_argument("--max-megapixels", type=positive_int, default=40,
@@ -112,7 +116,8 @@ def run(args: argparse.Namespace) -> int:
                            projection_cache_bytes=args.cache_mb * MiB)
     model = args.model or resolve_default(DEFAULT_MODEL)
     gallery_dir = args.gallery or resolve_default(DEFAULT_GALLERY)
-    app = create_app_from_file(model, gallery=gallery_dir, device=args.device, settings=settings)
+    app = create_app_from_file(model, gallery=gallery_dir, device=args.device, settings=settings,
+                              fast=args.fast)
     engine = app.state.engine
     if not is_loopback(args.host):
         print(f"warning: listening on {args.host}: anyone who can reach this address can use the "

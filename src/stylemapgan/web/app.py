@@ -300,16 +300,20 @@ def create_app(engine: EditEngine, gallery: Gallery | None = None) -> FastAPI:
 
 
 def create_app_from_file(model_path: str | os.PathLike[str], *, gallery: str | os.PathLike[str] | None = None,
-                         device: str = "auto", settings: WebSettings | None = None) -> FastAPI:
+                         device: str = "auto", settings: WebSettings | None = None,
+                         fast: bool = False) -> FastAPI:
     """Load a model file (and list a gallery folder) and build the app."""
     from ..checkpoint import load_model, sha256_file
+    from ..runtime import RuntimeOptions
     from ..utils import resolve_device
 
     settings = settings or WebSettings()
     listing = Gallery(gallery, max_items=settings.max_gallery_items)
-    model = load_model(model_path, device=resolve_device(device))
+    dev = resolve_device(device)
+    model = load_model(model_path, device=dev)
     engine = EditEngine(model, settings, model_name=Path(model_path).name,
-                        model_sha256=sha256_file(model_path))
+                        model_sha256=sha256_file(model_path),
+                        runtime=RuntimeOptions.fastest(dev) if fast else None)
     return create_app(engine, listing)
 
 

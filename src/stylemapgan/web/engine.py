@@ -36,6 +36,7 @@ from ..editing import (
 from ..errors import InputError
 from ..images import from_uint8, to_uint8
 from ..networks import StyleMapGAN
+from ..runtime import RuntimeOptions, prepare
 from .cache import ByteLRU
 from .imaging import encode_png, fit_square, mask_to_data_url
 from .settings import WebSettings
@@ -130,12 +131,17 @@ class EditEngine:
     """Owns the model and the in-memory stores. Thread-safe; model passes are serialized."""
 
     def __init__(self, model: StyleMapGAN, settings: WebSettings | None = None, *,
-                 model_name: str = "model", model_sha256: str | None = None) -> None:
+                 model_name: str = "model", model_sha256: str | None = None,
+                 runtime: RuntimeOptions | None = None) -> None:
         self.model = model.eval().requires_grad_(False)
         self.config = model.config
         self.size = model.config.size
         self.device = next(model.parameters()).device
         self.settings = settings or WebSettings()
+        # A fast path (reduced precision, channels-last) runs a prepared copy of the networks;
+        # float32 uses the model itself, so results equal the library's bit for bit.
+        self.runtime = runtime or RuntimeOptions()
+        self.runner = prepare(model, self.device, self.runtime) if self.runtime != RuntimeOptions() else None
         self.model_name = model_name
         self.model_sha256 = model_sha256
         self.images: ByteLRU[StoredImage] = ByteLRU(self.settings.image_store_bytes, lambda v: v.nbytes)
@@ -146,6 +152,16 @@ class EditEngine:
         self._model_lock = threading.Lock()
         self.projection_count = 0
         self.generator_passes = 0
+
+    # ------------------------------------------------------------------ network passes
+    def _project(self, x: torch.Tensor) -> torch.Tensor:
+        return self.runner.project(x) if self.runner else self.model.project(x)
+
+    def _pyramid(self, w: torch.Tensor) -> list[torch.Tensor]:
+        return self.runner.pyramid(w) if self.runner else self.model.generator.pyramid(w)
+
+    def _synthesize(self, styles: list[torch.Tensor]) -> torch.Tensor:
+        return self.runner.synthesize(styles) if self.runner else self.model.generator.synthesize(styles)
 
     # ------------------------------------------------------------------ images
     def add_image(self, img: Image.Image, name: str, source: str = "upload") -> StoredImage:
@@ -178,9 +194,9 @@ class EditEngine:
             t0 = time.perf_counter()
             with torch.inference_mode():
                 x = from_uint8(stored.pixels).to(self.device)
-                w = self.model.project(x)
-                styles = tuple(self.model.generator.pyramid(w))
-                recon = to_uint8(self.model.generator.synthesize(list(styles)))[0]
+                w = self._project(x)
+                styles = tuple(self._pyramid(w))
+                recon = to_uint8(self._synthesize(list(styles)))[0]
             self.projection_count += 1
             self.generator_passes += 1
             log.info("projected image %s in %.0f ms", iid[:12], 1000 * (time.perf_counter() - t0))
@@ -220,7 +236,6 @@ class EditEngine:
         regions = [r for r in spec.regions if float(r.mask.max(initial=0.0)) > 0.0]
         t = steps(spec.steps).to(self.device)
         masks = [torch.from_numpy(r.mask)[None, None].to(self.device) for r in regions]
-        g = self.model.generator
         with self._model_lock, torch.inference_mode():
             if not regions:
                 method = "reconstruction"
@@ -230,7 +245,7 @@ class EditEngine:
                 if spec.space == "w":
                     method = "local_edit_w"
                     w_edit = local_edit_w(src.w, ref.w, masks[0])
-                    styles = g.pyramid(interpolate_w(src.w, w_edit, t))
+                    styles = self._pyramid(interpolate_w(src.w, w_edit, t))
                 else:
                     method = "local_edit_wplus"
                     edited = local_edit_wplus(src.styles, ref.styles, masks[0])
@@ -241,11 +256,11 @@ class EditEngine:
                         for r, m in zip(regions, masks, strict=True)]
                 if spec.space == "w":
                     ref_w = torch.cat([r.w for r in refs])
-                    styles = g.pyramid(transplant([src.w], [ref_w], regs, self.size, alpha=t)[0])
+                    styles = self._pyramid(transplant([src.w], [ref_w], regs, self.size, alpha=t)[0])
                 else:
                     ref_styles = [torch.cat(level) for level in zip(*(r.styles for r in refs), strict=True)]
                     styles = transplant(src.styles, ref_styles, regs, self.size, alpha=t)
-            images = to_uint8(g.synthesize(list(styles)))
+            images = to_uint8(self._synthesize(list(styles)))
             self.generator_passes += 1
         frames = [encode_png(im) for im in images]
         compute_ms = 1000 * (time.perf_counter() - t0)
@@ -275,7 +290,7 @@ class EditEngine:
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "stylemapgan_version": __version__,
             "model": {"name": self.model_name, "sha256": self.model_sha256,
-                      "config": self.config.to_dict()},
+                      "config": self.config.to_dict(), "runtime": self.runtime.describe()},
             "image_ids": "first 32 hex digits of the SHA-256 of the RGB pixels at model resolution",
             "original": img(spec.original),
             "references": [img(r) for r in spec.references],
@@ -295,6 +310,7 @@ class EditEngine:
         c = self.config
         return {"model": self.model_name, "size": c.size, "stylemap": list(c.stylemap_shape),
                 "num_styles": c.num_styles, "device": str(self.device),
+                "precision": self.runtime.describe(),
                 "max_references": self.settings.max_references, "max_steps": self.settings.max_steps,
                 "max_upload_bytes": self.settings.max_upload_bytes,
                 "max_pixels": self.settings.max_pixels}
