@@ -214,8 +214,9 @@ def main(argv=None) -> int:
 
     if not args.no_peak:
         rec = ConvRecorder()
-        with torch.inference_mode(), rec, runner.autocast():
-            runner.reconstruct(x) if not options.compile else (model.generator(model.encoder(x)))
+        with torch.inference_mode(), rec:
+            # compiled graphs hide their convolutions from the recorder: record the eager copy
+            runner.model.generator(runner.model.encoder(runner._in(x))) if options.compile else runner.reconstruct(x)
         best, roof, iso = conv_peak(rec.calls, device, 1, 3)
         achieved = results["stages"]["projection + generation"]["gflop_per_s"]
         print(f"\nconv peak (best isolated shape): {best:8.1f} GFLOP/s -> projection + generation "

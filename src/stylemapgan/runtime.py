@@ -127,11 +127,6 @@ class Runner:
             self._synthesis = torch.compile(fast.generator.synthesis, mode=mode)
             self._resizer = torch.compile(fast.generator.resizer, mode=mode)
 
-    def autocast(self) -> contextlib.AbstractContextManager:
-        """Nothing to do: the prepared model already runs in its dtype. Kept for callers that
-        run extra ops (e.g. editing) next to the networks."""
-        return contextlib.nullcontext()
-
     def _in(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(device=self.device, dtype=self.options.dtype)
         if self.options.channels_last and x.ndim == 4:
