@@ -8,7 +8,14 @@ import torch.nn.functional as F
 
 from refimpl import upfirdn2d
 from stylemapgan.layers import EqualConv2d, StyledConv
-from stylemapgan.ops import blur, blur_kernel
+from stylemapgan.ops import (
+    blur,
+    blur_kernel,
+    conv_transpose2d_s2,
+    memory_format,
+    phase_kernels,
+    upsample_fir_1x1,
+)
 
 
 def naive_correlate(x, k, pad):
@@ -122,3 +129,67 @@ def test_styled_conv_rejects_mismatched_stylemap():
     layer = StyledConv(4, 4, 3, 2)
     with pytest.raises(ValueError, match="does not match"):
         layer(torch.randn(1, 4, 8, 8), torch.randn(1, 2, 4, 4))
+
+
+@pytest.mark.parametrize("k", [3, 5])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_conv_transpose2d_s2_by_phases_matches_naive(k, channels_last):
+    torch.manual_seed(3)
+    x = torch.randn(2, 3, 5, 4, dtype=torch.float64)
+    w = torch.randn(4, 3, k, k, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    ref = torch.stack([naive_conv_transpose_s2(x[i], w) for i in range(2)])
+    for kernels in (None, phase_kernels(w)):
+        out = conv_transpose2d_s2(x, w, kernels)
+        assert out.shape == ref.shape == (2, 4, 10 + k - 2, 8 + k - 2)
+        assert torch.allclose(out, ref, atol=1e-12, rtol=0)
+        assert memory_format(out) == memory_format(x)
+    with pytest.raises(ValueError, match="odd kernel size"):
+        phase_kernels(torch.randn(4, 3, 1, 1))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_upsample_fir_1x1_is_zero_insertion_then_blur(channels_last):
+    torch.manual_seed(4)
+    y = torch.randn(2, 3, 5, 7, dtype=torch.float64)
+    if channels_last:
+        y = y.contiguous(memory_format=torch.channels_last)
+    zeros = torch.zeros(2, 3, 9, 13, dtype=torch.float64)
+    zeros[:, :, ::2, ::2] = y
+    ref = naive_correlate(zeros, blur_kernel(torch.float64) * 4, (2, 2))
+    out = upsample_fir_1x1(y)
+    assert out.shape == ref.shape == (2, 3, 10, 14)
+    assert torch.allclose(out, ref, atol=1e-12, rtol=0)
+    assert memory_format(out) == memory_format(y)
+
+
+def test_strided_blur_is_blur_then_subsampling():
+    torch.manual_seed(5)
+    x = torch.randn(1, 3, 9, 8, dtype=torch.float64)
+    k = blur_kernel(torch.float64)
+    for pad in [(1, 1), (2, 1)]:
+        assert torch.allclose(blur(x, k, pad, stride=2), blur(x, k, pad)[:, :, ::2, ::2], atol=1e-12)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_equal_conv_down_and_up_against_naive(k):
+    torch.manual_seed(6)
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    scale = 1 / math.sqrt(3 * k * k)
+    down = EqualConv2d(3, 5, k, down=True).double()
+    with torch.no_grad():
+        down.bias.normal_()
+    xb = naive_correlate(x, blur_kernel(torch.float64), down.blur_pad)
+    ref = torch.stack([naive_conv(xb[i], down.weight * scale, 0)[:, ::2, ::2] for i in range(2)])
+    ref = F.leaky_relu(ref + down.bias[:, None, None], 0.2) * math.sqrt(2)
+    assert torch.allclose(down(x), ref, atol=1e-12)
+    up = EqualConv2d(3, 5, k, up=True).double()
+    with torch.no_grad():
+        up.bias.normal_()
+    ref = torch.stack([naive_correlate(naive_conv_transpose_s2(x[i], up.weight * scale)[None],
+                                       blur_kernel(torch.float64) * 4, up.blur_pad)[0] for i in range(2)])
+    ref = F.leaky_relu(ref + up.bias[:, None, None], 0.2) * math.sqrt(2)
+    out = up(x)
+    assert out.shape == (2, 5, 16, 16)
+    assert torch.allclose(out, ref, atol=1e-12)

@@ -56,7 +56,8 @@ def test_determinism_and_batch_independence(tiny_config):
         ya, yb = a.generator.generate(z), b.generator.generate(z)
         assert torch.equal(ya, yb)
         y1 = a.generator.generate(z[:1])
-    assert torch.allclose(ya[:1], y1, atol=1e-5)
+    # float32 rounding differs with the batch size (oneDNN picks other kernels); outputs reach ~25
+    assert torch.allclose(ya[:1], y1, rtol=1e-5, atol=5e-5)
     assert not torch.equal(ya[0], ya[1])
 
 

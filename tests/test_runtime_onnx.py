@@ -27,6 +27,25 @@ def test_fold_scales_keeps_outputs(model):
     with torch.no_grad():
         assert torch.allclose(folded.reconstruct(x), model.reconstruct(x), atol=1e-5)
         assert torch.allclose(folded.generator.generate(z), model.generator.generate(z), atol=1e-5)
+    # every constant factor went into the weights
+    for m in folded.modules():
+        for name in ("scale", "lr_mul", "residual_gain"):
+            assert getattr(m, name, 1.0) == 1.0, (m, name)
+        if getattr(m, "activate", True):
+            assert getattr(m, "act_gain", 1.0) == 1.0, m
+
+
+def test_runner_caches_phase_kernels_of_its_own_copy(model):
+    from stylemapgan.layers import StyledConv
+
+    runner = prepare(model, "cpu", RuntimeOptions(channels_last=True))
+    ups = [m for m in runner.model.modules() if isinstance(m, StyledConv) and m.up]
+    assert ups and all(m.phase_cache is not None for m in ups)
+    assert all(m.phase_cache is None for m in model.modules() if isinstance(m, StyledConv))
+    layer = ups[0].double()
+    with pytest.raises(RuntimeError, match="clear_phase_kernels"):
+        layer(torch.randn(1, layer.weight.shape[1], 4, 4, dtype=torch.float64),
+              torch.randn(1, layer.gamma.weight.shape[1], 4, 4, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("options, tol_db", [

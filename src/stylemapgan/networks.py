@@ -26,6 +26,12 @@ def _check_image(x: torch.Tensor, size: int, what: str) -> None:
         raise ValueError(f"{what} expects images of shape [N, 3, {size}, {size}], got {tuple(x.shape)}")
 
 
+def residual_sum(out: torch.Tensor, skip: torch.Tensor, gain: float) -> torch.Tensor:
+    """``(out + skip) * gain``, scaling the fresh sum in place (one tensor fewer)."""
+    total = out + skip
+    return total.mul_(gain) if gain != 1.0 else total
+
+
 class MappingNetwork(nn.Module):
     """z -> w: pixel norm, then ``mapping_layers`` equalized linear layers with lr_mul; the last
     one widens to C*S*S and is reshaped channel-major into the stylemap."""
@@ -90,10 +96,11 @@ class SynthesisBlock(nn.Module):
         self.conv2 = StyledConv(out_channels, out_channels, 3, style_out,
                                 normalization=normalization)
         self.skip = EqualConv2d(in_channels, out_channels, 1, up=True, bias=False, activate=False)
+        self.residual_gain = 1.0 / math.sqrt(2.0)  # folded away in inference copies
 
     def forward(self, x: torch.Tensor, style1: torch.Tensor, style2: torch.Tensor) -> torch.Tensor:
         out = self.conv2(self.conv1(x, style1), style2)
-        return (out + self.skip(x)) * (1.0 / math.sqrt(2.0))
+        return residual_sum(out, self.skip(x), self.residual_gain)
 
 
 class SynthesisNetwork(nn.Module):
@@ -197,9 +204,10 @@ class EncoderBlock(nn.Module):
         self.conv1 = EqualConv2d(in_channels, in_channels, 3)
         self.conv2 = EqualConv2d(in_channels, out_channels, 3, down=True)
         self.skip = EqualConv2d(in_channels, out_channels, 1, down=True, bias=False, activate=False)
+        self.residual_gain = 1.0 / math.sqrt(2.0)  # folded away in inference copies
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (self.conv2(self.conv1(x)) + self.skip(x)) * (1.0 / math.sqrt(2.0))
+        return residual_sum(self.conv2(self.conv1(x)), self.skip(x), self.residual_gain)
 
 
 def _trunk(config: ModelConfig, stop: int) -> tuple[EqualConv2d, nn.ModuleList, int]:

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError
+from .layers import _UpsamplingConv
 from .networks import StyleMapGAN
 
 log = logging.getLogger(__name__)
@@ -86,9 +87,21 @@ def cpu_has_fast_bf16() -> bool:
 
 
 def fold_scales(module: nn.Module) -> nn.Module:
-    """Multiply the equalized-learning-rate scales into the stored weights (in place), so no
-    forward pass has to rescale them. For inference copies only: training needs the split."""
+    """Multiply constant factors into the stored weights (in place), so no forward pass has to
+    apply them: the equalized-learning-rate scales, the residual blocks' 1/sqrt(2) (into the
+    main branch's activation gain and the linear skip) and the activation gains (leaky ReLU is
+    positively homogeneous: ``lrelu(a x + a b) = a lrelu(x + b)`` for a > 0). For inference
+    copies only: training needs the split."""
     with torch.no_grad():
+        for m in module.modules():
+            gain = getattr(m, "residual_gain", None)
+            if isinstance(gain, float) and gain != 1.0:
+                skip = m.skip
+                if skip.bias is not None or skip.activate:
+                    raise ValueError("residual folding needs a skip without bias or activation")
+                m.conv2.act_gain *= gain
+                skip.weight.mul_(gain)
+                m.residual_gain = 1.0
         for m in module.modules():
             scale = getattr(m, "scale", None)
             weight = getattr(m, "weight", None)
@@ -100,6 +113,12 @@ def fold_scales(module: nn.Module) -> nn.Module:
             if isinstance(lr_mul, float) and isinstance(bias, torch.Tensor) and lr_mul != 1.0:
                 bias.mul_(lr_mul)
                 m.lr_mul = 1.0
+            act_gain = getattr(m, "act_gain", None)
+            if isinstance(act_gain, float) and act_gain != 1.0 and getattr(m, "activate", True):
+                weight.mul_(act_gain)
+                if bias is not None:
+                    bias.mul_(act_gain)
+                m.act_gain = 1.0
     return module
 
 
@@ -117,6 +136,9 @@ class Runner:
         fast = fast.to(dtype=options.dtype)
         if options.channels_last:
             fast = fast.to(memory_format=torch.channels_last)
+        for m in fast.modules():
+            if isinstance(m, _UpsamplingConv):
+                m.cache_phase_kernels()
         self.model = fast
         self._encoder: Callable = fast.encoder
         self._synthesis: Callable = fast.generator.synthesis
