@@ -1,11 +1,15 @@
 """Inference speed of StyleMapGAN: encoder, generator, projection + generation, a cached edit.
 
-Prints medians after warm-up, the device and thread count, FLOPs of each stage, the achieved
-GFLOP/s and, beside it, the peak this device reaches on the same convolution shapes run one at a
-time ("conv peak": the best GFLOP/s of any of the model's convolution shapes in isolation, and
-"conv roofline": the model's conv FLOPs divided by the summed isolated times of all its convs).
+Prints medians and best times after warm-up, the device and thread count, FLOPs of each stage,
+the achieved GFLOP/s and, beside it, the peak this device reaches on the same convolution shapes
+run one at a time ("conv peak": the best GFLOP/s of any of the model's convolution shapes in
+isolation, and "conv roofline": the model's conv FLOPs divided by the summed isolated times of
+all its convs). The fractions come from paired rounds, each timing projection + generation once
+and every isolated convolution once (warm), so that a machine whose speed drifts (turbo,
+neighbours) moves both alike; they are medians over the rounds.
 
     python benchmarks/inference.py                                  # official-256, batch 1, float32
+    python benchmarks/inference.py --channels-last --repeats 9      # the float32 fast path
     python benchmarks/inference.py --precision bfloat16 --channels-last
     python benchmarks/inference.py --preset official-256 --batch 32 --device cuda --precision float16
     python benchmarks/inference.py --compare                        # float32 vs the fast path, PSNR
@@ -16,6 +20,7 @@ Weights are random (the speed does not depend on them); pass --model to time a r
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import platform
 import statistics
@@ -33,6 +38,22 @@ from stylemapgan.editing import local_edit_wplus
 from stylemapgan.networks import StyleMapGAN
 from stylemapgan.runtime import RuntimeOptions, prepare, psnr
 from stylemapgan.utils import resolve_device
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc serve every block from its heap and keep freed memory for reuse.
+
+    At 256 px many activations are 32 MiB or more, above glibc's largest mmap threshold, so by
+    default each is a fresh mmap whose pages fault in on every forward pass (about 5 million
+    minor faults and several seconds of system time per run of this script). Equivalent to
+    ``GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647``.
+    Returns False where this is not glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_max = -1, -4  # from <malloc.h>
+        return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
+    except (OSError, AttributeError):
+        return False
 
 
 def sync(device: torch.device) -> None:
@@ -99,28 +120,39 @@ class ConvRecorder(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def conv_peak(calls: Counter, device, warmup: int, repeats: int) -> tuple[float, float, float]:
-    """(best GFLOP/s of any shape, roofline GFLOP/s, summed isolated seconds)."""
-    best, total_flops, total_time = 0.0, 0.0, 0.0
-    for key, count in calls.items():
-        xs, ws, has_b, stride, padding, dilation, transposed, out_pad, groups, dtype, cl = key
-        fmt = torch.channels_last if cl else torch.contiguous_format
-        x = torch.randn(xs, device=device, dtype=dtype).contiguous(memory_format=fmt)
-        w = torch.randn(ws, device=device, dtype=dtype).contiguous(memory_format=fmt)
-        b = torch.randn(ws[1] * groups if transposed else ws[0], device=device, dtype=dtype) if has_b else None
+class IsolatedConvs:
+    """The model's convolutions, each rebuilt with random tensors of the same shapes, strides,
+    dtype and memory format, timed one at a time."""
 
-        def run(x=x, w=w, b=b, stride=stride, padding=padding, dilation=dilation,
-                transposed=transposed, out_pad=out_pad, groups=groups):
-            return torch.ops.aten.convolution(x, w, b, stride, padding, dilation, transposed,
-                                              out_pad, groups)
+    def __init__(self, calls: Counter, device: torch.device) -> None:
+        self.device = device
+        self.runs = []  # (closure, FLOPs of one call, number of calls per forward pass)
+        for key, count in calls.items():
+            xs, ws, has_b, stride, padding, dilation, transposed, out_pad, groups, dtype, cl = key
+            fmt = torch.channels_last if cl else torch.contiguous_format
+            x = torch.randn(xs, device=device, dtype=dtype).contiguous(memory_format=fmt)
+            w = torch.randn(ws, device=device, dtype=dtype).contiguous(memory_format=fmt)
+            b = torch.randn(ws[1] * groups if transposed else ws[0], device=device, dtype=dtype) if has_b else None
 
-        f = flops(run)
+            def run(x=x, w=w, b=b, stride=stride, padding=padding, dilation=dilation,
+                    transposed=transposed, out_pad=out_pad, groups=groups):
+                return torch.ops.aten.convolution(x, w, b, stride, padding, dilation, transposed,
+                                                  out_pad, groups)
+
+            self.runs.append((run, flops(run), count))
+        self.total_flops = sum(f * c for _, f, c in self.runs)
+        self.num_calls = sum(c for _, _, c in self.runs)
+
+    def time_once(self) -> tuple[float, float]:
+        """(best GFLOP/s of any shape, summed seconds of all the model's convs): each conv is
+        run twice in a row and the second, warm call is timed."""
+        best, total = 0.0, 0.0
         with torch.inference_mode():
-            t = min(timeit(run, device, warmup, repeats))
-        best = max(best, f / t / 1e9)
-        total_flops += f * count
-        total_time += t * count
-    return best, total_flops / total_time / 1e9, total_time
+            for run, f, count in self.runs:
+                t = timeit(run, self.device, 1, 1)[0]
+                best = max(best, f / t / 1e9)
+                total += t * count
+        return best, total
 
 
 def main(argv=None) -> int:
@@ -140,7 +172,12 @@ def main(argv=None) -> int:
     p.add_argument("--compare", action="store_true",
                    help="also run float32 and report the fast path's speed-up and PSNR")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.add_argument("--system-malloc", action="store_true",
+                   help="leave glibc's malloc at its defaults (by default freed memory is kept "
+                        "for reuse, see keep_freed_memory)")
     args = p.parse_args(argv)
+    malloc = "glibc defaults" if args.system_malloc else (
+        "freed memory kept (mallopt)" if keep_freed_memory() else "system (not glibc)")
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -157,7 +194,8 @@ def main(argv=None) -> int:
     runner = prepare(model, device, options)
 
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
-    print(f"device: {device} ({dev_name}), torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(f"device: {device} ({dev_name}), torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"malloc: {malloc}")
     print(f"model: {args.model or args.preset} ({cfg.size}px, {cfg.stylemap_size}x{cfg.stylemap_size}), "
           f"batch {args.batch}, {options.describe()}")
 
@@ -195,9 +233,10 @@ def main(argv=None) -> int:
     stage_flops["projection + generation"] = stage_flops["encoder"] + stage_flops["generator"]
 
     results = {"device": str(device), "device_name": dev_name, "threads": torch.get_num_threads(),
+               "malloc": malloc,
                "torch": torch.__version__, "preset": args.model or args.preset, "batch": args.batch,
                "options": options.describe(), "stages": {}}
-    print(f"\n{'stage':26s} {'median s':>9s} {'s/image':>9s} {'GFLOPs':>8s} {'GFLOP/s':>8s}")
+    print(f"\n{'stage':26s} {'median s':>9s} {'best s':>9s} {'s/image':>9s} {'GFLOPs':>8s} {'GFLOP/s':>8s}")
     for name, fn in stages.items():
         hook = model.encoder.register_forward_pre_hook(count_encoder) if name.startswith("edit") else None
         with torch.inference_mode():
@@ -206,9 +245,10 @@ def main(argv=None) -> int:
             hook.remove()
         med = statistics.median(times)
         gf = stage_flops[name] / 1e9
-        print(f"{name:26s} {med:9.4f} {med / args.batch:9.4f} {gf:8.1f} {gf / med:8.1f}")
-        results["stages"][name] = {"median_s": med, "per_image_s": med / args.batch,
-                                   "gflops": gf, "gflop_per_s": gf / med, "times": times}
+        print(f"{name:26s} {med:9.4f} {min(times):9.4f} {med / args.batch:9.4f} {gf:8.1f} {gf / med:8.1f}")
+        results["stages"][name] = {"median_s": med, "best_s": min(times), "per_image_s": med / args.batch,
+                                   "gflops": gf, "gflop_per_s": gf / med,
+                                   "best_gflop_per_s": gf / min(times), "times": times}
     print(f"encoder passes during cached edits: {encoder_calls}")
     results["encoder_calls_during_edit"] = encoder_calls
 
@@ -217,14 +257,37 @@ def main(argv=None) -> int:
         with torch.inference_mode(), rec:
             # compiled graphs hide their convolutions from the recorder: record the eager copy
             runner.model.generator(runner.model.encoder(runner._in(x))) if options.compile else runner.reconstruct(x)
-        best, roof, iso = conv_peak(rec.calls, device, 1, 3)
-        achieved = results["stages"]["projection + generation"]["gflop_per_s"]
-        print(f"\nconv peak (best isolated shape): {best:8.1f} GFLOP/s -> projection + generation "
-              f"reaches {100 * achieved / best:5.1f}% of it")
-        print(f"conv roofline (all {sum(rec.calls.values())} convs isolated, {iso:.3f} s): {roof:8.1f} GFLOP/s "
-              f"-> {100 * achieved / roof:5.1f}%")
-        results.update(conv_peak_gflop_per_s=best, conv_roofline_gflop_per_s=roof,
-                       fraction_of_peak=achieved / best, fraction_of_roofline=achieved / roof)
+        # Paired rounds: each times projection + generation once and every isolated conv once,
+        # so a machine that speeds up or slows down (turbo, neighbours) moves both alike.
+        convs = IsolatedConvs(rec.calls, device)
+        with torch.inference_mode():
+            for _ in range(max(1, args.warmup)):
+                convs.time_once()
+            rounds = []
+            for _ in range(args.repeats):
+                t_model = timeit(stages["projection + generation"], device, 0, 1)[0]
+                rounds.append((t_model, *convs.time_once()))
+        model_flops = stage_flops["projection + generation"]
+        achieved = [model_flops / t / 1e9 for t, _, _ in rounds]
+        peaks = [p for _, p, _ in rounds]
+        roofs = [convs.total_flops / iso / 1e9 for _, _, iso in rounds]
+        f_peak = statistics.median(a / p for a, p in zip(achieved, peaks, strict=True))
+        f_roof = statistics.median(a / r for a, r in zip(achieved, roofs, strict=True))
+        best_peak, best_roof = max(peaks), max(roofs)
+        print(f"\n{args.repeats} paired rounds (projection + generation, then each isolated conv once):")
+        print(f"projection + generation: {statistics.median(achieved):.1f} GFLOP/s median, {max(achieved):.1f} best")
+        print(f"conv peak (best isolated shape): {statistics.median(peaks):8.1f} GFLOP/s median, "
+              f"{best_peak:.1f} best -> projection + generation reaches {100 * f_peak:5.1f}% "
+              f"(median of rounds; best vs best {100 * max(achieved) / best_peak:5.1f}%)")
+        print(f"conv roofline (all {convs.num_calls} convs isolated): {statistics.median(roofs):8.1f} GFLOP/s "
+              f"median, {best_roof:.1f} best -> {100 * f_roof:5.1f}% "
+              f"(median of rounds; best vs best {100 * max(achieved) / best_roof:5.1f}%)")
+        results.update(conv_peak_gflop_per_s=best_peak, conv_roofline_gflop_per_s=best_roof,
+                       fraction_of_peak=f_peak, fraction_of_roofline=f_roof,
+                       best_fraction_of_peak=max(achieved) / best_peak,
+                       best_fraction_of_roofline=max(achieved) / best_roof,
+                       paired_rounds=[{"model_s": t, "peak_gflop_per_s": p, "convs_s": i}
+                                      for t, p, i in rounds])
 
     if args.compare and options != RuntimeOptions():
         base = prepare(model, device, RuntimeOptions())
