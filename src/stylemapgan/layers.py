@@ -30,13 +30,16 @@ def _scaled(weight: torch.Tensor, scale: float) -> torch.Tensor:
     return weight if scale == 1.0 else weight * scale
 
 
-class _UpsamplingConv(nn.Module):
+class UpsamplingLayer(nn.Module):
     """Holds the stride-2 transposed convolution shared by the upsampling layers, and an
     optional cache of its phase kernels for frozen inference copies."""
 
     weight: nn.Parameter
     scale: float
     phase_cache: tuple[torch.Tensor, ...] | None = None
+    # False: one ConvTranspose instead (set by the ONNX exporter: ONNX Runtime runs the
+    # transposed convolution faster than four convolutions scattered into alternate pixels).
+    phase_convs: bool = True
 
     def cache_phase_kernels(self) -> None:
         """Precompute the phase kernels from the current weight (inference copies only: the
@@ -54,6 +57,8 @@ class _UpsamplingConv(nn.Module):
         if cache is not None and (cache[0].dtype != x.dtype or cache[0].device != x.device):
             raise RuntimeError("cached phase kernels no longer match the layer's dtype or "
                                "device; call clear_phase_kernels() after moving it")
+        if not self.phase_convs:
+            return F.conv_transpose2d(x, w.transpose(0, 1), stride=2)
         return conv_transpose2d_s2(x, w, cache)
 
 
@@ -85,7 +90,7 @@ class EqualLinear(nn.Module):
                 f"activate={self.activate}")
 
 
-class EqualConv2d(_UpsamplingConv):
+class EqualConv2d(UpsamplingLayer):
     """k x k convolution with equalized learning rate, optionally resampling by 2.
 
     Parameters
@@ -145,7 +150,7 @@ class EqualConv2d(_UpsamplingConv):
         return f"{i}, {o}, {k}, up={self.up}, down={self.down}, activate={self.activate}"
 
 
-class StyledConv(_UpsamplingConv):
+class StyledConv(UpsamplingLayer):
     """Convolution after spatially variant modulation (Eq. 1 of the paper).
 
     ``h' = gamma(s) * norm(h) + beta(s)``, where ``s`` is the stylemap at the input's
@@ -192,10 +197,10 @@ class StyledConv(_UpsamplingConv):
 
                 centred = x - mean(x)
                 return centred * torch.rsqrt(mean(centred.square()) + 1e-5)
-            # Layer norm over C, H, W without affine is group norm with one group; PyTorch's
-            # group norm keeps channels-last inputs as they are and splits the statistics of
-            # one sample over threads (layer_norm copies NHWC to NCHW and uses one thread per
-            # sample: 1.7-3x slower at batch 1).
+            # Layer norm over C, H, W without affine is group norm with one group. PyTorch's
+            # layer_norm copies a channels-last input to NCHW first (7-25x slower on the
+            # 2-core CPU at 256 px); group norm works on either layout and is as fast or
+            # faster on NCHW.
             return F.group_norm(x, 1, eps=1e-5)
         if self.normalization == "instance":
             return F.instance_norm(x, eps=1e-5)

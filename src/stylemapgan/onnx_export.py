@@ -29,7 +29,7 @@ from torch import nn
 
 from .checkpoint import sha256_file
 from .errors import ConfigError, StyleMapGANError
-from .layers import StyledConv
+from .layers import StyledConv, UpsamplingLayer
 from .networks import StyleMapGAN
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,8 @@ def export_onnx(model: StyleMapGAN, out_dir: str | os.PathLike[str], *, overwrit
     for m in model.modules():
         if isinstance(m, StyledConv):
             m.two_pass_norm = True
+        if isinstance(m, UpsamplingLayer):
+            m.phase_convs = False
     cfg = model.config
     gen = torch.Generator().manual_seed(seed)
     images = torch.rand(verify_batch, 3, cfg.size, cfg.size, generator=gen) * 2 - 1

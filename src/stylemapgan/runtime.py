@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError
-from .layers import _UpsamplingConv
+from .layers import UpsamplingLayer
 from .networks import StyleMapGAN
 
 log = logging.getLogger(__name__)
@@ -137,7 +137,7 @@ class Runner:
         if options.channels_last:
             fast = fast.to(memory_format=torch.channels_last)
         for m in fast.modules():
-            if isinstance(m, _UpsamplingConv):
+            if isinstance(m, UpsamplingLayer):
                 m.cache_phase_kernels()
         self.model = fast
         self._encoder: Callable = fast.encoder
