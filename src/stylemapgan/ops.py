@@ -1,4 +1,6 @@
-"""Pure-PyTorch primitives shared by the networks: the FIR blur and the biased leaky ReLU.
+"""Pure-PyTorch primitives shared by the networks: the FIR blur (also strided), the stride-2
+transposed convolution as four phase convolutions, the 1x1 upsampling tail as a zero-edged
+bilinear upsampling, and the biased leaky ReLU.
 
 Every op runs on any device and dtype PyTorch supports; nothing is compiled.
 """
