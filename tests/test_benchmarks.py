@@ -1,0 +1,27 @@
+"""The benchmark scripts run end to end on a tiny model (what they print is not checked for
+speed: timings belong to the scripts, not to tests)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_inference_benchmark_runs_and_reports(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "inference.py"), "--preset", "tiny-32",
+         "--repeats", "2", "--warmup", "1", "--threads", "1", "--channels-last", "--json", str(out)],
+        capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "paired rounds" in proc.stdout and "conv roofline" in proc.stdout
+    result = json.loads(out.read_text())
+    assert result["encoder_calls_during_edit"] == 0
+    assert set(result["stages"]) == {"encoder", "generator", "projection + generation",
+                                     "edit (cached stylemaps)"}
+    stage = result["stages"]["projection + generation"]
+    assert stage["gflops"] > 0 and stage["best_s"] <= stage["median_s"]
+    assert len(result["paired_rounds"]) == 2
+    assert result["fraction_of_roofline"] > 0 and result["fraction_of_peak"] > 0
