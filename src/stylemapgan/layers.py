@@ -36,6 +36,7 @@ class UpsamplingLayer(nn.Module):
 
     weight: nn.Parameter
     scale: float
+    up: bool
     phase_cache: tuple[torch.Tensor, ...] | None = None
     # False: one ConvTranspose instead (set by the ONNX exporter: ONNX Runtime runs the
     # transposed convolution faster than four convolutions scattered into alternate pixels).
@@ -44,7 +45,7 @@ class UpsamplingLayer(nn.Module):
     def cache_phase_kernels(self) -> None:
         """Precompute the phase kernels from the current weight (inference copies only: the
         cache is not updated if the weight changes later; :meth:`clear_phase_kernels` drops it)."""
-        if not getattr(self, "up", False) or self.weight.shape[-1] < 3:
+        if not self.up or self.weight.shape[-1] < 3:
             return  # only strided transposed convolutions have phases
         with torch.no_grad():
             self.phase_cache = phase_kernels(_scaled(self.weight, self.scale))
