@@ -35,9 +35,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from stylemapgan.checkpoint import build_empty, load_model
 from stylemapgan.config import get_preset
-from stylemapgan.networks import StyleMapGAN
+from stylemapgan.formats.checkpoint import build_empty, load_model
+from stylemapgan.nn.networks import StyleMapGAN
 from stylemapgan.utils import resolve_device
 from stylemapgan.web.engine import EditEngine, EditSpec, RegionSpec
 

@@ -32,11 +32,11 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from stylemapgan.checkpoint import load_model
 from stylemapgan.config import get_preset
-from stylemapgan.editing import local_edit_wplus
-from stylemapgan.networks import StyleMapGAN
-from stylemapgan.runtime import RuntimeOptions, prepare, psnr
+from stylemapgan.editing.operations import local_edit_wplus
+from stylemapgan.formats.checkpoint import load_model
+from stylemapgan.nn.networks import StyleMapGAN
+from stylemapgan.nn.runtime import RuntimeOptions, prepare, psnr
 from stylemapgan.utils import resolve_device
 
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stylemapgan.checkpoint import load_model
-from stylemapgan.onnx_export import onnx_session
+from stylemapgan.formats.checkpoint import load_model
+from stylemapgan.nn.onnx_export import onnx_session
 
 
 def median_time(fn, warmup: int, repeats: int) -> float:

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from stylemapgan.avatars import gallery_dir
 from stylemapgan.config import get_preset
-from stylemapgan.networks import StyleMapGAN
+from stylemapgan.data.avatars import gallery_dir
+from stylemapgan.nn.networks import StyleMapGAN
 from stylemapgan.web.app import create_app
 from stylemapgan.web.engine import EditEngine
 from stylemapgan.web.gallery import Gallery

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from stylemapgan.config import PRESETS
-from stylemapgan.networks import StyleMapGAN
+from stylemapgan.nn.networks import StyleMapGAN
 
 # Tiny reference train_args (the naver-ai/StyleMapGAN names) for conversion tests.
 TINY_REF_ARGS = dict(size=32, latent_spatial_size=8, latent_channel_size=8, mapping_layer_num=2,
@@ -41,7 +41,7 @@ def tiny_model(tiny_config):
 
 @pytest.fixture(scope="session")
 def tiny_model_file(tmp_path_factory):
-    from stylemapgan.checkpoint import save_model
+    from stylemapgan.formats.checkpoint import save_model
 
     path = tmp_path_factory.mktemp("models") / "tiny.safetensors"
     save_model(make_model(PRESETS["tiny-32"]), path, provenance={"source": "test"})

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stylemapgan import avatars
-from stylemapgan.avatars import AvatarFolder, gallery_dir, name_of, split_of
 from stylemapgan.cli import main
+from stylemapgan.data import avatars
+from stylemapgan.data.avatars import AvatarFolder, gallery_dir, name_of, split_of
 from stylemapgan.errors import ConfigError, InputError
 
 GALLERY_SEEDS = [9, 29, 59, 79, 89, 259, 409, 579]
@@ -111,7 +111,7 @@ def test_gallery_is_a_valid_avatar_folder():
 
 
 def test_gallery_loads_as_a_training_folder():
-    from stylemapgan.data import open_dataset
+    from stylemapgan.data.datasets import open_dataset
 
     ds = open_dataset(gallery_dir() / "test", 64)
     assert len(ds) == 8

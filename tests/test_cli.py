@@ -5,9 +5,9 @@ import pytest
 import torch
 from PIL import Image
 
-from stylemapgan.checkpoint import load_model
 from stylemapgan.cli import main
 from stylemapgan.errors import ConfigError, InputError
+from stylemapgan.formats.checkpoint import load_model
 from stylemapgan.utils import parse_seeds, resolve_device
 
 

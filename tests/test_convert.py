@@ -12,16 +12,16 @@ import torch
 
 from conftest import TINY_REF_ARGS, reference_checkpoint
 from refimpl import build_reference
-from stylemapgan.checkpoint import (
+from stylemapgan.cli import main
+from stylemapgan.config import get_preset
+from stylemapgan.errors import ModelFileError
+from stylemapgan.formats.checkpoint import (
     convert_reference,
     convert_reference_file,
     load_model,
     read_reference_checkpoint,
     reference_key_map,
 )
-from stylemapgan.cli import main
-from stylemapgan.config import get_preset
-from stylemapgan.errors import ModelFileError
 
 FIXTURE = Path(__file__).parent / "fixtures" / "official_state_dict_shapes.json"
 OFFICIAL = {
@@ -97,7 +97,7 @@ def _parity(train_args, cap, tmp_path, n=2, legacy=True):
     if cap is None:
         assert main(["convert", str(src), str(dst)]) == 0
     else:  # reference train_args cannot express a channel cap: give the config explicitly
-        from stylemapgan.checkpoint import config_from_reference_args, save_model
+        from stylemapgan.formats.checkpoint import config_from_reference_args, save_model
 
         cfg = config_from_reference_args(train_args).replace(channel_cap=cap)
         model, _, prov = convert_reference(read_reference_checkpoint(src), str(src), config=cfg)

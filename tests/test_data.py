@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from stylemapgan.cli import main
-from stylemapgan.data import (
+from stylemapgan.data.datasets import (
     FolderDataset,
     LMDBDataset,
     ZipDataset,

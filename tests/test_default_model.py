@@ -6,8 +6,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from stylemapgan.checkpoint import default_model_path, load_model
 from stylemapgan.cli import main
+from stylemapgan.formats.checkpoint import default_model_path, load_model
 
 
 def test_default_model_is_packaged_with_its_card():
@@ -24,8 +24,8 @@ def test_default_model_is_packaged_with_its_card():
 
 def test_default_model_reconstructs_gallery_avatars():
     """Held-out avatars come back recognizably: far closer than any other gallery avatar."""
-    from stylemapgan.avatars import AvatarFolder, gallery_dir
-    from stylemapgan.images import from_uint8
+    from stylemapgan.data.avatars import AvatarFolder, gallery_dir
+    from stylemapgan.imaging.images import from_uint8
 
     folder = AvatarFolder(gallery_dir())
     x = torch.cat([from_uint8(np.asarray(Image.open(folder.image_path(r)).convert("RGB")))

@@ -5,10 +5,10 @@ import pytest
 import torch
 from PIL import Image
 
-from stylemapgan.checkpoint import save_model
 from stylemapgan.cli import main
 from stylemapgan.config import ModelConfig
-from stylemapgan.networks import StyleMapGAN
+from stylemapgan.formats.checkpoint import save_model
+from stylemapgan.nn.networks import StyleMapGAN
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 
 from stylemapgan.cli import main
-from stylemapgan.editor import Editor
-from stylemapgan.images import from_uint8, load_image, to_uint8
-from stylemapgan.stylemaps import load_stylemap
+from stylemapgan.editing.editor import Editor
+from stylemapgan.formats.stylemaps import load_stylemap
+from stylemapgan.imaging.images import from_uint8, load_image, to_uint8
 
 
 def _noise(h, w, seed, channels=3):

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from conftest import make_model
-from stylemapgan import editing as E
 from stylemapgan.config import PRESETS, ModelConfig
+from stylemapgan.editing import operations as E
 from stylemapgan.errors import InputError
-from stylemapgan.masks import as_tensor, mask_from_box
+from stylemapgan.imaging.masks import as_tensor, mask_from_box
 
 TINY = PRESETS["tiny-32"]
 # A 64 px model whose 8x8 cells are 8 px wide, so receptive fields leave room to test.

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from conftest import make_model
-from stylemapgan import editing as E
 from stylemapgan.config import PRESETS
-from stylemapgan.directions import (
+from stylemapgan.editing import operations as E
+from stylemapgan.editing.directions import (
     Direction,
     accuracy,
     fit_direction,
@@ -15,10 +15,10 @@ from stylemapgan.directions import (
     objective,
     save_direction,
 )
-from stylemapgan.editor import Editor, refine_stylemaps
+from stylemapgan.editing.editor import Editor, refine_stylemaps
 from stylemapgan.errors import InputError
-from stylemapgan.images import Placement
-from stylemapgan.stylemaps import load_stylemap, save_stylemap
+from stylemapgan.formats.stylemaps import load_stylemap, save_stylemap
+from stylemapgan.imaging.images import Placement
 
 TINY = PRESETS["tiny-32"]
 
@@ -120,7 +120,7 @@ def test_refine_lowers_the_mse_and_keeps_the_best(model):
 
 
 def test_refine_with_lpips(model):
-    from stylemapgan.perceptual import LPIPS
+    from stylemapgan.nn.perceptual import LPIPS
 
     lp = LPIPS.random_init("tiny", seed=0)
     ed = Editor(model)

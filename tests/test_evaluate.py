@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 import weights_fixture
-from stylemapgan import weights
 from stylemapgan.cli import main
+from stylemapgan.formats import weights
 
 real_weights_home = weights_fixture.real_weights_home
 

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from stylemapgan.errors import InputError
-from stylemapgan.images import (
+from stylemapgan.imaging.images import (
     Placement,
     fit_gray,
     fit_rgb,
@@ -18,7 +18,7 @@ from stylemapgan.images import (
     place,
     save_gif,
 )
-from stylemapgan.masks import (
+from stylemapgan.imaging.masks import (
     MaskSpec,
     as_tensor,
     mask_from_box,

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from refimpl import upfirdn2d
-from stylemapgan.layers import EqualConv2d, StyledConv
-from stylemapgan.ops import (
+from stylemapgan.nn.layers import EqualConv2d, StyledConv
+from stylemapgan.nn.ops import (
     blur,
     blur_kernel,
     conv_transpose2d_s2,

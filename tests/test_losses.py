@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stylemapgan import losses
+from stylemapgan.training import losses
 
 
 @pytest.fixture(autouse=True)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from stylemapgan import metrics
 from stylemapgan.errors import InputError
-from stylemapgan.perceptual import LPIPS, InceptionFeatures
+from stylemapgan.metrics import scores as metrics
+from stylemapgan.nn.perceptual import LPIPS, InceptionFeatures
 
 
 def _stats(mu, sigma, n=1000):

@@ -6,9 +6,10 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import make_model
-from stylemapgan.checkpoint import atomic_write, load_model, read_model_metadata, save_model
 from stylemapgan.config import PRESETS
 from stylemapgan.errors import ModelFileError
+from stylemapgan.files import atomic_write
+from stylemapgan.formats.checkpoint import load_model, read_model_metadata, save_model
 
 
 def test_save_load_gives_bit_identical_outputs(tmp_path, tiny_model):
@@ -37,7 +38,7 @@ def test_light_and_batchnorm_models_round_trip(tmp_path):
 
 
 def test_save_computes_missing_mean_and_refuses_overwrite(tmp_path, tiny_config):
-    from stylemapgan.networks import StyleMapGAN
+    from stylemapgan.nn.networks import StyleMapGAN
 
     model = StyleMapGAN(tiny_config)
     path = save_model(model, tmp_path / "m.safetensors")

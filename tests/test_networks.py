@@ -3,7 +3,7 @@ import torch
 
 from conftest import make_model
 from stylemapgan.config import PRESETS, ModelConfig, get_preset
-from stylemapgan.networks import Discriminator, Encoder, Generator, StyleMapGAN, count_parameters
+from stylemapgan.nn.networks import Discriminator, Encoder, Generator, StyleMapGAN, count_parameters
 
 
 @pytest.mark.parametrize("name", list(PRESETS))

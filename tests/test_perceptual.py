@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stylemapgan import weights
 from stylemapgan.errors import InputError, StyleMapGANError
-from stylemapgan.perceptual import BACKBONES, LPIPS, FIDInception, InceptionFeatures
+from stylemapgan.formats import weights
+from stylemapgan.nn.perceptual import BACKBONES, LPIPS, FIDInception, InceptionFeatures
 
 
 def reference_lpips(lp: LPIPS, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -8,9 +8,9 @@ import torch
 from conftest import make_model
 from stylemapgan.cli import main
 from stylemapgan.config import PRESETS
-from stylemapgan.editing import local_edit_wplus
+from stylemapgan.editing.operations import local_edit_wplus
 from stylemapgan.errors import ConfigError
-from stylemapgan.runtime import Runner, RuntimeOptions, fold_scales, prepare, psnr
+from stylemapgan.nn.runtime import Runner, RuntimeOptions, fold_scales, prepare, psnr
 
 
 @pytest.fixture
@@ -36,7 +36,7 @@ def test_fold_scales_keeps_outputs(model):
 
 
 def test_runner_caches_phase_kernels_of_its_own_copy(model):
-    from stylemapgan.layers import StyledConv
+    from stylemapgan.nn.layers import StyledConv
 
     runner = prepare(model, "cpu", RuntimeOptions(channels_last=True))
     ups = [m for m in runner.model.modules() if isinstance(m, StyledConv) and m.up]
@@ -96,7 +96,7 @@ def test_export_onnx_cli_and_runtime_check(tmp_path, tiny_model_file, capsys):
     assert all(g["max_abs_diff_vs_pytorch"] <= 1e-3 for g in manifest["graphs"].values())
     assert "max |ONNX Runtime - PyTorch|" in capsys.readouterr().out
     # An independent check at another batch size (the batch axis is dynamic).
-    from stylemapgan.checkpoint import load_model
+    from stylemapgan.formats.checkpoint import load_model
 
     model = load_model(tiny_model_file)
     x = torch.rand(3, 3, 32, 32) * 2 - 1

@@ -9,12 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
-from stylemapgan import losses
-from stylemapgan.checkpoint import load_model
 from stylemapgan.cli import main
 from stylemapgan.config import PRESETS
 from stylemapgan.errors import ConfigError
-from stylemapgan.training import (
+from stylemapgan.formats.checkpoint import load_model
+from stylemapgan.training import losses
+from stylemapgan.training.loop import (
     _STREAM_Z,
     StepBatchSampler,
     TrainConfig,
@@ -70,7 +70,7 @@ def _params(module):
 
 
 def _tiny_lpips():
-    perceptual = pytest.importorskip("stylemapgan.perceptual")
+    perceptual = pytest.importorskip("stylemapgan.nn.perceptual")
     return perceptual.LPIPS.random_init("tiny", seed=0)
 
 
@@ -401,7 +401,7 @@ def test_torchrun_two_processes_gloo(tmp_path):
 
 
 def test_missing_lpips_weights_fail_before_the_run_starts(tmp_path, monkeypatch, capsys):
-    pytest.importorskip("stylemapgan.perceptual")
+    pytest.importorskip("stylemapgan.nn.perceptual")
     monkeypatch.setenv("STYLEMAPGAN_HOME", str(tmp_path / "empty-home"))
     data = write_images(tmp_path / "imgs", n=4)
     assert main(["train", "--data", str(data), "--preset", "tiny-32", "--outdir",

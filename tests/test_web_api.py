@@ -19,10 +19,10 @@ import torch
 from PIL import Image
 
 from stylemapgan.cli import main
-from stylemapgan.editing import Region as LibRegion
-from stylemapgan.editing import local_edit_w, local_edit_wplus, steps, transplant
-from stylemapgan.images import from_uint8, to_uint8
-from stylemapgan.web.cache import ByteLRU
+from stylemapgan.editing.cache import ByteLRU
+from stylemapgan.editing.operations import Region as LibRegion
+from stylemapgan.editing.operations import local_edit_w, local_edit_wplus, steps, transplant
+from stylemapgan.imaging.images import from_uint8, to_uint8
 from stylemapgan.web.engine import EditEngine
 from stylemapgan.web.queue import LatestWinsQueue
 from stylemapgan.web.settings import WebSettings
@@ -538,7 +538,7 @@ def test_a_default_model_and_gallery_are_a_one_line_change(tiny_model_file, gall
 def test_fast_path_engine_stays_close_to_float32(tiny_model):
     """serve --fast: a bfloat16 channels-last copy of the networks; edits within ~PSNR 25 dB of
     the float32 engine on a random tiny model (trained models do better), and the record says so."""
-    from stylemapgan.runtime import RuntimeOptions, psnr
+    from stylemapgan.nn.runtime import RuntimeOptions, psnr
 
     fast = EditEngine(tiny_model, SETTINGS, model_name="tiny",
                       runtime=RuntimeOptions(precision="bfloat16", channels_last=True))

@@ -23,9 +23,9 @@ import pytest
 import torch
 from PIL import Image
 
-from stylemapgan.checkpoint import load_model
-from stylemapgan.editing import Region, local_edit_wplus, transplant
-from stylemapgan.images import from_uint8, to_uint8
+from stylemapgan.editing.operations import Region, local_edit_wplus, transplant
+from stylemapgan.formats.checkpoint import load_model
+from stylemapgan.imaging.images import from_uint8, to_uint8
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

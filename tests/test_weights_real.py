@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import weights_fixture
-from stylemapgan import weights
-from stylemapgan.perceptual import LPIPS, InceptionFeatures
+from stylemapgan.formats import weights
+from stylemapgan.nn.perceptual import LPIPS, InceptionFeatures
 
 real_weights_home = weights_fixture.real_weights_home
 

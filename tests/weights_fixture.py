@@ -12,7 +12,7 @@ import pytest
 
 @pytest.fixture(scope="session")
 def real_weights_home():
-    from stylemapgan import weights
+    from stylemapgan.formats import weights
 
     home = weights.home_dir()
     try:

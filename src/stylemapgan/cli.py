@@ -11,8 +11,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from . import __version__
-from .errors import StyleMapGANError
+from stylemapgan import __version__
+from stylemapgan.errors import StyleMapGANError
 
 COMMANDS = ("generate", "info", "convert", "prepare-data", "export-onnx", "train", "export", "weights", "evaluate", "make-avatars", "serve", "project", "edit", "direction", "demo")
 

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
-from .errors import ConfigError
+from stylemapgan.errors import ConfigError
 
 Normalization = Literal["layer", "instance", "batch"]
 NORMALIZATIONS: tuple[str, ...] = ("layer", "instance", "batch")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import ConfigError, InputError
+from stylemapgan.errors import ConfigError, InputError
 
 
 def resolve_device(name: str | torch.device | None = "auto") -> torch.device:

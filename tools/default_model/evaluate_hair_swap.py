@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from stylemapgan.checkpoint import default_model_path
-from stylemapgan.editor import Editor
-from stylemapgan.images import from_uint8, make_grid, save_png, to_uint8
+from stylemapgan.editing.editor import Editor
+from stylemapgan.formats.checkpoint import default_model_path
+from stylemapgan.imaging.images import from_uint8, make_grid, save_png, to_uint8
 
 
 def load(folder: Path, names: list[str]) -> torch.Tensor:

@@ -35,7 +35,7 @@ def resolve_model(value: str | None) -> str:
     """The --model value, or the embedded default model when it was not given."""
     if value:
         return value
-    from ..checkpoint import default_model_path
+    from stylemapgan.formats.checkpoint import default_model_path
 
     return str(default_model_path())
 

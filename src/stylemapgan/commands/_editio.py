@@ -13,15 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._common import abspath, nonneg_float
+from stylemapgan.commands._common import abspath, nonneg_float
 
 if TYPE_CHECKING:  # heavy imports stay inside functions
     import numpy as np
     import torch
     from PIL import Image
 
-    from ..editor import Editor
-    from ..images import Placement
+    from stylemapgan.editing.editor import Editor
+    from stylemapgan.imaging.images import Placement
 
 RECORD_FORMAT = "stylemapgan-edit-record"
 RECORD_VERSION = 1
@@ -59,7 +59,7 @@ def add_mask_args(p: argparse.ArgumentParser, required: bool) -> None:
 
 
 def add_output(p: argparse.ArgumentParser) -> None:
-    from ._common import positive_int
+    from stylemapgan.commands._common import positive_int
 
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--gif-ms", type=positive_int, default=80,
@@ -78,8 +78,8 @@ def add_paste_back(p: argparse.ArgumentParser) -> None:
 
 def mask_spec(args: argparse.Namespace):
     """The MaskSpec the mask flags describe (None if none given and none required)."""
-    from ..errors import InputError
-    from ..masks import MaskSpec
+    from stylemapgan.errors import InputError
+    from stylemapgan.imaging.masks import MaskSpec
 
     given = [k for k in ("mask", "labels", "mask_box") if getattr(args, k, None)]
     if len(given) > 1:
@@ -127,9 +127,9 @@ class Session:
     """A loaded model plus the bookkeeping every edit command needs."""
 
     def __init__(self, model_path: str, device: str, batch_size: int = 8) -> None:
-        from ..checkpoint import sha256_file
-        from ..editor import Editor
-        from ..utils import resolve_device
+        from stylemapgan.editing.editor import Editor
+        from stylemapgan.files import sha256_file
+        from stylemapgan.utils import resolve_device
 
         self.model_path = Path(model_path)
         self.device = resolve_device(device)
@@ -141,10 +141,10 @@ class Session:
     def read(self, path: str | os.PathLike[str], fit: str = "crop",
              box: tuple[float, float, float, float] | None = None) -> Input:
         """Read an image (fitted to the model) or a saved stylemap."""
-        from ..checkpoint import sha256_file
-        from ..errors import InputError
-        from ..images import load_image
-        from ..stylemaps import is_stylemap_file, load_stylemap
+        from stylemapgan.errors import InputError
+        from stylemapgan.files import sha256_file
+        from stylemapgan.formats.stylemaps import is_stylemap_file, load_stylemap
+        from stylemapgan.imaging.images import load_image
 
         p = Path(path)
         if not p.is_file():
@@ -162,7 +162,7 @@ class Session:
 
     def project(self, inputs: Sequence[Input]) -> None:
         """Fill ``w`` of every input; the encoder runs once per distinct picture."""
-        from ..images import from_uint8
+        from stylemapgan.imaging.images import from_uint8
 
         todo = [x for x in inputs if x.w is None]
         if not todo:
@@ -177,7 +177,7 @@ class Session:
 
     def preview(self, x: Input) -> np.ndarray:
         """What to show for an input in a grid: the fitted photo, or a stylemap's rendering."""
-        from ..images import to_uint8
+        from stylemapgan.imaging.images import to_uint8
 
         if x.pixels is not None:
             return x.pixels
@@ -206,8 +206,8 @@ def write_frames(out: Path, frames: np.ndarray, tiles: Sequence[np.ndarray], *, 
     """Write the result frames, the animation (K > 1) and grid.png (input tiles + frames)."""
     import numpy as np
 
-    from ..editor import grid_columns
-    from ..images import make_grid, save_gif, save_png
+    from stylemapgan.editing.editor import grid_columns
+    from stylemapgan.imaging.images import make_grid, save_gif, save_png
 
     written = []
     for name, img in zip(frame_names(len(frames)), frames, strict=True):
@@ -259,8 +259,8 @@ def write_record(out: Path, *, operation: str, argv: list[str], session: Session
     command (``argv``) that ``stylemapgan edit replay`` runs again."""
     import torch
 
-    from .. import __version__
-    from ..checkpoint import atomic_write, sha256_file
+    from stylemapgan import __version__
+    from stylemapgan.files import atomic_write, sha256_file
 
     files = [x.describe(role) for role, x in inputs]
     for role, path in extra_files:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import add_overwrite, add_parser
+from stylemapgan.commands._common import add_overwrite, add_parser
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,9 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..checkpoint import convert_reference_file
-    from ..config import get_preset
-    from ..networks import count_parameters
+    from stylemapgan.config import get_preset
+    from stylemapgan.formats.checkpoint import convert_reference_file
+    from stylemapgan.nn.networks import count_parameters
 
     config = get_preset(args.preset) if args.preset else None
     print(f"reading {args.reference} ...")

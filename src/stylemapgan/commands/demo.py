@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import add_device, add_model, add_overwrite, add_parser, resolve_model
+from stylemapgan.commands._common import (
+    add_device,
+    add_model,
+    add_overwrite,
+    add_parser,
+    resolve_model,
+)
 
 OUTPUTS = ("reconstruction.png", "local_edit.png", "interpolation.png", "interpolation.gif",
            "style_mix.png")
@@ -42,10 +48,10 @@ def run(args: argparse.Namespace) -> int:
     import torch
     import torch.nn.functional as F
 
-    from ..avatars import AvatarFolder, gallery_dir
-    from ..editor import Editor
-    from ..errors import InputError
-    from ..images import (
+    from stylemapgan.data.avatars import AvatarFolder, gallery_dir
+    from stylemapgan.editing.editor import Editor
+    from stylemapgan.errors import InputError
+    from stylemapgan.imaging.images import (
         check_writable,
         from_uint8,
         load_rgb,
@@ -54,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         save_png,
         to_uint8,
     )
-    from ..utils import resolve_device
+    from stylemapgan.utils import resolve_device
 
     out = Path(args.out)
     check_writable([out / name for name in OUTPUTS], args.overwrite)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import (
+from stylemapgan.commands._common import (
     abspath,
     add_device,
     add_model,
@@ -14,9 +14,7 @@ from ._common import (
     positive_int,
     resolve_model,
 )
-from ._editio import (
-    add_fit,
-)
+from stylemapgan.commands._editio import add_fit
 
 TRUE = {"1", "+1", "true", "yes", "y", "pos", "positive"}
 FALSE = {"0", "-1", "false", "no", "n", "neg", "negative"}
@@ -65,7 +63,7 @@ def _read_csv(path: str) -> tuple[list[str], list[str]]:
     import csv
     from pathlib import Path
 
-    from ..errors import InputError
+    from stylemapgan.errors import InputError
 
     base = Path(path).parent
     pos, neg = [], []
@@ -101,13 +99,19 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from ..checkpoint import sha256_file
-    from ..directions import accuracy, fit_direction, save_direction
-    from ..editor import Editor
-    from ..errors import InputError
-    from ..images import IMAGE_SUFFIXES, check_writable, from_uint8, list_images, load_image
-    from ..stylemaps import is_stylemap_file, load_stylemap
-    from ..utils import resolve_device
+    from stylemapgan.editing.directions import accuracy, fit_direction, save_direction
+    from stylemapgan.editing.editor import Editor
+    from stylemapgan.errors import InputError
+    from stylemapgan.files import sha256_file
+    from stylemapgan.formats.stylemaps import is_stylemap_file, load_stylemap
+    from stylemapgan.imaging.images import (
+        IMAGE_SUFFIXES,
+        check_writable,
+        from_uint8,
+        list_images,
+        load_image,
+    )
+    from stylemapgan.utils import resolve_device
 
     if not 0 <= args.val_fraction < 1:
         raise InputError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")

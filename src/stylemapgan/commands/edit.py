@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ._common import (
+from stylemapgan.commands._common import (
     abspath,
     add_device,
     add_model,
@@ -20,12 +20,7 @@ from ._common import (
     positive_int,
     resolve_model,
 )
-from ._editio import (
-    add_fit,
-    add_mask_args,
-    add_output,
-    add_paste_back,
-)
+from stylemapgan.commands._editio import add_fit, add_mask_args, add_output, add_paste_back
 
 SPACE_HELP = ("where to blend: wplus = every per-layer stylemap at its own resolution (finer "
               "boundaries, default), w = the stylemap w only")
@@ -198,7 +193,7 @@ def _region_token(text: str) -> str:
 
 
 def _source_box(args: argparse.Namespace):
-    from ..images import parse_box
+    from stylemapgan.imaging.images import parse_box
 
     box = getattr(args, "source_box", None)
     return parse_box(box, "--source-box") if box else None
@@ -212,8 +207,8 @@ def _parameters(args: argparse.Namespace) -> dict[str, Any]:
 
 def _finish(args, ses, operation, out, frames, tiles, inputs, *, paste=None, extra_files=()):
     """Write frames, grid, optional paste-back and the record; print a summary."""
-    from ..images import save_png
-    from ._editio import canonical_argv, write_frames, write_record
+    from stylemapgan.commands._editio import canonical_argv, write_frames, write_record
+    from stylemapgan.imaging.images import save_png
 
     written = write_frames(out, frames, tiles, overwrite=args.overwrite, gif_ms=args.gif_ms)
     if paste is not None:
@@ -228,8 +223,8 @@ def _finish(args, ses, operation, out, frames, tiles, inputs, *, paste=None, ext
 
 
 def _paste(args, src, frame, mask=None):
-    from ..errors import InputError
-    from ..images import paste_back
+    from stylemapgan.errors import InputError
+    from stylemapgan.imaging.images import paste_back
 
     if not args.paste_back:
         return None
@@ -240,8 +235,8 @@ def _paste(args, src, frame, mask=None):
 
 
 def _check_paste_source(args, path: str) -> None:
-    from ..errors import InputError
-    from ..stylemaps import is_stylemap_file
+    from stylemapgan.errors import InputError
+    from stylemapgan.formats.stylemaps import is_stylemap_file
 
     if getattr(args, "paste_back", False) and is_stylemap_file(path):
         raise InputError(f"--paste-back needs the source photo, but {path} is a saved stylemap; "
@@ -251,8 +246,8 @@ def _check_paste_source(args, path: str) -> None:
 def _begin(args, k: int):
     from pathlib import Path
 
-    from ..images import check_writable
-    from ._editio import Session, planned_outputs
+    from stylemapgan.commands._editio import Session, planned_outputs
+    from stylemapgan.imaging.images import check_writable
 
     out = Path(args.out)
     check_writable(planned_outputs(out, k, paste=bool(getattr(args, "paste_back", False))),
@@ -262,7 +257,7 @@ def _begin(args, k: int):
 
 
 def _mask(args, ses, src):
-    from ._editio import mask_spec
+    from stylemapgan.commands._editio import mask_spec
 
     spec = mask_spec(args)
     if spec is None:
@@ -273,7 +268,7 @@ def _mask(args, ses, src):
 
 # --------------------------------------------------------------------------- operations
 def run_reconstruct(args: argparse.Namespace) -> int:
-    from ..images import to_uint8
+    from stylemapgan.imaging.images import to_uint8
 
     _check_paste_source(args, args.source)
     out, ses = _begin(args, 1)
@@ -286,8 +281,8 @@ def run_reconstruct(args: argparse.Namespace) -> int:
 
 
 def run_mix(args: argparse.Namespace) -> int:
-    from ..editing import layer_selection
-    from ..images import to_uint8
+    from stylemapgan.editing.operations import layer_selection
+    from stylemapgan.imaging.images import to_uint8
 
     _check_paste_source(args, args.source)
     out, ses = _begin(args, 1)
@@ -302,7 +297,7 @@ def run_mix(args: argparse.Namespace) -> int:
 
 
 def run_interpolate(args: argparse.Namespace) -> int:
-    from ..images import to_uint8
+    from stylemapgan.imaging.images import to_uint8
 
     out, ses = _begin(args, args.steps)
     a = ses.read(args.source, args.fit)
@@ -314,14 +309,14 @@ def run_interpolate(args: argparse.Namespace) -> int:
 
 
 def _t(k: int):
-    from ..editing import steps
+    from stylemapgan.editing.operations import steps
 
     return steps(k) if k > 1 else None
 
 
 def run_local(args: argparse.Namespace) -> int:
-    from ..images import mask_to_rgb, to_uint8
-    from ..masks import as_tensor
+    from stylemapgan.imaging.images import mask_to_rgb, to_uint8
+    from stylemapgan.imaging.masks import as_tensor
 
     _check_paste_source(args, args.source)
     out, ses = _begin(args, args.steps)
@@ -342,7 +337,7 @@ def run_local(args: argparse.Namespace) -> int:
 
 
 def _parse_pair(text: str, what: str) -> tuple[float, float]:
-    from ..errors import InputError
+    from stylemapgan.errors import InputError
 
     try:
         a, b = (float(v) for v in text.split(","))
@@ -355,9 +350,9 @@ def _regions(args, ses, refs):
     """Turn --region token lists into editing.Region objects (+ masks for grid/paste-back)."""
     import numpy as np
 
-    from ..editing import Region
-    from ..errors import InputError
-    from ..masks import MaskSpec, as_tensor
+    from stylemapgan.editing.operations import Region
+    from stylemapgan.errors import InputError
+    from stylemapgan.imaging.masks import MaskSpec, as_tensor
 
     size, cells = ses.size, ses.config.stylemap_size
     regions, moved_masks, files = [], [], []
@@ -422,8 +417,8 @@ def _regions(args, ses, refs):
 def run_transplant(args: argparse.Namespace) -> int:
     import torch
 
-    from ..editing import steps
-    from ..images import mask_to_rgb, to_uint8
+    from stylemapgan.editing.operations import steps
+    from stylemapgan.imaging.images import mask_to_rgb, to_uint8
 
     _check_paste_source(args, args.source)
     out, ses = _begin(args, args.steps)
@@ -445,15 +440,15 @@ def run_transplant(args: argparse.Namespace) -> int:
 def run_direction(args: argparse.Namespace) -> int:
     import torch
 
-    from ..directions import load_direction
-    from ..images import mask_to_rgb, to_uint8
-    from ..masks import as_tensor
+    from stylemapgan.editing.directions import load_direction
+    from stylemapgan.imaging.images import mask_to_rgb, to_uint8
+    from stylemapgan.imaging.masks import as_tensor
 
     _check_paste_source(args, args.source)
     direction = load_direction(args.direction)
     out, ses = _begin(args, args.steps)
     if tuple(direction.vector.shape) != ses.config.stylemap_shape:
-        from ..errors import InputError
+        from stylemapgan.errors import InputError
 
         raise InputError(f"{args.direction}: direction of shape {tuple(direction.vector.shape)} "
                          f"does not fit this model's stylemaps {ses.config.stylemap_shape}; "
@@ -479,10 +474,10 @@ def run_replay(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from ..checkpoint import sha256_file
-    from ..cli import build_parser
-    from ..errors import InputError
-    from ._editio import RECORD_FORMAT, RECORD_VERSION
+    from stylemapgan.cli import build_parser
+    from stylemapgan.commands._editio import RECORD_FORMAT, RECORD_VERSION
+    from stylemapgan.errors import InputError
+    from stylemapgan.files import sha256_file
 
     path = Path(args.record)
     try:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._common import (
+from stylemapgan.commands._common import (
     add_device,
     add_model,
     add_overwrite,
@@ -101,7 +101,7 @@ class Triple:
 
 
 def _stems(folder: Path) -> dict[str, Path]:
-    from ..data import is_image_name
+    from stylemapgan.data.datasets import is_image_name
 
     out: dict[str, Path] = {}
     for f in sorted(folder.iterdir()):
@@ -111,7 +111,7 @@ def _stems(folder: Path) -> dict[str, Path]:
 
 
 def _triples_from_dir(folder: Path, part: str) -> list[Triple]:
-    from ..errors import InputError
+    from stylemapgan.errors import InputError
 
     src, ref, mask = (_stems(folder / d) for d in ("src", "ref", "mask"))
     names = sorted(set(src) & set(ref) & set(mask))
@@ -124,7 +124,7 @@ def _triples_from_dir(folder: Path, part: str) -> list[Triple]:
 
 def read_triples(path: str | os.PathLike[str]) -> list[Triple]:
     """Edit triples from a JSONL file or a src/ref/mask folder (or a folder of part folders)."""
-    from ..errors import InputError
+    from stylemapgan.errors import InputError
 
     p = Path(path)
     if p.is_file():
@@ -164,8 +164,8 @@ def check_triples(triples: list[Triple]) -> None:
     files stop the run before the long work starts."""
     from PIL import Image
 
-    from ..data import check_image_header
-    from ..errors import InputError
+    from stylemapgan.data.datasets import check_image_header
+    from stylemapgan.errors import InputError
 
     for t in triples:
         for f in (t.src, t.ref, t.mask):
@@ -182,9 +182,9 @@ def load_triple(t: Triple, size: int):
     """(src [3,R,R], ref [3,R,R], mask [1,R,R] in {0, 1}) at the model's resolution."""
     import torch
 
-    from ..data import fit_square, pil_to_tensor
-    from ..errors import InputError
-    from ..images import load_rgb
+    from stylemapgan.data.datasets import fit_square, pil_to_tensor
+    from stylemapgan.errors import InputError
+    from stylemapgan.imaging.images import load_rgb
 
     src_img, ref_img, mask_img = load_rgb(t.src), load_rgb(t.ref), load_rgb(t.mask)
     if mask_img.size != src_img.size:
@@ -261,7 +261,7 @@ def markdown_report(result: dict[str, Any]) -> str:
 
 # --------------------------------------------------------------------------- run
 def _parse_metrics(text: str | None, have_triples: bool) -> list[str]:
-    from ..errors import InputError
+    from stylemapgan.errors import InputError
 
     if text is None:
         chosen = list(DEFAULT_METRICS) + (list(EDIT_METRICS) if have_triples else [])
@@ -285,14 +285,20 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from .. import __version__, metrics
-    from ..checkpoint import atomic_write, load_model, read_model_metadata, sha256_file
-    from ..data import open_dataset
-    from ..errors import InputError
-    from ..images import check_writable
-    from ..perceptual import LPIPS, InceptionFeatures
-    from ..utils import resolve_device
-    from ..weights import home_dir
+    from stylemapgan import __version__
+    from stylemapgan.data.datasets import open_dataset
+    from stylemapgan.errors import InputError
+    from stylemapgan.formats.checkpoint import (
+        atomic_write,
+        load_model,
+        read_model_metadata,
+        sha256_file,
+    )
+    from stylemapgan.formats.weights import home_dir
+    from stylemapgan.imaging.images import check_writable
+    from stylemapgan.metrics import scores as metrics
+    from stylemapgan.nn.perceptual import LPIPS, InceptionFeatures
+    from stylemapgan.utils import resolve_device
 
     chosen = _parse_metrics(args.metrics, args.edit_triples is not None)
     out = Path(args.out)

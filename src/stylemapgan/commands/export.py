@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import add_overwrite, add_parser
+from stylemapgan.commands._common import add_overwrite, add_parser
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,9 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..checkpoint import save_model
-    from ..errors import ModelFileError
-    from ..training import latest_checkpoint, model_from_checkpoint, read_checkpoint
+    from stylemapgan.errors import ModelFileError
+    from stylemapgan.formats.checkpoint import save_model
+    from stylemapgan.training.loop import latest_checkpoint, model_from_checkpoint, read_checkpoint
 
     out = Path(args.out)
     if out.exists() and not args.overwrite:

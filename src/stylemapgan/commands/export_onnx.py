@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import add_model, add_overwrite, add_parser, resolve_model
+from stylemapgan.commands._common import add_model, add_overwrite, add_parser, resolve_model
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,8 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     args.model = resolve_model(args.model)
-    from ..checkpoint import load_model
-    from ..onnx_export import export_onnx
+    from stylemapgan.formats.checkpoint import load_model
+    from stylemapgan.nn.onnx_export import export_onnx
 
     model = load_model(args.model, device="cpu")
     print(f"exporting {args.model} to {args.out} ...")

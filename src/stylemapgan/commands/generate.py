@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import (
+from stylemapgan.commands._common import (
     add_device,
     add_model,
     add_overwrite,
@@ -45,9 +45,9 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from ..checkpoint import load_model
-    from ..images import check_writable, make_grid, save_png, to_uint8
-    from ..utils import parse_seeds, resolve_device, seeded_normal
+    from stylemapgan.formats.checkpoint import load_model
+    from stylemapgan.imaging.images import check_writable, make_grid, save_png, to_uint8
+    from stylemapgan.utils import parse_seeds, resolve_device, seeded_normal
 
     seeds = parse_seeds(args.seeds)
     device = resolve_device(args.device)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ._common import add_parser, resolve_model
+from stylemapgan.commands._common import add_parser, resolve_model
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,8 +26,9 @@ def run(args: argparse.Namespace) -> int:
     args.model = resolve_model(args.model)
     from pathlib import Path
 
-    from ..checkpoint import load_model, read_model_metadata, sha256_file
-    from ..networks import count_parameters
+    from stylemapgan.files import sha256_file
+    from stylemapgan.formats.checkpoint import load_model, read_model_metadata
+    from stylemapgan.nn.networks import count_parameters
 
     meta = read_model_metadata(args.model)
     model = load_model(args.model)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import add_overwrite, add_parser, int_in, positive_int
+from stylemapgan.commands._common import add_overwrite, add_parser, int_in, positive_int
 
 _size = int_in(16, 512)
 _start = int_in(0, 999_999)
@@ -46,10 +46,10 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from ..avatars import name_of, render_avatars, require_node, split_of
-    from ..errors import InputError
-    from ..images import check_writable
-    from ..utils import parse_seeds
+    from stylemapgan.data.avatars import name_of, render_avatars, require_node, split_of
+    from stylemapgan.errors import InputError
+    from stylemapgan.imaging.images import check_writable
+    from stylemapgan.utils import parse_seeds
 
     if args.seeds is not None:
         seeds = parse_seeds(args.seeds, limit=1_000_000)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import add_overwrite, add_parser, positive_int
+from stylemapgan.commands._common import add_overwrite, add_parser, positive_int
 
 
 def _sizes(text: str) -> list[int]:
@@ -59,8 +59,8 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from ..data import ImageConverter, list_sources, write_lmdb
-    from ..errors import InputError
+    from stylemapgan.data.datasets import ImageConverter, list_sources, write_lmdb
+    from stylemapgan.errors import InputError
 
     if not 1 <= args.quality <= 100:
         raise InputError(f"--quality must be in 1..100, got {args.quality}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import (
+from stylemapgan.commands._common import (
     abspath,
     add_device,
     add_model,
@@ -15,9 +15,7 @@ from ._common import (
     positive_int,
     resolve_model,
 )
-from ._editio import (
-    add_fit,
-)
+from stylemapgan.commands._editio import add_fit
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -97,11 +95,12 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from .. import __version__
-    from ..checkpoint import atomic_write, sha256_file
-    from ..editor import Editor
-    from ..errors import InputError
-    from ..images import (
+    from stylemapgan import __version__
+    from stylemapgan.editing.editor import Editor
+    from stylemapgan.errors import InputError
+    from stylemapgan.files import atomic_write, sha256_file
+    from stylemapgan.formats.stylemaps import SUFFIX, save_stylemap
+    from stylemapgan.imaging.images import (
         check_writable,
         from_uint8,
         list_images,
@@ -110,8 +109,7 @@ def run(args: argparse.Namespace) -> int:
         save_png,
         to_uint8,
     )
-    from ..stylemaps import SUFFIX, save_stylemap
-    from ..utils import resolve_device
+    from stylemapgan.utils import resolve_device
 
     log = logging.getLogger(__name__)
     if args.refine and args.mse_weight + args.lpips_weight == 0:
@@ -134,8 +132,8 @@ def run(args: argparse.Namespace) -> int:
     model_sha = sha256_file(args.model)
     lpips = None
     if args.refine and args.lpips_weight > 0:
-        from ..errors import StyleMapGANError
-        from ..perceptual import LPIPS  # lazily: only refinement with LPIPS needs it
+        from stylemapgan.errors import StyleMapGANError
+        from stylemapgan.nn.perceptual import LPIPS  # lazily: only refinement with LPIPS needs it
 
         try:
             lpips = LPIPS.from_pretrained(args.lpips_net, device=device)

@@ -6,7 +6,7 @@ import argparse
 import os
 from collections.abc import Callable
 
-from ._common import add_device, add_parser, int_in, positive_int
+from stylemapgan.commands._common import add_device, add_parser, int_in, positive_int
 
 PathDefault = str | os.PathLike[str] | Callable[[], str | os.PathLike[str]] | None
 
@@ -15,13 +15,13 @@ PathDefault = str | os.PathLike[str] | Callable[[], str | os.PathLike[str]] | No
 # runs (no import-time work), so shipping a default is one line, e.g.
 #   DEFAULT_GALLERY = lambda: avatars.gallery_dir() / "test"
 def _default_model() -> str:
-    from ..checkpoint import default_model_path
+    from stylemapgan.formats.checkpoint import default_model_path
 
     return str(default_model_path())
 
 
 def _default_gallery() -> str:
-    from ..avatars import gallery_dir
+    from stylemapgan.data.avatars import gallery_dir
 
     return str(gallery_dir() / "test")
 
@@ -104,13 +104,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
-        from ..web.app import create_app_from_file
+        from stylemapgan.web.app import create_app_from_file
     except ImportError as exc:  # pragma: no cover - dependencies of the package
-        from ..errors import ConfigError
+        from stylemapgan.errors import ConfigError
 
         raise ConfigError(f"the web editor needs fastapi, uvicorn and python-multipart ({exc}); "
                           "reinstall stylemapgan") from None
-    from ..web.settings import MiB, WebSettings
+    from stylemapgan.web.settings import MiB, WebSettings
 
     settings = WebSettings(max_upload_bytes=args.max_upload_mb * MiB,
                            max_pixels=args.max_megapixels * 1_000_000,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import add_device, add_parser, positive_int
+from stylemapgan.commands._common import add_device, add_parser, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -58,9 +58,9 @@ def _resolve(args: argparse.Namespace):
     import json
     from pathlib import Path
 
-    from ..config import ModelConfig, get_preset
-    from ..errors import ConfigError, InputError
-    from ..training import TrainConfig, parse_overrides
+    from stylemapgan.config import ModelConfig, get_preset
+    from stylemapgan.errors import ConfigError, InputError
+    from stylemapgan.training.loop import TrainConfig, parse_overrides
 
     model_changes, train_changes = parse_overrides(args.overrides)
     if args.resume:
@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
-    from ..training import (
+    from stylemapgan.training.loop import (
         Trainer,
         _broadcast_object,
         init_distributed,
@@ -132,9 +132,9 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from ..data import open_dataset
-    from ..errors import ConfigError
-    from ..training import build_perceptual, resolve_amp
+    from stylemapgan.data.datasets import open_dataset
+    from stylemapgan.errors import ConfigError
+    from stylemapgan.training.loop import build_perceptual, resolve_amp
 
     dist_info = init_distributed(args.device)
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import add_parser
+from stylemapgan.commands._common import add_parser
 
 
 def _add_home(p: argparse.ArgumentParser) -> None:
@@ -73,8 +73,8 @@ def run(args: argparse.Namespace) -> int:
     import sys
     import time
 
-    from .. import weights
-    from ..errors import InputError
+    from stylemapgan.errors import InputError
+    from stylemapgan.formats import weights
 
     home = weights.home_dir(args.home)
     if args.weights_command == "fetch":

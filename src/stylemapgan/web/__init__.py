@@ -6,6 +6,6 @@ FastAPI is imported only by :mod:`stylemapgan.web.app`, so importing this packag
 
 from __future__ import annotations
 
-from .settings import WebSettings
+from stylemapgan.web.settings import WebSettings
 
 __all__ = ["WebSettings"]

@@ -39,14 +39,14 @@ from fastapi.staticfiles import StaticFiles
 from PIL import Image, ImageOps
 from pydantic import BaseModel, Field
 
-from ..errors import InputError, StyleMapGANError
-from ..images import load_rgb
-from .cache import ByteLRU
-from .engine import EditEngine, EditSpec, NotFound, RegionSpec
-from .gallery import Gallery
-from .imaging import UploadError, decode_image, decode_mask, display_name
-from .queue import LatestWinsQueue
-from .settings import MiB, WebSettings
+from stylemapgan.editing.cache import ByteLRU
+from stylemapgan.errors import InputError, StyleMapGANError
+from stylemapgan.imaging.images import load_rgb
+from stylemapgan.web.engine import EditEngine, EditSpec, NotFound, RegionSpec
+from stylemapgan.web.gallery import Gallery
+from stylemapgan.web.imaging import UploadError, decode_image, decode_mask, display_name
+from stylemapgan.web.queue import LatestWinsQueue
+from stylemapgan.web.settings import MiB, WebSettings
 
 log = logging.getLogger(__name__)
 
@@ -303,9 +303,10 @@ def create_app_from_file(model_path: str | os.PathLike[str], *, gallery: str | o
                          device: str = "auto", settings: WebSettings | None = None,
                          fast: bool = False) -> FastAPI:
     """Load a model file (and list a gallery folder) and build the app."""
-    from ..checkpoint import load_model, sha256_file
-    from ..runtime import RuntimeOptions
-    from ..utils import resolve_device
+    from stylemapgan.files import sha256_file
+    from stylemapgan.formats.checkpoint import load_model
+    from stylemapgan.nn.runtime import RuntimeOptions
+    from stylemapgan.utils import resolve_device
 
     settings = settings or WebSettings()
     listing = Gallery(gallery, max_items=settings.max_gallery_items)

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..editing import (
+from stylemapgan.editing.cache import ByteLRU
+from stylemapgan.editing.operations import (
     Region,
     interpolate_w,
     interpolate_wplus,
@@ -33,13 +34,12 @@ from ..editing import (
     steps,
     transplant,
 )
-from ..errors import InputError
-from ..images import from_uint8, to_uint8
-from ..networks import StyleMapGAN
-from ..runtime import RuntimeOptions, prepare
-from .cache import ByteLRU
-from .imaging import encode_png, fit_square, mask_to_data_url
-from .settings import WebSettings
+from stylemapgan.errors import InputError
+from stylemapgan.imaging.images import from_uint8, to_uint8
+from stylemapgan.nn.networks import StyleMapGAN
+from stylemapgan.nn.runtime import RuntimeOptions, prepare
+from stylemapgan.web.imaging import encode_png, fit_square, mask_to_data_url
+from stylemapgan.web.settings import WebSettings
 
 log = logging.getLogger(__name__)
 
@@ -278,7 +278,7 @@ class EditEngine:
 
     def _record(self, spec: EditSpec, regions: list[RegionSpec], t: torch.Tensor, method: str,
                 rid: str) -> dict[str, Any]:
-        from .. import __version__
+        from stylemapgan import __version__
 
         def img(iid: str) -> dict[str, Any]:
             stored = self.images.get(iid)

@@ -12,8 +12,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ConfigError
-from ..images import IMAGE_SUFFIXES
+from stylemapgan.errors import ConfigError
+from stylemapgan.imaging.images import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ import unicodedata
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..errors import InputError
-from ..images import load_rgb
+from stylemapgan.errors import InputError
+from stylemapgan.imaging.images import load_rgb
 
 # Formats Pillow may use to decode an upload (MPO: multi-picture JPEG from phone cameras).
 IMAGE_FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "BMP", "GIF", "TIFF")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import ConfigError
+from stylemapgan.errors import ConfigError
 
 MiB = 1 << 20
 

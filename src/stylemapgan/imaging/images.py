@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .checkpoint import atomic_write
-from .errors import InputError
+from stylemapgan.errors import InputError
+from stylemapgan.files import atomic_write
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 DEFAULT_MAX_PIXELS = 64_000_000  # refuse larger images (decompression bombs)

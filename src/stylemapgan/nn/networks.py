@@ -17,8 +17,8 @@ import math
 import torch
 from torch import nn
 
-from .config import ModelConfig
-from .layers import EqualConv2d, EqualLinear, StyledConv
+from stylemapgan.config import ModelConfig
+from stylemapgan.nn.layers import EqualConv2d, EqualLinear, StyledConv
 
 
 def _check_image(x: torch.Tensor, size: int, what: str) -> None:

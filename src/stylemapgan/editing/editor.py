@@ -25,9 +25,9 @@ from typing import Any
 
 import torch
 
-from . import editing as E
-from .errors import InputError
-from .networks import StyleMapGAN
+from stylemapgan.editing import operations as E
+from stylemapgan.errors import InputError
+from stylemapgan.nn.networks import StyleMapGAN
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +132,8 @@ class Editor:
     @classmethod
     def load(cls, path: str | os.PathLike[str], device: str | torch.device = "auto",
              **kwargs: Any) -> Editor:
-        from .checkpoint import load_model
-        from .utils import resolve_device
+        from stylemapgan.formats.checkpoint import load_model
+        from stylemapgan.utils import resolve_device
 
         return cls(load_model(path, device=resolve_device(device)), **kwargs)
 

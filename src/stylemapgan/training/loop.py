@@ -46,11 +46,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import losses
-from .checkpoint import atomic_write
-from .config import ModelConfig
-from .errors import ConfigError, ModelFileError, StyleMapGANError
-from .networks import Discriminator, Encoder, Generator, StyleMapGAN
+from stylemapgan.config import ModelConfig
+from stylemapgan.errors import ConfigError, ModelFileError, StyleMapGANError
+from stylemapgan.files import atomic_write
+from stylemapgan.nn.networks import Discriminator, Encoder, Generator, StyleMapGAN
+from stylemapgan.training import losses
 
 log = logging.getLogger(__name__)
 
@@ -263,7 +263,7 @@ def init_distributed(device: str = "auto") -> DistInfo:
     NCCL on CUDA devices (one per process, cuda:LOCAL_RANK), gloo on the CPU. The rendezvous
     address and port come from torchrun's environment; nothing is hard-coded.
     """
-    from .utils import resolve_device
+    from stylemapgan.utils import resolve_device
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
@@ -519,7 +519,7 @@ def _sub_state(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch
 def model_from_checkpoint(tensors: dict[str, torch.Tensor], state: dict[str, Any],
                           ema: bool = True) -> StyleMapGAN:
     """The (EMA) generator and encoder of a training checkpoint as a StyleMapGAN model."""
-    from .checkpoint import _strict_load, build_empty
+    from stylemapgan.formats.checkpoint import _strict_load, build_empty
 
     config = ModelConfig.from_dict(state["model_config"])
     model = build_empty(lambda: StyleMapGAN(config))
@@ -568,7 +568,7 @@ def build_perceptual(name: str) -> nn.Module | None:
     """
     if name == "none":
         return None
-    from .perceptual import LPIPS
+    from stylemapgan.nn.perceptual import LPIPS
 
     if name.startswith("random:"):
         return LPIPS.random_init(name.split(":", 1)[1], seed=0)
@@ -874,7 +874,7 @@ class Trainer:
 
     @torch.no_grad()
     def write_images(self, write_reals: bool = False) -> None:
-        from .images import make_grid, save_png, to_uint8
+        from stylemapgan.imaging.images import make_grid, save_png, to_uint8
 
         if self.run_dir is None:
             return
@@ -959,7 +959,7 @@ class Trainer:
         if changed:
             raise TrainingError(f"cannot resume with changed settings {', '.join(changed)}; only "
                                 f"{', '.join(RESUMABLE_CHANGES)} may change")
-        from .checkpoint import _strict_load
+        from stylemapgan.formats.checkpoint import _strict_load
 
         for prefix, module in (("generator", self.generator), ("encoder", self.encoder),
                                ("discriminator", self.discriminator), ("g_ema", self.g_ema),

@@ -29,8 +29,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import atomic_write
-from .errors import InputError
+from stylemapgan.errors import InputError
+from stylemapgan.files import atomic_write
 
 log = logging.getLogger(__name__)
 

@@ -27,10 +27,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint import sha256_file
-from .errors import ConfigError, StyleMapGANError
-from .layers import StyledConv, UpsamplingLayer
-from .networks import StyleMapGAN
+from stylemapgan.errors import ConfigError, StyleMapGANError
+from stylemapgan.files import sha256_file
+from stylemapgan.nn.layers import StyledConv, UpsamplingLayer
+from stylemapgan.nn.networks import StyleMapGAN
 
 log = logging.getLogger(__name__)
 

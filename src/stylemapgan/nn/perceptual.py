@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import InputError
+from stylemapgan.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ class LPIPS(nn.Module):
         """The real LPIPS v0.1 weights from the cache (``$STYLEMAPGAN_HOME``); raises
         :class:`stylemapgan.weights.WeightsMissingError` (naming ``stylemapgan weights fetch``)
         when they are not there."""
-        from .weights import load_weights, read_manifest
+        from stylemapgan.formats.weights import load_weights, read_manifest
 
         if net not in WEIGHT_NAMES:
             raise InputError(f"no pretrained LPIPS weights for {net!r}; use 'vgg' or 'alex'")
@@ -178,7 +178,7 @@ class LPIPS(nn.Module):
         try:
             model.load_state_dict(state, strict=True, assign=True)
         except RuntimeError as exc:
-            from .weights import WeightsCorruptError
+            from stylemapgan.formats.weights import WeightsCorruptError
 
             raise WeightsCorruptError(f"LPIPS-{net} weights do not fit the network: "
                                       f"{str(exc).splitlines()[0]}") from None
@@ -409,7 +409,7 @@ class InceptionFeatures(nn.Module):
                         device: torch.device | str = "cpu") -> InceptionFeatures:
         """The FID Inception with the real weights from the cache; raises
         :class:`stylemapgan.weights.WeightsMissingError` naming ``stylemapgan weights fetch``."""
-        from .weights import WeightsCorruptError, load_weights, read_manifest
+        from stylemapgan.formats.weights import WeightsCorruptError, load_weights, read_manifest
 
         state = load_weights("inception", home)
         with torch.device("meta"):

@@ -19,9 +19,9 @@ from typing import Literal
 import torch
 from torch import nn
 
-from .errors import ConfigError
-from .layers import UpsamplingLayer
-from .networks import StyleMapGAN
+from stylemapgan.errors import ConfigError
+from stylemapgan.nn.layers import UpsamplingLayer
+from stylemapgan.nn.networks import StyleMapGAN
 
 log = logging.getLogger(__name__)
 

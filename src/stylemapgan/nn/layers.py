@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .ops import (
+from stylemapgan.nn.ops import (
     SQRT2,
     blur,
     blur_kernel,

@@ -41,9 +41,9 @@ from typing import Any
 
 import torch
 
-from .editing import local_edit_w, local_edit_wplus
-from .errors import InputError
-from .utils import seeded_normal
+from stylemapgan.editing.operations import local_edit_w, local_edit_wplus
+from stylemapgan.errors import InputError
+from stylemapgan.utils import seeded_normal
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class GaussianStats:
     def save(self, path: str | os.PathLike[str]) -> None:
         from safetensors.torch import save_file
 
-        from .checkpoint import atomic_write
+        from stylemapgan.files import atomic_write
 
         tensors = {"mu": self.mu.contiguous(), "sigma": self.sigma.contiguous()}
         if self.factor is not None:
@@ -602,3 +602,13 @@ def runtime(model: torch.nn.Module, image: torch.Tensor, *, repeats: int = 10, w
         m = mask[:1].to(device)
         out["edit_seconds"] = timed(lambda: edit_images(model, x, r, m, space))
     return out
+
+
+__all__ = [
+    "Batches", "EditBatch", "GaussianStats", "Progress", "StatsAccumulator", "average_precision",
+    "content_hash", "dataset_stats", "detectability", "device_name", "edit_images",
+    "extract_features", "extractor_id", "features_stats", "fid_generation", "fid_lerp",
+    "frechet_distance", "gaussian_stats", "generated_batches", "lerp_batches", "local_editing",
+    "logistic_regression", "masked_errors", "project_all", "reconstruction", "runtime",
+    "small_sample_note", "trace_sqrt_product",
+]

@@ -34,8 +34,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .errors import InputError
-from .images import DEFAULT_MAX_PIXELS, load_rgb
+from stylemapgan.errors import InputError
+from stylemapgan.imaging.images import DEFAULT_MAX_PIXELS, load_rgb
 
 log = logging.getLogger(__name__)
 
@@ -498,3 +498,10 @@ def write_lmdb(out: Path, encoded: Iterator[list[bytes]], sizes: Sequence[int],
     finally:
         env.close()
     return count
+
+
+__all__ = [
+    "LMDB_FORMAT", "FolderDataset", "ImageConverter", "ImageDataset", "LMDBDataset", "Subset",
+    "ZipDataset", "check_image_header", "convert_one", "encode_image", "is_image_name", "is_lmdb",
+    "list_sources", "open_dataset", "pil_to_tensor", "write_lmdb",
+]

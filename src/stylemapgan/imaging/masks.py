@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import InputError
-from .images import Placement, fit_gray, load_gray, load_labels, parse_box
+from stylemapgan.errors import InputError
+from stylemapgan.imaging.images import Placement, fit_gray, load_gray, load_labels, parse_box
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, InputError
+from stylemapgan.errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
 

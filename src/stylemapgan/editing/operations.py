@@ -27,11 +27,11 @@ from typing import TYPE_CHECKING, Literal
 import torch
 import torch.nn.functional as F
 
-from .errors import InputError
-from .ops import BLUR_TAPS, up_blur_padding
+from stylemapgan.errors import InputError
+from stylemapgan.nn.ops import BLUR_TAPS, up_blur_padding
 
 if TYPE_CHECKING:
-    from .config import ModelConfig
+    from stylemapgan.config import ModelConfig
 
 Styles = list[torch.Tensor]
 MaskMode = Literal["area", "max"]
@@ -376,3 +376,11 @@ def influence_border(config: ModelConfig, space: Literal["w", "wplus"] = "wplus"
         lo, hi = (r // 2) * px, (r // 2 + 1) * px - 1
         out.append(int(max(lo - xs.min(), xs.max() - hi)))
     return out
+
+
+__all__ = [
+    "MaskMode", "Region", "Styles", "apply_direction", "check_mask", "edit_footprint",
+    "influence_border", "interpolate_w", "interpolate_wplus", "layer_selection", "local_edit_w",
+    "local_edit_wplus", "pyramid_footprint", "resize_mask", "shift", "steps", "style_mix",
+    "synthesis_footprint", "transplant",
+]

@@ -18,10 +18,10 @@ from typing import Any
 
 import torch
 
-from .checkpoint import atomic_write
-from .config import ModelConfig
-from .errors import ConfigError, InputError
-from .images import Placement
+from stylemapgan.config import ModelConfig
+from stylemapgan.errors import ConfigError, InputError
+from stylemapgan.files import atomic_write
+from stylemapgan.imaging.images import Placement
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,3 @@
+"""``stylemapgan.weights`` moved to :mod:`stylemapgan.formats.weights`; this name keeps working."""
+
+from stylemapgan.formats.weights import *  # noqa: F403
