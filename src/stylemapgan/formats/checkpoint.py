@@ -67,7 +67,9 @@ def _describe_mismatch(expected: Mapping[str, torch.Size], got: Mapping[str, tor
     return "; ".join(parts)
 
 
-def _strict_load(module: nn.Module, state: Mapping[str, torch.Tensor], what: str) -> None:
+def strict_load(module: nn.Module, state: Mapping[str, torch.Tensor], what: str) -> None:
+    """Load ``state`` into ``module`` only if the names and shapes match exactly; otherwise a
+    :class:`ModelFileError` that says what is missing, unexpected or of another shape."""
     expected = {k: v.shape for k, v in module.state_dict().items()}
     got = {k: v.shape for k, v in state.items()}
     problem = _describe_mismatch(expected, got)
@@ -180,7 +182,7 @@ def load_model(path: str | os.PathLike[str], device: torch.device | str = "cpu",
         raise ModelFileError(f"{path}: cannot read the weights ({str(exc).splitlines()[0]}); "
                              "the file may be truncated") from None
     model = build_empty(lambda: StyleMapGAN(config))
-    _strict_load(model, state, str(path))
+    strict_load(model, state, str(path))
     model.provenance = info["provenance"]
     model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
     for name, t in state.items():
@@ -440,4 +442,5 @@ __all__ = [
     "reference_key_map",
     "save_model",
     "sha256_file",
+    "strict_load",
 ]

@@ -519,13 +519,13 @@ def _sub_state(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch
 def model_from_checkpoint(tensors: dict[str, torch.Tensor], state: dict[str, Any],
                           ema: bool = True) -> StyleMapGAN:
     """The (EMA) generator and encoder of a training checkpoint as a StyleMapGAN model."""
-    from stylemapgan.formats.checkpoint import _strict_load, build_empty
+    from stylemapgan.formats.checkpoint import strict_load, build_empty
 
     config = ModelConfig.from_dict(state["model_config"])
     model = build_empty(lambda: StyleMapGAN(config))
     g, e = ("g_ema", "e_ema") if ema else ("generator", "encoder")
-    _strict_load(model.generator, _sub_state(tensors, g), f"checkpoint {g}")
-    _strict_load(model.encoder, _sub_state(tensors, e), f"checkpoint {e}")
+    strict_load(model.generator, _sub_state(tensors, g), f"checkpoint {g}")
+    strict_load(model.encoder, _sub_state(tensors, e), f"checkpoint {e}")
     return model
 
 
@@ -959,12 +959,12 @@ class Trainer:
         if changed:
             raise TrainingError(f"cannot resume with changed settings {', '.join(changed)}; only "
                                 f"{', '.join(RESUMABLE_CHANGES)} may change")
-        from stylemapgan.formats.checkpoint import _strict_load
+        from stylemapgan.formats.checkpoint import strict_load
 
         for prefix, module in (("generator", self.generator), ("encoder", self.encoder),
                                ("discriminator", self.discriminator), ("g_ema", self.g_ema),
                                ("e_ema", self.e_ema)):
-            _strict_load(module, _sub_state(tensors, prefix), f"{path} ({prefix})")
+            strict_load(module, _sub_state(tensors, prefix), f"{path} ({prefix})")
         for name, opt in (("g", self.g_opt), ("e", self.e_opt), ("d", self.d_opt)):
             opt.load_state_dict(_unflatten_optimizer(f"optim.{name}", state["optimizers"][name],
                                                      tensors))
