@@ -519,7 +519,7 @@ def _sub_state(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch
 def model_from_checkpoint(tensors: dict[str, torch.Tensor], state: dict[str, Any],
                           ema: bool = True) -> StyleMapGAN:
     """The (EMA) generator and encoder of a training checkpoint as a StyleMapGAN model."""
-    from stylemapgan.formats.checkpoint import strict_load, build_empty
+    from stylemapgan.formats.checkpoint import build_empty, strict_load
 
     config = ModelConfig.from_dict(state["model_config"])
     model = build_empty(lambda: StyleMapGAN(config))
