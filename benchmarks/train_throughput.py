@@ -25,7 +25,7 @@ import time
 import torch
 
 from stylemapgan.config import get_preset
-from stylemapgan.training.loop import (
+from stylemapgan.training import (
     PERCEPTUAL_CHOICES,
     DistInfo,
     TrainConfig,

@@ -66,3 +66,97 @@ def test_r1_penalty_through_a_conv_discriminator_matches_finite_differences():
         grad.view(-1)[i] = (d((flat + e).view_as(x)).sum() - d((flat - e).view_as(x)).sum()) / (2 * eps)
     expected = grad.square().flatten(1).sum(1).mean()
     assert torch.allclose(penalty.double(), expected, rtol=1e-4)
+
+
+# --------------------------------------------------------------------------- the phases
+def _tiny_stages():
+    from stylemapgan.config import PRESETS
+    from stylemapgan.nn.networks import Discriminator, Encoder, Generator
+
+    cfg = PRESETS["tiny-32"]
+    torch.manual_seed(0)
+    return losses.TrainingStages(Generator(cfg), Encoder(cfg), Discriminator(cfg)), cfg
+
+
+def test_discriminator_phase_is_the_logistic_loss_on_the_stage_outputs():
+    stages, cfg = _tiny_stages()
+    real = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        g = stages.generator
+        fake = g(g.mapping(torch.randn(2, cfg.stylemap_channels)))
+        rec = g(stages.encoder(real))
+    phase = losses.discriminator_phase(stages, real, fake, rec, lambda_d=0.5, lambda_d_rec=2.0)
+    d = stages.discriminator
+    with torch.no_grad():
+        expected_d = losses.discriminator_logistic(d(real), d(fake))
+        expected_rec = losses.discriminator_fake(d(rec))
+    assert list(phase.terms) == ["d", "d_rec"]
+    assert torch.equal(phase.terms["d"].detach(), expected_d)
+    assert torch.equal(phase.terms["d_rec"].detach(), expected_rec)
+    assert torch.allclose(phase.loss.detach(), 0.5 * expected_d + 2.0 * expected_rec)
+    # Without reconstructions there is no domain-guided term; the loss reaches D.
+    phase = losses.discriminator_phase(stages, real, fake, lambda_d=0.5)
+    assert list(phase.terms) == ["d"]
+    phase.loss.backward()
+    assert all(p.grad is not None for p in d.parameters())
+    assert all(p.grad is None for p in stages.generator.parameters())
+
+
+def _fake_stages(calls):
+    """A stand-in for TrainingStages: fixed outputs, records the stages asked for."""
+    def stages(stage, *args):
+        calls.append(stage)
+        if stage == "sample":
+            return torch.ones(2, 3, 4, 4), torch.zeros(2, 5), torch.full((2, 1), 2.0)
+        if stage == "encode_sample":
+            return torch.ones(2, 5)
+        if stage == "r1":
+            (real,) = args
+            assert real.requires_grad
+            pred = (real * 3).flatten(1).sum(1, keepdim=True)
+            return losses.r1_penalty(pred, real), pred
+        if stage == "reconstruct":
+            (real,) = args
+            return real * 0.5, torch.full((2, 1), -1.0)
+        raise AssertionError(stage)
+    return stages
+
+
+def test_phases_weight_their_terms():
+    calls = []
+    stages = _fake_stages(calls)
+    phase, fake, w = losses.generator_phase(stages, torch.zeros(2, 5), lambda_adv=3.0)
+    assert torch.equal(phase.terms["adv"], F.softplus(torch.tensor(-2.0)))
+    assert torch.equal(phase.loss, phase.terms["adv"] * 3.0) and fake.shape == (2, 3, 4, 4)
+    phase = losses.stylemap_phase(stages, fake, w, lambda_w_rec=2.0)
+    assert phase.terms["w_rec"] == 1.0 and phase.loss == 2.0
+    real = torch.ones(2, 3, 4, 4)
+    # R1: ||d sum(3 x) / dx||^2 = 9 per pixel, 48 pixels; weighted gamma / 2 * interval.
+    phase = losses.r1_phase(stages, real, gamma=10.0, interval=4)
+    assert phase.terms["r1"] == 9.0 * 48 and phase.loss == 10.0 / 2 * 9.0 * 48 * 4
+    assert not real.requires_grad  # the caller's tensor is left alone
+
+    def percept(a, b):
+        return (a - b).abs().flatten(1).mean(1)
+
+    phase = losses.reconstruction_phase(stages, real, percept, lambda_x_rec=1.0,
+                                        lambda_perceptual=10.0, lambda_e_adv=0.1)
+    assert list(phase.terms) == ["perceptual", "x_rec", "e_adv"]
+    assert phase.terms["x_rec"] == 0.25 and phase.terms["perceptual"] == 0.5
+    assert torch.equal(phase.terms["e_adv"], F.softplus(torch.tensor(1.0)))
+    expected = 0.25 + phase.terms["e_adv"] * 0.1 + 0.5 * 10.0
+    assert torch.allclose(phase.loss, expected)
+    assert "perceptual" not in losses.reconstruction_phase(stages, real).terms
+    assert calls == ["sample", "encode_sample", "r1", "reconstruct", "reconstruct"]
+    # The forward pass runs inside the autocast context.
+    entered = []
+
+    class Ctx:
+        def __enter__(self):
+            entered.append(len(calls))
+
+        def __exit__(self, *exc):
+            return False
+
+    losses.stylemap_phase(stages, fake, w, autocast=Ctx)
+    assert entered == [len(calls) - 1]

@@ -13,19 +13,18 @@ from stylemapgan.cli import main
 from stylemapgan.config import PRESETS
 from stylemapgan.errors import ConfigError
 from stylemapgan.formats.checkpoint import load_model
-from stylemapgan.training import losses
-from stylemapgan.training.loop import (
-    _STREAM_Z,
+from stylemapgan.training import (
     StepBatchSampler,
     TrainConfig,
     Trainer,
     TrainingError,
-    _generator,
     latest_checkpoint,
     list_checkpoints,
+    losses,
     parse_overrides,
     read_checkpoint,
 )
+from stylemapgan.training.sampling import STREAM_Z, seeded_generator
 
 TINY = PRESETS["tiny-32"]
 
@@ -161,7 +160,7 @@ def test_step_sampler_is_independent_of_world_size_and_covers_epochs():
 def test_first_step_losses_are_the_documented_terms():
     tr = make_trainer(r1_interval=1)
     g0, e0, d0 = (_params(m) for m in (tr.generator, tr.encoder, tr.discriminator))
-    z = torch.randn(4, TINY.stylemap_channels, generator=_generator(0, 0, 0, _STREAM_Z))
+    z = torch.randn(4, TINY.stylemap_channels, generator=seeded_generator(0, 0, 0, STREAM_Z))
     with torch.no_grad():
         w = tr.generator.mapping(z)
         fake = tr.generator(w)

@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
 
     from stylemapgan.errors import ModelFileError
     from stylemapgan.formats.checkpoint import save_model
-    from stylemapgan.training.loop import latest_checkpoint, model_from_checkpoint, read_checkpoint
+    from stylemapgan.training import latest_checkpoint, model_from_checkpoint, read_checkpoint
 
     out = Path(args.out)
     if out.exists() and not args.overwrite:

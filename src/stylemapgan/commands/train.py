@@ -60,7 +60,7 @@ def _resolve(args: argparse.Namespace):
 
     from stylemapgan.config import ModelConfig, get_preset
     from stylemapgan.errors import ConfigError, InputError
-    from stylemapgan.training.loop import TrainConfig, parse_overrides
+    from stylemapgan.training import TrainConfig, parse_overrides
 
     model_changes, train_changes = parse_overrides(args.overrides)
     if args.resume:
@@ -110,9 +110,9 @@ def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
-    from stylemapgan.training.loop import (
+    from stylemapgan.training import (
         Trainer,
-        _broadcast_object,
+        broadcast_object,
         init_distributed,
         new_run_dir,
         shutdown_distributed,
@@ -134,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
 
     from stylemapgan.data.datasets import open_dataset
     from stylemapgan.errors import ConfigError
-    from stylemapgan.training.loop import build_perceptual, resolve_amp
+    from stylemapgan.training import build_perceptual, resolve_amp
 
     dist_info = init_distributed(args.device)
     try:
@@ -151,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
             if dist_info.is_main:
                 run_dir = new_run_dir(args.outdir, args.name or preset)
                 run_dir.mkdir(parents=True)
-            run_dir = Path(_broadcast_object(str(run_dir) if run_dir else None, dist_info))
+            run_dir = Path(broadcast_object(str(run_dir) if run_dir else None, dist_info))
         command = _command_line(args)
         info = {"dataset": str(data_path), "val_dataset": str(val_path) if val_path else None,
                 "dataset_images": len(dataset), "preset": preset,

@@ -1,7 +1,9 @@
-"""StyleMapGAN training: the full objective, single-process or distributed (torchrun), with
-checkpoints that resume exactly.
+"""The training loop: :class:`Trainer` runs StyleMapGAN's full objective, single-process or
+distributed (torchrun), with checkpoints that resume exactly.
 
-One iteration (all weights settable in :class:`TrainConfig`, 0 disables a term):
+One iteration (all weights settable in :class:`~stylemapgan.training.config.TrainConfig`,
+0 disables a term; the losses of each phase are the pure functions of
+:mod:`stylemapgan.training.losses`):
 
 1. G adversarial: non-saturating loss on D(G(F(z))) -> step G (mapping, resizer, synthesis).
 2. Stylemap reconstruction: MSE(E(G(w)), w) with image and w detached -> step E.
@@ -10,34 +12,36 @@ One iteration (all weights settable in :class:`TrainConfig`, 0 disables a term):
 4. Lazy R1 on reals every ``r1_interval`` iterations (gamma/2 * penalty * interval) -> step D.
 5. E and G jointly: MSE(x, G(E(x))) + LPIPS(x, G(E(x))) + non-saturating loss on G(E(x))
    -> step E and G.
-6. EMA of G and E.
+6. EMA of G and E (:func:`ema_update`).
 
 Adam with betas (0, 0.99) for G and E; D's learning rate and betas are scaled by
 interval/(interval+1) for the lazy R1 (as in StyleGAN2).
 
 Randomness: the latents z and the flips of every step are drawn from generators seeded by
-(seed, rank, step), and the data order is a fixed function of (seed, epoch), so a run resumed
-from a checkpoint sees exactly the same data and noise as an uninterrupted one.
+(seed, rank, step) and the data order is a fixed function of (seed, epoch)
+(:mod:`stylemapgan.training.sampling`), so a run resumed from a checkpoint
+(:mod:`stylemapgan.training.checkpoints`) sees exactly the same data and noise as an
+uninterrupted one.
 
 Distributed: under ``torchrun`` (WORLD_SIZE > 1) the process group is initialized from the
-environment (NCCL on GPUs, gloo on CPU); the networks train as one DistributedDataParallel
-module whose forward runs one stage; the global batch is split evenly across ranks and only
-rank 0 writes files.
+environment (:mod:`stylemapgan.training.distributed`); the networks train as one
+DistributedDataParallel module (:class:`~stylemapgan.training.losses.TrainingStages`) whose
+forward runs one stage; the global batch is split evenly across ranks and only rank 0 writes
+files.
+
+Also here: mixed precision (:func:`resolve_amp`, :func:`cpu_has_native_bf16`), the LPIPS
+network (:func:`build_perceptual`), TensorBoard events, and :func:`new_run_dir`.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
-import datetime as _dt
 import json
 import logging
-import math
 import os
-import random
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -47,364 +51,40 @@ import torch
 from torch import nn
 
 from stylemapgan.config import ModelConfig
-from stylemapgan.errors import ConfigError, ModelFileError, StyleMapGANError
+from stylemapgan.errors import ConfigError
 from stylemapgan.files import atomic_write
-from stylemapgan.nn.networks import Discriminator, Encoder, Generator, StyleMapGAN
+from stylemapgan.nn.networks import Discriminator, Encoder, Generator
 from stylemapgan.training import losses
+from stylemapgan.training.checkpoints import (
+    checkpoint_path,
+    latest_checkpoint,
+    list_checkpoints,
+    restore_checkpoint,
+    write_checkpoint,
+)
+from stylemapgan.training.config import LOSS_NAMES, RESUMABLE_CHANGES, TrainConfig, TrainingError
+from stylemapgan.training.distributed import DistInfo
+from stylemapgan.training.sampling import (
+    STREAM_FLIP,
+    STREAM_GRID,
+    STREAM_Z,
+    STREAM_Z2,
+    StepBatchSampler,
+    seeded_generator,
+    split_indices,
+)
+
+__all__ = [
+    "StepReport",
+    "Trainer",
+    "build_perceptual",
+    "cpu_has_native_bf16",
+    "ema_update",
+    "new_run_dir",
+    "resolve_amp",
+]
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_FORMAT = "stylemapgan-train-checkpoint"
-CHECKPOINT_VERSION = 1
-PERCEPTUAL_CHOICES = ("vgg", "alex", "none", "random:vgg", "random:alex", "random:tiny")
-AMP_CHOICES = ("auto", "off", "bf16", "fp16")
-LOSS_NAMES = ("adv", "w_rec", "d", "d_rec", "r1", "x_rec", "perceptual", "e_adv")
-_CKPT_RE = re.compile(r"^ckpt-(\d{8,})\.safetensors$")
-
-
-class TrainingError(StyleMapGANError):
-    """Training cannot go on (diverged, inconsistent resume)."""
-
-
-# --------------------------------------------------------------------------- configuration
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything about a training run except the architecture (:class:`ModelConfig`).
-
-    Loss weights (0 disables a term):
-    ``lambda_adv`` G's adversarial loss on random samples; ``lambda_w_rec`` E's stylemap
-    reconstruction of samples; ``lambda_d`` D's logistic loss (reals vs samples);
-    ``lambda_d_rec`` D's domain-guided term (reconstructions as fakes); ``r1_gamma`` the R1
-    penalty weight; ``lambda_x_rec`` image MSE of reconstructions; ``lambda_perceptual`` LPIPS
-    of reconstructions; ``lambda_e_adv`` the adversarial loss on reconstructions for E and G.
-    """
-
-    iterations: int = 312_500  # 5M images at batch 16, as the paper's models
-    batch_size: int = 16  # total over all processes
-    lr: float = 0.002
-    beta1: float = 0.0
-    beta2: float = 0.99
-    lambda_adv: float = 1.0
-    lambda_w_rec: float = 1.0
-    lambda_d: float = 1.0
-    lambda_d_rec: float = 1.0
-    lambda_x_rec: float = 1.0
-    lambda_perceptual: float = 1.0
-    lambda_e_adv: float = 1.0
-    r1_gamma: float = 10.0
-    r1_interval: int = 16
-    ema_decay: float = 0.999
-    flip: bool = True
-    perceptual: str = "vgg"
-    amp: str = "auto"
-    channels_last: str = "auto"
-    seed: int = 0
-    workers: int = 2
-    val_images: int = 64
-    val_every: int = 5_000
-    image_every: int = 1_000
-    checkpoint_every: int = 5_000
-    keep_checkpoints: int = 3
-    log_every: int = 50
-    grid_size: int = 16
-
-    def __post_init__(self) -> None:
-        def bad(msg: str) -> ConfigError:
-            return ConfigError(f"invalid train config: {msg}")
-
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if f.type in ("int", int):
-                if not isinstance(v, int) or isinstance(v, bool):
-                    raise bad(f"{f.name} must be an integer, got {v!r}")
-            elif f.type in ("float", float):
-                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                    raise bad(f"{f.name} must be a finite number, got {v!r}")
-            elif f.type in ("bool", bool):
-                if not isinstance(v, bool):
-                    raise bad(f"{f.name} must be true or false, got {v!r}")
-            elif f.type in ("str", str) and not isinstance(v, str):
-                raise bad(f"{f.name} must be a string, got {v!r}")
-        positive = ("iterations", "batch_size", "r1_interval", "keep_checkpoints", "grid_size")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise bad(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("workers", "val_images", "val_every", "image_every", "checkpoint_every",
-                     "log_every", "seed"):
-            if getattr(self, name) < 0:
-                raise bad(f"{name} must be >= 0, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise bad(f"lr must be > 0, got {self.lr}")
-        for name in ("beta1", "beta2"):
-            if not 0 <= getattr(self, name) < 1:
-                raise bad(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        for name in (*(f"lambda_{n}" for n in ("adv", "w_rec", "d", "d_rec", "x_rec",
-                                                 "perceptual", "e_adv")), "r1_gamma"):
-            if getattr(self, name) < 0:
-                raise bad(f"{name} must be >= 0 (0 disables the term), got {getattr(self, name)}")
-        if not 0 <= self.ema_decay < 1:
-            raise bad(f"ema_decay must be in [0, 1), got {self.ema_decay}")
-        if self.perceptual not in PERCEPTUAL_CHOICES:
-            raise bad(f"perceptual must be one of {', '.join(PERCEPTUAL_CHOICES)}, "
-                      f"got {self.perceptual!r}")
-        if self.amp not in AMP_CHOICES:
-            raise bad(f"amp must be one of {', '.join(AMP_CHOICES)}, got {self.amp!r}")
-        if self.channels_last not in ("auto", "on", "off"):
-            raise bad(f"channels_last must be auto, on or off, got {self.channels_last!r}")
-
-    @property
-    def d_lazy_ratio(self) -> float:
-        return self.r1_interval / (self.r1_interval + 1) if self.r1_gamma > 0 else 1.0
-
-    @property
-    def uses_perceptual(self) -> bool:
-        return self.perceptual != "none" and self.lambda_perceptual > 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        unknown = sorted(set(data) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ConfigError(f"invalid train config: unknown key(s) {', '.join(unknown)}")
-        return cls(**data)
-
-
-#: TrainConfig keys that may change when a run is resumed (they do not affect the math).
-RESUMABLE_CHANGES = ("iterations", "workers", "val_every", "image_every", "checkpoint_every",
-                     "keep_checkpoints", "log_every")
-
-
-def _field_types(cls: type) -> dict[str, str]:
-    return {f.name: str(f.type) for f in fields(cls)}
-
-
-def _convert(key: str, text: str, type_name: str) -> Any:
-    t = type_name.replace(" ", "")
-    low = text.strip().lower()
-    if "None" in t and low in ("none", "null"):
-        return None
-    base = t.replace("|None", "").replace("None|", "")
-    if base == "bool":
-        if low in ("true", "1", "yes", "on"):
-            return True
-        if low in ("false", "0", "no", "off"):
-            return False
-        raise ConfigError(f"--set {key}={text}: expected true or false")
-    if base == "int":
-        try:
-            return int(text.strip().replace("_", ""))
-        except ValueError:
-            raise ConfigError(f"--set {key}={text}: expected an integer") from None
-    if base == "float":
-        try:
-            v = float(text)
-        except ValueError:
-            raise ConfigError(f"--set {key}={text}: expected a number") from None
-        if not math.isfinite(v):
-            raise ConfigError(f"--set {key}={text}: expected a finite number")
-        return v
-    return text.strip()
-
-
-def parse_overrides(items: Sequence[str]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``["key=value", ...]`` -> (model config changes, train config changes).
-
-    Keys are ModelConfig or TrainConfig field names, optionally prefixed ``model.`` or
-    ``train.``; values are converted to the field's type. Raises ConfigError (one line) for
-    unknown keys and unparsable values.
-    """
-    mtypes, ttypes = _field_types(ModelConfig), _field_types(TrainConfig)
-    model: dict[str, Any] = {}
-    train: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set batch_size=8")
-        scope = None
-        if key.startswith(("model.", "train.")):
-            scope, key = key.split(".", 1)
-        if scope != "train" and key in mtypes:
-            model[key] = _convert(key, value, mtypes[key])
-        elif scope != "model" and key in ttypes:
-            train[key] = _convert(key, value, ttypes[key])
-        else:
-            known = sorted(mtypes) if scope == "model" else sorted(ttypes) if scope == "train" \
-                else sorted(mtypes) + sorted(ttypes)
-            close = [k for k in known if key in k or k in key][:3]
-            hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            raise ConfigError(f"--set: unknown setting {key!r}{hint}; known settings: "
-                              f"{', '.join(known)}")
-    return model, train
-
-
-# --------------------------------------------------------------------------- distributed
-@dataclass(frozen=True)
-class DistInfo:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-
-def init_distributed(device: str = "auto") -> DistInfo:
-    """Set up the process group when launched by torchrun (WORLD_SIZE > 1), else nothing.
-
-    NCCL on CUDA devices (one per process, cuda:LOCAL_RANK), gloo on the CPU. The rendezvous
-    address and port come from torchrun's environment; nothing is hard-coded.
-    """
-    from stylemapgan.utils import resolve_device
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistInfo(device=resolve_device(device))
-    import torch.distributed as dist
-
-    rank = int(os.environ["RANK"])
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    dev = resolve_device(device)
-    if dev.type == "cuda":
-        if local_rank >= torch.cuda.device_count():
-            raise ConfigError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} CUDA "
-                              "device(s) on this node; lower --nproc_per_node")
-        dev = torch.device("cuda", local_rank)
-        torch.cuda.set_device(dev)
-        backend = "nccl"
-    else:
-        backend = "gloo"
-    if not dist.is_initialized():
-        dist.init_process_group(backend=backend, timeout=_dt.timedelta(minutes=30))
-    log.info("rank %d/%d on %s (%s)", rank, world, dev, backend)
-    return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=dev)
-
-
-def shutdown_distributed() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def _broadcast_object(obj: Any, dist_info: DistInfo) -> Any:
-    if not dist_info.distributed:
-        return obj
-    import torch.distributed as dist
-
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-# --------------------------------------------------------------------------- randomness
-def _seed_for(*parts: int) -> int:
-    """A 63-bit seed that depends on all ``parts`` (seed, rank, step, stream...)."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0]
-               & ((1 << 63) - 1))
-
-
-def _generator(*parts: int) -> torch.Generator:
-    return torch.Generator().manual_seed(_seed_for(*parts))
-
-
-_STREAM_Z, _STREAM_Z2, _STREAM_FLIP, _STREAM_EPOCH, _STREAM_SPLIT, _STREAM_GRID = range(6)
-
-
-def split_indices(n: int, val_images: int, seed: int) -> tuple[list[int], list[int]]:
-    """Hold out ``val_images`` images (a seeded random choice) for validation."""
-    if val_images <= 0:
-        return list(range(n)), []
-    if n < 2:
-        return list(range(n)), []
-    val_count = min(val_images, n // 10) if n < 2 * val_images else val_images
-    val_count = max(val_count, 1) if n >= 10 else 0
-    perm = torch.randperm(n, generator=_generator(seed, _STREAM_SPLIT)).tolist()
-    val = sorted(perm[:val_count])
-    held = set(val)
-    return [i for i in range(n) if i not in held], val
-
-
-class StepBatchSampler(torch.utils.data.Sampler[list[int]]):
-    """Indices of this rank's share of each step's batch, from ``start_step`` on, forever.
-
-    The data is an endless stream of epochs, each a permutation of ``indices`` seeded by
-    (seed, epoch); step k takes global positions [k*B, (k+1)*B) of the stream and rank r the
-    r-th of the world_size equal parts. The order depends only on the seed and the global
-    batch size, not on the number of processes, and resuming at step k is exact.
-    """
-
-    def __init__(self, indices: Sequence[int], global_batch: int, rank: int, world_size: int,
-                 seed: int, start_step: int = 0) -> None:
-        if global_batch % world_size:
-            raise ConfigError(f"batch_size {global_batch} is not divisible by the number of "
-                              f"processes ({world_size})")
-        self.indices = list(indices)
-        self.global_batch, self.local_batch = global_batch, global_batch // world_size
-        self.rank, self.seed, self.start_step = rank, seed, start_step
-        self._epoch, self._perm = -1, None
-
-    def _at(self, pos: int) -> int:
-        n = len(self.indices)
-        epoch, offset = divmod(pos, n)
-        if epoch != self._epoch:
-            self._perm = torch.randperm(n, generator=_generator(self.seed, _STREAM_EPOCH, epoch)).tolist()
-            self._epoch = epoch
-        return self.indices[self._perm[offset]]
-
-    def batch(self, step: int) -> list[int]:
-        start = step * self.global_batch + self.rank * self.local_batch
-        return [self._at(p) for p in range(start, start + self.local_batch)]
-
-    def __iter__(self) -> Iterator[list[int]]:
-        step = self.start_step
-        while True:
-            yield self.batch(step)
-            step += 1
-
-    def __len__(self) -> int:  # effectively infinite; DataLoader asks only for its repr
-        return 2**62
-
-
-# --------------------------------------------------------------------------- the stages module
-class TrainingStages(nn.Module):
-    """G, E and D in one module whose ``forward(stage, ...)`` runs one stage of an iteration,
-    so that DistributedDataParallel sees exactly one forward per backward."""
-
-    def __init__(self, generator: Generator, encoder: Encoder, discriminator: Discriminator) -> None:
-        super().__init__()
-        self.generator, self.encoder, self.discriminator = generator, encoder, discriminator
-
-    def forward(self, stage: str, *args: torch.Tensor):
-        g, e, d = self.generator, self.encoder, self.discriminator
-        if stage == "sample":  # z -> (image, w, D(image))
-            (z,) = args
-            w = g.mapping(z)
-            fake = g(w)
-            return fake, w, d(fake)
-        if stage == "encode_sample":  # detached image -> E(image)
-            (fake,) = args
-            return e(fake)
-        if stage == "discriminate":  # reals, samples, reconstructions -> three D logit sets
-            real, fake, rec = args
-            return d(real), d(fake), (d(rec) if rec is not None else None)
-        if stage == "r1":  # reals (requiring grad) -> (penalty, D(real))
-            (real,) = args
-            pred = d(real)
-            return losses.r1_penalty(pred, real), pred
-        if stage == "reconstruct":  # reals -> (G(E(x)), D(G(E(x))))
-            (real,) = args
-            rec = g(e(real))
-            return rec, d(rec)
-        raise ValueError(f"unknown stage {stage!r}")
 
 
 def _set_requires_grad(module: nn.Module, flag: bool) -> None:
@@ -421,112 +101,6 @@ def ema_update(ema: nn.Module, src: nn.Module, decay: float) -> None:
     for b_ema, b in zip(ema.buffers(), src.buffers(), strict=True):
         b_ema.copy_(b)
 
-
-# --------------------------------------------------------------------------- checkpoints
-def _flatten_optimizer(prefix: str, opt: torch.optim.Optimizer,
-                       tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
-    sd = opt.state_dict()
-    scalars: dict[str, dict[str, Any]] = {}
-    for pid, st in sd["state"].items():
-        for k, v in st.items():
-            if isinstance(v, torch.Tensor):
-                tensors[f"{prefix}.{pid}.{k}"] = v.detach().to("cpu").contiguous()
-            else:
-                scalars.setdefault(str(pid), {})[k] = v
-    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()}
-              for g in sd["param_groups"]]
-    return {"param_groups": groups, "scalars": scalars}
-
-
-def _unflatten_optimizer(prefix: str, meta: dict[str, Any],
-                         tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
-    state: dict[int, dict[str, Any]] = {}
-    pre = prefix + "."
-    for name, t in tensors.items():
-        if name.startswith(pre):
-            pid, key = name[len(pre):].split(".", 1)
-            state.setdefault(int(pid), {})[key] = t
-    for pid, sc in meta["scalars"].items():
-        state.setdefault(int(pid), {}).update(sc)
-    groups = []
-    for g in meta["param_groups"]:
-        g = dict(g)
-        if isinstance(g.get("betas"), list):
-            g["betas"] = tuple(g["betas"])
-        groups.append(g)
-    return {"state": state, "param_groups": groups}
-
-
-def list_checkpoints(run_dir: str | os.PathLike[str]) -> list[tuple[int, Path]]:
-    """Complete checkpoints of a run, oldest first, as (step, path)."""
-    d = Path(run_dir) / "checkpoints"
-    if not d.is_dir():
-        return []
-    found = []
-    for p in d.iterdir():
-        m = _CKPT_RE.match(p.name)
-        if m:
-            found.append((int(m.group(1)), p))
-    return sorted(found)
-
-
-def read_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """A training checkpoint's tensors and its metadata (JSON)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file, safe_open
-
-    path = Path(path)
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        tensors = load_file(str(path), device="cpu")
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise ModelFileError(f"{path}: unreadable training checkpoint "
-                             f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
-    if meta.get("format") != CHECKPOINT_FORMAT:
-        raise ModelFileError(f"{path} is not a stylemapgan training checkpoint")
-    try:
-        state = json.loads(meta["state"])
-    except (KeyError, json.JSONDecodeError):
-        raise ModelFileError(f"{path}: training checkpoint metadata is damaged") from None
-    if int(meta.get("format_version", "0")) > CHECKPOINT_VERSION:
-        raise ModelFileError(f"{path}: checkpoint format is newer than this stylemapgan; upgrade")
-    return tensors, state
-
-
-def latest_checkpoint(run_dir: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any], Path]:
-    """The newest readable checkpoint of a run (a damaged newest one is skipped with a warning)."""
-    ckpts = list_checkpoints(run_dir)
-    if not ckpts:
-        raise ModelFileError(f"{run_dir}: no checkpoints found (looked in "
-                             f"{Path(run_dir) / 'checkpoints'}); is this a training run folder?")
-    errors = []
-    for _, path in reversed(ckpts):
-        try:
-            tensors, state = read_checkpoint(path)
-            return tensors, state, path
-        except ModelFileError as exc:
-            log.warning("skipping damaged checkpoint: %s", exc)
-            errors.append(str(exc))
-    raise ModelFileError(f"{run_dir}: no readable checkpoint ({errors[0]})")
-
-
-def _sub_state(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    pre = prefix + "."
-    return {k[len(pre):]: v for k, v in tensors.items() if k.startswith(pre)}
-
-
-def model_from_checkpoint(tensors: dict[str, torch.Tensor], state: dict[str, Any],
-                          ema: bool = True) -> StyleMapGAN:
-    """The (EMA) generator and encoder of a training checkpoint as a StyleMapGAN model."""
-    from stylemapgan.formats.checkpoint import build_empty, strict_load
-
-    config = ModelConfig.from_dict(state["model_config"])
-    model = build_empty(lambda: StyleMapGAN(config))
-    g, e = ("g_ema", "e_ema") if ema else ("generator", "encoder")
-    strict_load(model.generator, _sub_state(tensors, g), f"checkpoint {g}")
-    strict_load(model.encoder, _sub_state(tensors, e), f"checkpoint {e}")
-    return model
 
 
 # --------------------------------------------------------------------------- logging helpers
@@ -562,17 +136,21 @@ class _EventWriter:
 
 
 def build_perceptual(name: str) -> nn.Module | None:
-    """The LPIPS network for ``TrainConfig.perceptual`` (None for "none").
+    """The LPIPS network for ``TrainConfig.perceptual`` (None for "none"): ``vgg`` and ``alex``
+    with the real weights from the cache (``stylemapgan weights fetch``; a missing file raises
+    :class:`~stylemapgan.formats.weights.WeightsMissingError` naming that command).
 
     ``random:vgg|alex|tiny`` are randomly initialized networks for tests and benchmarks only.
     """
     if name == "none":
         return None
-    from stylemapgan.nn.perceptual import LPIPS
-
     if name.startswith("random:"):
+        from stylemapgan.nn.perceptual import LPIPS
+
         return LPIPS.random_init(name.split(":", 1)[1], seed=0)
-    return LPIPS.from_pretrained(name)
+    from stylemapgan.formats.weights import load_lpips
+
+    return load_lpips(name)
 
 
 def cpu_has_native_bf16() -> bool:
@@ -684,7 +262,7 @@ class Trainer:
                 m.to(memory_format=torch.channels_last)
         self.g_ema = copy.deepcopy(self.generator).eval().requires_grad_(False)
         self.e_ema = copy.deepcopy(self.encoder).eval().requires_grad_(False)
-        self.stages = TrainingStages(self.generator, self.encoder, self.discriminator)
+        self.stages = losses.TrainingStages(self.generator, self.encoder, self.discriminator)
         self.stages_ddp: nn.Module = self.stages
         if self.dist.distributed:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -751,7 +329,7 @@ class Trainer:
             self.loader_iter = self._loader()
         x = next(self.loader_iter).to(self.device, non_blocking=True)
         if self.config.flip:
-            gen = _generator(self.config.seed, self.dist.rank, step, _STREAM_FLIP)
+            gen = seeded_generator(self.config.seed, self.dist.rank, step, STREAM_FLIP)
             mask = (torch.rand(x.shape[0], generator=gen) < 0.5).to(self.device)
             x = torch.where(mask[:, None, None, None], x.flip(3), x)
         if self.channels_last:
@@ -759,7 +337,7 @@ class Trainer:
         return x
 
     def _z(self, step: int, stream: int) -> torch.Tensor:
-        gen = _generator(self.config.seed, self.dist.rank, step, stream)
+        gen = seeded_generator(self.config.seed, self.dist.rank, step, stream)
         return torch.randn(self.local_batch, self.model_config.stylemap_channels,
                            generator=gen).to(self.device)
 
@@ -777,63 +355,53 @@ class Trainer:
         _set_requires_grad(d, False)
         fake = w = None
         if c.lambda_adv > 0:
-            with self._autocast():
-                fake, w, pred = stages("sample", self._z(step, _STREAM_Z))
-            out["adv"] = losses.generator_adversarial(pred)
-            self._backward_step(out["adv"] * c.lambda_adv, self.g_opt)
+            phase, fake, w = losses.generator_phase(stages, self._z(step, STREAM_Z),
+                                                    lambda_adv=c.lambda_adv,
+                                                    autocast=self._autocast)
+            out.update(phase.terms)
+            self._backward_step(phase.loss, self.g_opt)
         elif c.lambda_w_rec > 0:
             with torch.no_grad(), self._autocast():
-                w = g.mapping(self._z(step, _STREAM_Z))
+                w = g.mapping(self._z(step, STREAM_Z))
                 fake = g(w)
         if c.lambda_w_rec > 0:
-            with self._autocast():
-                w_hat = stages("encode_sample", fake.detach())
-            out["w_rec"] = losses.mse(w_hat, w.detach())
-            self._backward_step(out["w_rec"] * c.lambda_w_rec, self.e_opt)
+            phase = losses.stylemap_phase(stages, fake, w, lambda_w_rec=c.lambda_w_rec,
+                                          autocast=self._autocast)
+            out.update(phase.terms)
+            self._backward_step(phase.loss, self.e_opt)
         del fake, w
 
         # 3. D: reals vs samples, plus reconstructions as fakes (domain-guided).
         _set_requires_grad(d, True)
         if c.lambda_d > 0 or c.lambda_d_rec > 0:
             with torch.no_grad(), self._autocast():
-                fake2 = g(g.mapping(self._z(step, _STREAM_Z2)))
+                fake2 = g(g.mapping(self._z(step, STREAM_Z2)))
                 rec = g(e(real)) if c.lambda_d_rec > 0 else None
-            with self._autocast():
-                real_pred, fake_pred, rec_pred = stages("discriminate", real, fake2, rec)
-            out["d"] = losses.discriminator_logistic(real_pred, fake_pred)
-            loss = out["d"] * c.lambda_d
-            del real_pred, fake_pred
-            if rec_pred is not None:
-                out["d_rec"] = losses.discriminator_fake(rec_pred)
-                loss = loss + out["d_rec"] * c.lambda_d_rec
-            self._backward_step(loss, self.d_opt)
+            phase = losses.discriminator_phase(stages, real, fake2, rec, lambda_d=c.lambda_d,
+                                               lambda_d_rec=c.lambda_d_rec,
+                                               autocast=self._autocast)
+            out.update(phase.terms)
+            self._backward_step(phase.loss, self.d_opt)
             del fake2, rec
 
         # 4. Lazy R1 (float32: the penalty needs the input gradient unscaled).
         if c.r1_gamma > 0 and step % c.r1_interval == 0:
-            real_r1 = real.detach().requires_grad_(True)
-            penalty, pred = stages("r1", real_r1)
-            out["r1"] = penalty
-            loss = c.r1_gamma / 2 * penalty * c.r1_interval + 0 * pred.float().sum()
+            phase = losses.r1_phase(stages, real, gamma=c.r1_gamma, interval=c.r1_interval)
+            out.update(phase.terms)
             self.d_opt.zero_grad(set_to_none=True)
-            loss.backward()
+            phase.loss.backward()
             self.d_opt.step()
         _set_requires_grad(d, False)
 
         # 5. E and G reconstruct reals: pixels, perception, realism.
         use_p = self.percept is not None and c.lambda_perceptual > 0
         if c.lambda_x_rec > 0 or use_p or c.lambda_e_adv > 0:
-            with self._autocast():
-                rec, rec_pred = stages("reconstruct", real)
-                if use_p:
-                    out["perceptual"] = self.percept(real, rec).float().mean()
-            out["x_rec"] = losses.mse(rec, real)
-            out["e_adv"] = losses.generator_adversarial(rec_pred)
-            loss = out["x_rec"] * c.lambda_x_rec + out["e_adv"] * c.lambda_e_adv
-            if use_p:
-                loss = loss + out["perceptual"] * c.lambda_perceptual
-            self._backward_step(loss, self.e_opt, self.g_opt)
-            del rec, rec_pred
+            phase = losses.reconstruction_phase(
+                stages, real, self.percept if use_p else None, lambda_x_rec=c.lambda_x_rec,
+                lambda_perceptual=c.lambda_perceptual, lambda_e_adv=c.lambda_e_adv,
+                autocast=self._autocast)
+            out.update(phase.terms)
+            self._backward_step(phase.loss, self.e_opt, self.g_opt)
         _set_requires_grad(d, True)
 
         # 6. EMA.
@@ -866,7 +434,7 @@ class Trainer:
     def _grid_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
         k = self.config.grid_size
         z = torch.randn(k, self.model_config.stylemap_channels,
-                        generator=_generator(self.config.seed, _STREAM_GRID))
+                        generator=seeded_generator(self.config.seed, STREAM_GRID))
         source = self.val_data if self.val_data is not None else torch.utils.data.Subset(
             self.dataset, self.train_indices)
         reals = torch.stack([source[i] for i in range(min(k, len(source)))])
@@ -909,39 +477,22 @@ class Trainer:
             "info": self.extra_info,
         }
 
+    def _checkpointed(self) -> tuple[dict[str, nn.Module], dict[str, torch.optim.Optimizer]]:
+        modules = {"generator": self.generator, "encoder": self.encoder,
+                   "discriminator": self.discriminator, "g_ema": self.g_ema,
+                   "e_ema": self.e_ema}
+        return modules, {"g": self.g_opt, "e": self.e_opt, "d": self.d_opt}
+
     def save_checkpoint(self) -> Path | None:
         """Write ``checkpoints/ckpt-STEP.safetensors`` atomically (rank 0) and keep the newest
         ``keep_checkpoints``."""
-        from safetensors.torch import save_file
-
         if self.run_dir is None or not self.dist.is_main:
             return None
-        tensors: dict[str, torch.Tensor] = {}
-        for prefix, module in (("generator", self.generator), ("encoder", self.encoder),
-                               ("discriminator", self.discriminator), ("g_ema", self.g_ema),
-                               ("e_ema", self.e_ema)):
-            for k, v in module.state_dict().items():
-                tensors[f"{prefix}.{k}"] = v.detach().to("cpu").contiguous()
-        state = self._run_state()
-        state["optimizers"] = {name: _flatten_optimizer(f"optim.{name}", opt, tensors)
-                               for name, opt in (("g", self.g_opt), ("e", self.e_opt),
-                                                 ("d", self.d_opt))}
-        tensors["rng.torch_cpu"] = torch.get_rng_state()
-        if torch.cuda.is_available():
-            for i, s in enumerate(torch.cuda.get_rng_state_all()):
-                tensors[f"rng.cuda.{i}"] = s
-        np_state = np.random.get_state()
-        state["rng"] = {
-            "python": [list(x) if isinstance(x, tuple) else x for x in random.getstate()],
-            "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
-        }
-        if self.scaler is not None:
-            state["scaler"] = self.scaler.state_dict()
-        meta = {"format": CHECKPOINT_FORMAT, "format_version": str(CHECKPOINT_VERSION),
-                "state": json.dumps(state)}
-        path = self.run_dir / "checkpoints" / f"ckpt-{self.step:08d}.safetensors"
-        with atomic_write(path, overwrite=True) as tmp:
-            save_file(tensors, str(tmp), metadata=meta)
+        modules, optimizers = self._checkpointed()
+        path = write_checkpoint(
+            checkpoint_path(self.run_dir, self.step), modules=modules, optimizers=optimizers,
+            state=self._run_state(),
+            scaler_state=self.scaler.state_dict() if self.scaler is not None else None)
         for _, old in list_checkpoints(self.run_dir)[: -self.config.keep_checkpoints]:
             old.unlink(missing_ok=True)
         log.info("saved checkpoint %s", path)
@@ -959,26 +510,9 @@ class Trainer:
         if changed:
             raise TrainingError(f"cannot resume with changed settings {', '.join(changed)}; only "
                                 f"{', '.join(RESUMABLE_CHANGES)} may change")
-        from stylemapgan.formats.checkpoint import strict_load
-
-        for prefix, module in (("generator", self.generator), ("encoder", self.encoder),
-                               ("discriminator", self.discriminator), ("g_ema", self.g_ema),
-                               ("e_ema", self.e_ema)):
-            strict_load(module, _sub_state(tensors, prefix), f"{path} ({prefix})")
-        for name, opt in (("g", self.g_opt), ("e", self.e_opt), ("d", self.d_opt)):
-            opt.load_state_dict(_unflatten_optimizer(f"optim.{name}", state["optimizers"][name],
-                                                     tensors))
-        torch.set_rng_state(tensors["rng.torch_cpu"])
-        cuda_states = [tensors[k] for k in sorted(
-            (k for k in tensors if k.startswith("rng.cuda.")), key=lambda k: int(k.rsplit(".", 1)[1]))]
-        if cuda_states and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(cuda_states[: torch.cuda.device_count()])
-        py = state["rng"]["python"]
-        random.setstate((py[0], tuple(py[1]), py[2]))
-        npst = state["rng"]["numpy"]
-        np.random.set_state((npst[0], np.array(npst[1], dtype=np.uint32), *npst[2:]))
-        if self.scaler is not None and "scaler" in state:
-            self.scaler.load_state_dict(state["scaler"])
+        modules, optimizers = self._checkpointed()
+        restore_checkpoint(tensors, state, modules=modules, optimizers=optimizers,
+                           scaler=self.scaler, where=str(path))
         self.step = int(state["step"])
         self.wall_time = float(state["wall_time"])
         log.info("resumed from %s at step %d", path, self.step)
@@ -1132,19 +666,3 @@ def new_run_dir(outdir: str | os.PathLike[str], name: str) -> Path:
     safe = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "run"
     return out / f"{(max(taken) + 1) if taken else 0:05d}-{safe}"
 
-
-__all__ = [
-    "DistInfo",
-    "StepBatchSampler",
-    "TrainConfig",
-    "Trainer",
-    "TrainingError",
-    "build_perceptual",
-    "init_distributed",
-    "latest_checkpoint",
-    "list_checkpoints",
-    "model_from_checkpoint",
-    "new_run_dir",
-    "parse_overrides",
-    "read_checkpoint",
-]
