@@ -11,11 +11,12 @@ from stylemapgan.data.datasets import (
     FolderDataset,
     LMDBDataset,
     ZipDataset,
-    fit_square,
+    fit_image,
     open_dataset,
     pil_to_tensor,
 )
 from stylemapgan.errors import InputError
+from stylemapgan.imaging.placement import fit_square
 
 
 def _pattern(w, h, seed=0):
@@ -44,17 +45,22 @@ def make_image_folder(root, n_good=5, corrupt=True):
     return root
 
 
-def test_fit_square_crop_pad_stretch():
+def test_fit_image_crop_pad_stretch():
+    """Training data is placed like editing input (one placement module)."""
     img = Image.fromarray(_pattern(64, 32))
-    assert fit_square(img, 16).size == (16, 16)
+    assert fit_image(img, 16).size == (16, 16)
     # Center crop of a 64x32 image keeps columns 16..47.
-    crop = fit_square(img, 32, "crop")
+    crop = fit_image(img, 32, "crop")
     assert np.array_equal(np.asarray(crop), _pattern(64, 32)[:, 16:48])
-    pad = np.asarray(fit_square(img, 64, "pad"))
-    assert pad.shape == (64, 64, 3) and pad[:16].max() == 0 and pad[48:].max() == 0
-    assert fit_square(img, 20, "stretch").size == (20, 20)
+    pad = np.asarray(fit_image(img, 64, "pad"))
+    # pad: the image centred, the rest its edge rows repeated (the editor's meaning of pad).
+    assert pad.shape == (64, 64, 3) and np.array_equal(pad[16:48], _pattern(64, 32))
+    assert (pad[:16] == pad[16]).all() and (pad[48:] == pad[47]).all()
+    assert fit_image(img, 20, "stretch").size == (20, 20)
     with pytest.raises(InputError):
-        fit_square(img, 20, "zoom")
+        fit_image(img, 20, "zoom")
+    assert np.array_equal(np.asarray(fit_image(img, 32, "crop")),
+                          fit_square(img, 32, "crop"))
 
 
 def test_pil_to_tensor_range():

@@ -12,7 +12,8 @@ from PIL import Image
 from stylemapgan.cli import main
 from stylemapgan.editing.editor import Editor
 from stylemapgan.formats.stylemaps import load_stylemap
-from stylemapgan.imaging.images import from_uint8, load_image, to_uint8
+from stylemapgan.imaging.images import from_uint8, to_uint8
+from stylemapgan.imaging.placement import load_image
 
 
 def _noise(h, w, seed, channels=3):

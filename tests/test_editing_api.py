@@ -18,7 +18,7 @@ from stylemapgan.editing.directions import (
 from stylemapgan.editing.editor import Editor, refine_stylemaps
 from stylemapgan.errors import InputError
 from stylemapgan.formats.stylemaps import load_stylemap, save_stylemap
-from stylemapgan.imaging.images import Placement
+from stylemapgan.imaging.placement import Placement
 
 TINY = PRESETS["tiny-32"]
 
@@ -72,11 +72,25 @@ def test_project_runs_the_encoder_once_per_distinct_image(editor, model):
 
 
 def test_cache_is_bounded(model):
-    ed = Editor(model, cache_size=2)
+    one = Editor(model)
+    one.project(_images(1))
+    entry = one.cache.nbytes  # bytes of one projection (w and its W+ pyramid)
+    ed = Editor(model, cache_bytes=2 * entry + entry // 2)
     ed.project(_images(3))
-    assert len(ed._cache) == 2
+    assert len(ed.cache) == 2 and ed.cache.nbytes <= 2.5 * entry
     ed.project(_images(3))
     assert ed.encoder_images == 4  # the first one was dropped, the last two were cached
+
+
+def test_projection_does_not_depend_on_the_batch(model):
+    """Each image is encoded alone: a stylemap is the same whether it was projected with
+    others, alone, or came from the cache (batched convolutions differ in the last bits)."""
+    x = _images(3, seed=5)
+    together = Editor(model).project(x)
+    alone = torch.cat([Editor(model).project(x[i: i + 1]) for i in range(3)])
+    assert torch.equal(together, alone)
+    ed = Editor(model)
+    assert torch.equal(ed.pyramid(together)[0], torch.cat([ed.pyramid(w[None])[0] for w in together]))
 
 
 def test_editor_edits_match_the_pure_functions(editor, model):

@@ -6,18 +6,7 @@ import pytest
 from PIL import Image
 
 from stylemapgan.errors import InputError
-from stylemapgan.imaging.images import (
-    Placement,
-    fit_gray,
-    fit_rgb,
-    list_images,
-    load_gray,
-    load_image,
-    load_labels,
-    paste_back,
-    place,
-    save_gif,
-)
+from stylemapgan.imaging.images import list_images, load_gray, load_labels, save_gif
 from stylemapgan.imaging.masks import (
     MaskSpec,
     as_tensor,
@@ -25,6 +14,14 @@ from stylemapgan.imaging.masks import (
     mask_from_image,
     mask_from_labels,
     parse_parts,
+)
+from stylemapgan.imaging.placement import (
+    Placement,
+    fit_gray,
+    fit_rgb,
+    load_image,
+    paste_back,
+    place,
 )
 
 

@@ -291,9 +291,17 @@ def test_edit_record_is_downloadable_and_describes_the_edit(client, two_images):
     r = client.get(data["record"])
     assert r.status_code == 200 and "attachment" in r.headers["content-disposition"]
     rec = r.json()
-    assert rec["format"] == "stylemapgan-edit" and rec["space"] == "w" and rec["steps"] == 4
-    assert rec["alpha"] == pytest.approx([0, 1 / 3, 2 / 3, 1], abs=1e-6)
-    assert rec["original"]["id"] == ida and rec["references"][0]["id"] == idb
+    # One record format for the CLI and the web (stylemapgan.editing.record).
+    assert rec["format"] == "stylemapgan-edit-record" and rec["source"] == "web"
+    p = rec["parameters"]
+    assert p["space"] == "w" and p["steps"] == 4 and p["method"] == "transplant_w"
+    assert p["alpha"] == pytest.approx([0, 1 / 3, 2 / 3, 1], abs=1e-6)
+    assert [x["role"] for x in rec["inputs"]] == ["source", "reference 0"]
+    assert rec["inputs"][0]["id"] == ida and rec["inputs"][1]["id"] == idb
+    # The inputs travel inside the record, at model size, so the record replays on its own.
+    embedded = Image.open(io.BytesIO(base64.b64decode(rec["inputs"][0]["image"].split(",", 1)[1])))
+    assert embedded.size == (32, 32)
+    assert len(rec["outputs"]) == 4 and rec["png_compress_level"] == 1
     assert rec["model"]["config"]["size"] == 32
     (region,) = rec["regions"]
     assert (region["dx"], region["dy"], region["reference"]) == (3, -2, 0)

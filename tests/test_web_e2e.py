@@ -205,7 +205,7 @@ def test_paint_a_region_in_the_browser_and_get_the_edit(server, tmp_path, tiny_m
         finally:
             context.close()
 
-    assert record["format"] == "stylemapgan-edit" and record["space"] == "wplus"
+    assert record["format"] == "stylemapgan-edit-record" and record["parameters"]["space"] == "wplus"
     (region,) = record["regions"]
     mask = _decode_mask(region)
     assert mask.shape == (32, 32)
@@ -291,8 +291,10 @@ def test_box_from_the_gallery_moved_in_w_with_steps_undo_and_redo(server, tmp_pa
         finally:
             context.close()
 
-    assert record["method"] == "transplant_w" and record["steps"] == 3 and record["space"] == "w"
-    assert record["references"][0]["name"] == "gallery-one.png"
+    p = record["parameters"]
+    assert p["method"] == "transplant_w" and p["steps"] == 3 and p["space"] == "w"
+    assert record["inputs"][1]["role"] == "reference 0"
+    assert record["inputs"][1]["name"] == "gallery-one.png"
     (region,) = record["regions"]
     assert abs(region["dx"] - 12) <= 1 and abs(region["dy"] - 8) <= 1
     mask = _decode_mask(region)

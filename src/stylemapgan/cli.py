@@ -1,39 +1,20 @@
 """The ``stylemapgan`` command: a subcommand per task. ``main(argv)`` runs in-process (tests).
 
-Each subcommand lives in ``stylemapgan.commands.<name>`` with ``register(subparsers)``.
+Each subcommand lives in ``stylemapgan.commands.<name>`` with ``register(subparsers)``; the
+parser is built by :func:`stylemapgan.commands.build_parser`. Nothing in the package imports
+this module: it is the entry point only.
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import logging
 import sys
 from collections.abc import Sequence
 
-from stylemapgan import __version__
+from stylemapgan.commands import COMMANDS, build_parser
 from stylemapgan.errors import StyleMapGANError
 
-COMMANDS = ("generate", "info", "convert", "prepare-data", "export-onnx", "train", "export", "weights", "evaluate", "make-avatars", "serve", "project", "edit", "direction", "demo")
-
-DESCRIPTION = """\
-StyleMapGAN: project real images into spatial stylemaps in one forward pass and edit them.
-
-Run `stylemapgan COMMAND --help` for the options and an example of each command."""
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="stylemapgan", description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--version", action="version", version=f"stylemapgan {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0,
-                        help="more log output (-v: info, -vv: debug)")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMANDS:
-        importlib.import_module(f"stylemapgan.commands.{name.replace('-', '_')}").register(sub)
-    return parser
+__all__ = ["COMMANDS", "build_parser", "main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

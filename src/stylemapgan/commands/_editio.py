@@ -4,7 +4,6 @@ helpers, input loading, output naming and the JSON edit records that reproduce a
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import os
 import shlex
@@ -21,10 +20,8 @@ if TYPE_CHECKING:  # heavy imports stay inside functions
     from PIL import Image
 
     from stylemapgan.editing.editor import Editor
-    from stylemapgan.imaging.images import Placement
+    from stylemapgan.imaging.placement import Placement
 
-RECORD_FORMAT = "stylemapgan-edit-record"
-RECORD_VERSION = 1
 
 
 # --------------------------------------------------------------------------- argument types
@@ -144,7 +141,7 @@ class Session:
         from stylemapgan.errors import InputError
         from stylemapgan.files import sha256_file
         from stylemapgan.formats.stylemaps import is_stylemap_file, load_stylemap
-        from stylemapgan.imaging.images import load_image
+        from stylemapgan.imaging.placement import load_image
 
         p = Path(path)
         if not p.is_file():
@@ -185,11 +182,9 @@ class Session:
 
 
 # --------------------------------------------------------------------------- outputs
-def frame_names(k: int) -> list[str]:
-    return ["result.png"] if k == 1 else [f"frame_{i:03d}.png" for i in range(k)]
-
-
 def planned_outputs(out: Path, k: int, *, grid: bool = True, paste: bool = False) -> list[Path]:
+    from stylemapgan.editing.record import frame_names
+
     names = frame_names(k)
     if k > 1:
         names.append("animation.gif")
@@ -207,6 +202,7 @@ def write_frames(out: Path, frames: np.ndarray, tiles: Sequence[np.ndarray], *, 
     import numpy as np
 
     from stylemapgan.editing.editor import grid_columns
+    from stylemapgan.editing.record import frame_names
     from stylemapgan.imaging.images import make_grid, save_gif, save_png
 
     written = []
@@ -255,33 +251,26 @@ def write_record(out: Path, *, operation: str, argv: list[str], session: Session
                  inputs: Sequence[tuple[str, Input]], extra_files: Sequence[tuple[str, str]] = (),
                  parameters: dict[str, Any], outputs: Sequence[Path], overwrite: bool,
                  command_prefix: Sequence[str] = ("stylemapgan", "edit")) -> Path:
-    """record.json: what was done, with checksums of every input and output and the exact
-    command (``argv``) that ``stylemapgan edit replay`` runs again."""
-    import torch
-
-    from stylemapgan import __version__
+    """record.json (:mod:`stylemapgan.editing.record`): what was done, with checksums of every
+    input and output and the exact command (``argv``) that ``stylemapgan edit replay`` runs
+    again."""
+    from stylemapgan.editing.record import dumps, new_record
     from stylemapgan.files import atomic_write, sha256_file
+    from stylemapgan.imaging.images import PNG_LEVEL
 
     files = [x.describe(role) for role, x in inputs]
     for role, path in extra_files:
         files.append({"role": role, "path": path, "sha256": sha256_file(path)})
     full = [*command_prefix, *argv, "--out", str(out.resolve()), "--device", str(session.device)]
-    record = {
-        "format": RECORD_FORMAT,
-        "version": RECORD_VERSION,
-        "operation": operation,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "stylemapgan_version": __version__,
-        "torch_version": torch.__version__,
-        "device": str(session.device),
-        "command": shlex.join(full),
-        "argv": [*command_prefix[1:], *argv],
-        "model": {"path": str(session.model_path), "sha256": session.model_sha256},
-        "inputs": files,
-        "parameters": parameters,
-        "outputs": [{"path": p.name, "sha256": sha256_file(p)} for p in outputs],
-    }
+    record = new_record(
+        source="cli", operation=operation, device=str(session.device),
+        model={"path": str(session.model_path), "sha256": session.model_sha256},
+        inputs=files, parameters=parameters,
+        outputs=[{"path": p.name, "sha256": sha256_file(p)} for p in outputs],
+        png_compress_level=PNG_LEVEL, command=shlex.join(full),
+        argv=[*command_prefix[1:], *argv])
+    text = dumps(record)
     path = out / "record.json"
     with atomic_write(path, overwrite=overwrite) as tmp:
-        tmp.write_text(json.dumps(record, indent=2) + "\n")
+        tmp.write_text(text)
     return path

@@ -109,8 +109,8 @@ def run(args: argparse.Namespace) -> int:
         check_writable,
         from_uint8,
         list_images,
-        load_image,
     )
+    from stylemapgan.imaging.placement import load_image
     from stylemapgan.utils import resolve_device
 
     if not 0 <= args.val_fraction < 1:

@@ -166,11 +166,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     q = add_parser(ops, "replay", help="run the edit a record.json describes again",
                    description="""
                        Check that the model and every input still have the checksums the record
-                       lists, run the recorded command again into --out, and compare the new
-                       outputs with the recorded checksums.""",
-                   examples="stylemapgan edit replay out/record.json --out again")
-    q.add_argument("record", type=abspath, help="record.json written by an edit")
+                       lists, run the edit again into --out, and compare the new outputs with
+                       the recorded checksums. A record.json of a command runs that command
+                       again; a record downloaded from the web editor carries its images and
+                       masks and is replayed with the model it names (or --model).""",
+                   examples="""
+                       stylemapgan edit replay out/record.json --out again
+                       stylemapgan edit replay ~/Downloads/stylemapgan-edit.json --model m.safetensors --out web_again""")
+    q.add_argument("record", type=abspath,
+                   help="record.json written by an edit, or a record downloaded from the web editor")
     q.add_argument("--out", required=True, help="output folder for the new run")
+    q.add_argument("--model", type=abspath, default=None,
+                   help="model file for a web editor record (default: the path it recorded, or "
+                        "the embedded default model if its checksum matches)")
     q.add_argument("--device", default=None, help="device to run on (default: the recorded one, "
                                                   "or auto if that is not available)")
     q.add_argument("--force", action="store_true", help="run even if an input's checksum changed")
@@ -193,7 +201,7 @@ def _region_token(text: str) -> str:
 
 
 def _source_box(args: argparse.Namespace):
-    from stylemapgan.imaging.images import parse_box
+    from stylemapgan.imaging.placement import parse_box
 
     box = getattr(args, "source_box", None)
     return parse_box(box, "--source-box") if box else None
@@ -224,7 +232,7 @@ def _finish(args, ses, operation, out, frames, tiles, inputs, *, paste=None, ext
 
 def _paste(args, src, frame, mask=None):
     from stylemapgan.errors import InputError
-    from stylemapgan.imaging.images import paste_back
+    from stylemapgan.imaging.placement import paste_back
 
     if not args.paste_back:
         return None
@@ -471,53 +479,47 @@ def run_direction(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- replay
 def run_replay(args: argparse.Namespace) -> int:
-    import json
     from pathlib import Path
 
-    from stylemapgan.cli import build_parser
-    from stylemapgan.commands._editio import RECORD_FORMAT, RECORD_VERSION
+    from stylemapgan.editing.record import read_record
+
+    path = Path(args.record)
+    record = read_record(path)
+    if record.get("source") == "web":
+        return _replay_web(args, path, record)
+    return _replay_command(args, path, record)
+
+
+def _check_file(path, role: str, p, sha256: str | None, force: bool) -> None:
     from stylemapgan.errors import InputError
     from stylemapgan.files import sha256_file
 
-    path = Path(args.record)
-    try:
-        record = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such record file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: not a JSON edit record ({exc})") from None
-    if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT:
-        raise InputError(f"{path}: not an edit record (written as record.json by `stylemapgan edit`)")
-    if int(record.get("version", 0)) > RECORD_VERSION:
-        raise InputError(f"{path}: record version {record['version']} is newer than this stylemapgan")
-    argv = record.get("argv")
-    if not isinstance(argv, list) or not argv or argv[0] != "edit" or "replay" in argv[:2]:
-        raise InputError(f"{path}: the record has no replayable command")
-    # The files must be the ones the record was made from.
-    for f in [{"role": "model", **record.get("model", {})}, *record.get("inputs", [])]:
-        p = Path(f.get("path", ""))
-        if not p.is_file():
-            raise InputError(f"{path}: the {f.get('role', 'input')} {p} is gone")
-        if sha256_file(p) != f.get("sha256"):
-            msg = f"{path}: the {f.get('role', 'input')} {p} changed since the edit (checksum differs)"
-            if not args.force:
-                raise InputError(msg + "; pass --force to run anyway")
-            print(f"warning: {msg}")
+    if not p.is_file():
+        raise InputError(f"{path}: the {role} {p} is gone")
+    if sha256 is None:
+        print(f"note: {path} has no checksum for the {role}; {p} is used unchecked")
+        return
+    if sha256_file(p) != sha256:
+        msg = f"{path}: the {role} {p} changed since the edit (checksum differs)"
+        if not force:
+            raise InputError(msg + "; pass --force to run anyway")
+        print(f"warning: {msg}")
+
+
+def _replay_device(args, record) -> str:
     device = args.device or record.get("device", "auto")
-    if args.device is None and device.startswith("cuda"):
+    if args.device is None and str(device).startswith("cuda"):
         import torch
 
         if not torch.cuda.is_available():
             device = "auto"
-    new_argv = [*argv, "--out", args.out, "--device", device]
-    if args.overwrite:
-        new_argv.append("--overwrite")
-    print("replaying: stylemapgan " + " ".join(new_argv))
-    ns = build_parser().parse_args(new_argv)
-    rc = ns.func(ns)
-    if rc:
-        return rc
-    out = Path(args.out)
+    return device
+
+
+def _compare(out, record, args) -> int:
+    """Compare the new outputs in ``out`` with the record's checksums; print and return the status."""
+    from stylemapgan.files import sha256_file
+
     same, differ = 0, []
     for o in record.get("outputs", []):
         p = out / o["path"]
@@ -533,3 +535,88 @@ def run_replay(args: argparse.Namespace) -> int:
           f"(recorded on {record.get('device')} with torch {record.get('torch_version')}; other "
           "devices or versions can change the last bits)")
     return 1 if args.strict else 0
+
+
+def _replay_command(args, path, record) -> int:
+    """A command-line record: check the files, run the recorded command again."""
+    from pathlib import Path
+
+    from stylemapgan.commands import build_parser
+    from stylemapgan.errors import InputError
+
+    argv = record.get("argv")
+    if not isinstance(argv, list) or not argv or argv[0] != "edit" or "replay" in argv[:2]:
+        raise InputError(f"{path}: the record has no replayable command")
+    if args.model is not None:
+        raise InputError(f"{path}: --model applies to web editor records; a command-line record "
+                         "names its model file")
+    # The files must be the ones the record was made from.
+    for f in [{"role": "model", **record.get("model", {})}, *record.get("inputs", [])]:
+        _check_file(path, f.get("role", "input"), Path(f.get("path", "")), f.get("sha256"),
+                    args.force)
+    new_argv = [*argv, "--out", args.out, "--device", _replay_device(args, record)]
+    if args.overwrite:
+        new_argv.append("--overwrite")
+    print("replaying: stylemapgan " + " ".join(new_argv))
+    ns = build_parser().parse_args(new_argv)
+    rc = ns.func(ns)
+    if rc:
+        return rc
+    return _compare(Path(args.out), record, args)
+
+
+def _replay_web(args, path, record) -> int:
+    """A web editor record: its images and masks are inside; run the same edit with the same
+    engine settings and write the frames with the recorded PNG level."""
+    from pathlib import Path
+
+    from stylemapgan.editing.editor import Editor
+    from stylemapgan.editing.record import frame_names, render_embedded
+    from stylemapgan.errors import InputError
+    from stylemapgan.files import atomic_write
+    from stylemapgan.formats.checkpoint import default_model_path, load_model
+    from stylemapgan.imaging.images import check_writable, save_png
+    from stylemapgan.nn.runtime import RuntimeOptions
+    from stylemapgan.utils import resolve_device
+
+    m = record.get("model", {})
+    model_path = Path(args.model) if args.model else (Path(m["path"]) if m.get("path") else None)
+    if model_path is None or not model_path.is_file():
+        default = default_model_path()
+        if args.model is None and m.get("sha256") and default.is_file():
+            from stylemapgan.files import sha256_file
+
+            if sha256_file(default) == m["sha256"]:
+                model_path = default
+        if model_path is None or not model_path.is_file():
+            raise InputError(f"{path}: the model {m.get('name', '?')} "
+                             f"({m.get('path') or 'no path recorded'}) is not here; pass "
+                             "--model MODEL_FILE (the file the editor served)")
+    _check_file(path, "model", model_path, m.get("sha256"), args.force)
+    rt = m.get("runtime") or {}
+    try:
+        runtime = RuntimeOptions(precision=rt.get("precision", "float32"),
+                                 channels_last=bool(rt.get("channels_last", False)),
+                                 compile=bool(rt.get("compile", False)),
+                                 cuda_graphs=bool(rt.get("cuda_graphs", False)))
+    except Exception as exc:  # ConfigError: a record of a precision this build does not know
+        raise InputError(f"{path}: unusable runtime {rt!r} ({exc})") from None
+    outputs = record.get("outputs", [])
+    out = Path(args.out)
+    names = frame_names(len(outputs)) if outputs else ["result.png"]
+    check_writable([out / n for n in names], args.overwrite)
+    device = resolve_device(_replay_device(args, record))
+    editor = Editor(load_model(model_path, device=device), runtime=runtime)
+    print(f"replaying a web editor edit ({record.get('parameters', {}).get('method', '?')}) with "
+          f"{model_path.name} on {device}")
+    frames, method = render_embedded(record, editor, str(path))
+    level = int(record.get("png_compress_level", 1))
+    names = frame_names(len(frames))
+    for name, frame in zip(names, frames, strict=True):
+        save_png(frame, out / name, overwrite=args.overwrite, compress_level=level)
+    with atomic_write(out / "record.json", overwrite=args.overwrite) as tmp:
+        import json
+
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"replay: wrote {len(names)} frame(s) to {out} ({method})")
+    return _compare(out, record, args)

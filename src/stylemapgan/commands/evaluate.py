@@ -179,20 +179,29 @@ def check_triples(triples: list[Triple]) -> None:
 
 
 def load_triple(t: Triple, size: int):
-    """(src [3,R,R], ref [3,R,R], mask [1,R,R] in {0, 1}) at the model's resolution."""
+    """(src [3,R,R], ref [3,R,R], mask [1,R,R] in {0, 1}) at the model's resolution.
+
+    The photos are placed as the editor places them (center crop); the mask is read like an
+    edit's mask image, brought to the square with the source's placement by the same soft
+    resampler, then made hard with :func:`stylemapgan.imaging.masks.binarize` (the metric
+    needs a clear inside and outside)."""
     import torch
 
-    from stylemapgan.data.datasets import fit_square, pil_to_tensor
     from stylemapgan.errors import InputError
-    from stylemapgan.imaging.images import load_rgb
+    from stylemapgan.imaging.images import from_uint8, load_gray, load_rgb
+    from stylemapgan.imaging.masks import binarize
+    from stylemapgan.imaging.placement import fit_gray, fit_rgb, place
 
-    src_img, ref_img, mask_img = load_rgb(t.src), load_rgb(t.ref), load_rgb(t.mask)
-    if mask_img.size != src_img.size:
-        raise InputError(f"{t.mask}: mask is {mask_img.size[0]}x{mask_img.size[1]} but the source "
+    src_img, ref_img = load_rgb(t.src), load_rgb(t.ref)
+    mask_arr = load_gray(t.mask)
+    if mask_arr.shape[::-1] != src_img.size:
+        raise InputError(f"{t.mask}: mask is {mask_arr.shape[1]}x{mask_arr.shape[0]} but the source "
                          f"{t.src.name} is {src_img.size[0]}x{src_img.size[1]}; they must match")
-    src, ref = pil_to_tensor(fit_square(src_img, size)), pil_to_tensor(fit_square(ref_img, size))
-    m = pil_to_tensor(fit_square(mask_img, size)).mean(0, keepdim=True)
-    return src, ref, (m > 0).to(torch.float32)  # [-1, 1] scale: > 0 means >= 50% white
+    pl = place(src_img.size, size)
+    src = from_uint8(fit_rgb(src_img, pl))[0]
+    ref = from_uint8(fit_rgb(ref_img, place(ref_img.size, size)))[0]
+    m = torch.from_numpy(binarize(fit_gray(mask_arr, pl)))[None]
+    return src, ref, m
 
 
 # --------------------------------------------------------------------------- the report
@@ -294,10 +303,9 @@ def run(args: argparse.Namespace) -> int:
         read_model_metadata,
         sha256_file,
     )
-    from stylemapgan.formats.weights import home_dir
+    from stylemapgan.formats.weights import home_dir, load_inception, load_lpips
     from stylemapgan.imaging.images import check_writable
     from stylemapgan.metrics import scores as metrics
-    from stylemapgan.nn.perceptual import LPIPS, InceptionFeatures
     from stylemapgan.utils import resolve_device
 
     chosen = _parse_metrics(args.metrics, args.edit_triples is not None)
@@ -319,8 +327,8 @@ def run(args: argparse.Namespace) -> int:
     triples = read_triples(args.edit_triples) if args.edit_triples else []
     check_triples(triples)
     needs_fid = any(t in chosen for t in ("fid", "fid_lerp", "detectability"))
-    lpips = LPIPS.from_pretrained(args.lpips, device=device) if "reconstruction" in chosen else None
-    inception = InceptionFeatures.from_pretrained(device=device) if needs_fid else None
+    lpips = load_lpips(args.lpips, device=device) if "reconstruction" in chosen else None
+    inception = load_inception(device=device) if needs_fid else None
     model = load_model(args.model, device=device)
 
     def batches(ds):

@@ -38,8 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=_sizes, default=[256],
                    help="square side(s) in pixels, comma-separated (default: 256)")
     p.add_argument("--fit", choices=("crop", "pad", "stretch"), default="crop",
-                   help="make images square by center crop (default), padding with black, or "
-                        "stretching")
+                   help="make images square by center crop (default), padding (edge pixels "
+                        "repeated, as for editing) or stretching")
     p.add_argument("--format", choices=("jpeg", "png"), default="jpeg",
                    help="how images are stored (default: jpeg)")
     p.add_argument("--quality", type=positive_int, default=95,

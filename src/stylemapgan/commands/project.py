@@ -104,11 +104,10 @@ def run(args: argparse.Namespace) -> int:
         check_writable,
         from_uint8,
         list_images,
-        load_image,
-        parse_box,
         save_png,
         to_uint8,
     )
+    from stylemapgan.imaging.placement import load_image, parse_box
     from stylemapgan.utils import resolve_device
 
     log = logging.getLogger(__name__)
@@ -133,10 +132,10 @@ def run(args: argparse.Namespace) -> int:
     lpips = None
     if args.refine and args.lpips_weight > 0:
         from stylemapgan.errors import StyleMapGANError
-        from stylemapgan.nn.perceptual import LPIPS  # lazily: only refinement with LPIPS needs it
+        from stylemapgan.formats.weights import load_lpips  # only refinement with LPIPS needs it
 
         try:
-            lpips = LPIPS.from_pretrained(args.lpips_net, device=device)
+            lpips = load_lpips(args.lpips_net, device=device)
         except StyleMapGANError as exc:
             raise type(exc)(f"{exc}; or refine with MSE only: --lpips-weight 0") from None
 

@@ -3,9 +3,10 @@
 :func:`open_dataset` is the one entry point: it returns a ``torch.utils.data.Dataset`` whose
 items are float32 tensors [3, R, R] in [-1, 1] (RGB, unflipped), whatever the source holds.
 
-How an image becomes an R x R square (:func:`fit_square`): by default the largest centered
-square is cropped, then resized with a Lanczos filter (sharp and alias-free when shrinking,
-smooth when enlarging). ``fit="pad"`` pads the short side with black instead of cropping and
+How an image becomes an R x R square: the placement of :mod:`stylemapgan.imaging.placement`,
+the same as for editing. By default the largest centred square is cropped, then resized with
+a Lanczos filter (sharp and alias-free when shrinking, smooth when enlarging); ``fit="pad"``
+centres the image in a square and fills the rest by repeating its edge pixels;
 ``fit="stretch"`` resizes without keeping the aspect ratio.
 
 LMDB layout (the one the reference implementation's preprocessing writes, which this package
@@ -28,19 +29,17 @@ import weakref
 import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
 from stylemapgan.errors import InputError
-from stylemapgan.imaging.images import DEFAULT_MAX_PIXELS, load_rgb
+from stylemapgan.imaging.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, load_rgb
+from stylemapgan.imaging.placement import FITS, Fit, fit_square
 
 log = logging.getLogger(__name__)
 
-#: File types read from folders and zip archives.
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 #: Value of the ``stylemapgan-format`` key in LMDB datasets this package writes.
 LMDB_FORMAT = "stylemapgan-lmdb-1"
 #: Sizes probed when reading an LMDB that does not list its sizes (reference databases).
@@ -49,29 +48,15 @@ _PROBE_SIZES = tuple(2**k for k in range(3, 12))
 # Read-only LMDB environments shared by the datasets of one process (see LMDBDataset._open_env).
 _OPEN_ENVS: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
-Fit = Literal["crop", "pad", "stretch"]
-FITS: tuple[str, ...] = ("crop", "pad", "stretch")
 
 
 # --------------------------------------------------------------------------- image helpers
-def fit_square(img: Image.Image, size: int, fit: Fit = "crop") -> Image.Image:
-    """An RGB image -> ``size`` x ``size``: center crop (default), pad or stretch, then a
-    Lanczos resize. Square images of the right size are returned unchanged."""
-    if fit not in FITS:
-        raise InputError(f"unknown fit {fit!r}; use one of {', '.join(FITS)}")
-    w, h = img.size
-    if fit == "crop" and w != h:
-        s = min(w, h)
-        left, top = (w - s) // 2, (h - s) // 2
-        img = img.crop((left, top, left + s, top + s))
-    elif fit == "pad" and w != h:
-        s = max(w, h)
-        canvas = Image.new("RGB", (s, s), (0, 0, 0))
-        canvas.paste(img, ((s - w) // 2, (s - h) // 2))
-        img = canvas
-    if img.size != (size, size):
-        img = img.resize((size, size), Image.Resampling.LANCZOS)
-    return img
+def fit_image(img: Image.Image, size: int, fit: Fit = "crop") -> Image.Image:
+    """An RGB image -> ``size`` x ``size`` by :func:`stylemapgan.imaging.placement.fit_square`
+    (crop, pad or stretch, then Lanczos). Square images of the right size come back unchanged."""
+    if img.size == (size, size) and img.mode == "RGB":
+        return img
+    return Image.fromarray(fit_square(img, size, fit))
 
 
 def pil_to_tensor(img: Image.Image) -> torch.Tensor:
@@ -141,7 +126,7 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def load_image(self, index: int) -> Image.Image:
         """The image at ``index`` as an R x R RGB PIL image (raises InputError if unreadable)."""
-        return fit_square(self._load(index), self.resolution, self.fit)
+        return fit_image(self._load(index), self.resolution, self.fit)
 
     def __getitem__(self, index: int) -> torch.Tensor:
         n = len(self)
@@ -455,7 +440,7 @@ def convert_one(source: ImageDataset, index: int, sizes: Sequence[int], fit: Fit
         img = source._load(index)
     except InputError as exc:
         return index, None, str(exc)
-    return index, [encode_image(fit_square(img, s, fit), fmt, quality) for s in sizes], None
+    return index, [encode_image(fit_image(img, s, fit), fmt, quality) for s in sizes], None
 
 
 def write_lmdb(out: Path, encoded: Iterator[list[bytes]], sizes: Sequence[int],
@@ -501,7 +486,21 @@ def write_lmdb(out: Path, encoded: Iterator[list[bytes]], sizes: Sequence[int],
 
 
 __all__ = [
-    "LMDB_FORMAT", "FolderDataset", "ImageConverter", "ImageDataset", "LMDBDataset", "Subset",
-    "ZipDataset", "check_image_header", "convert_one", "encode_image", "is_image_name", "is_lmdb",
-    "list_sources", "open_dataset", "pil_to_tensor", "write_lmdb",
+    "LMDB_FORMAT",
+    "FolderDataset",
+    "ImageConverter",
+    "ImageDataset",
+    "LMDBDataset",
+    "Subset",
+    "ZipDataset",
+    "check_image_header",
+    "convert_one",
+    "encode_image",
+    "fit_image",
+    "is_image_name",
+    "is_lmdb",
+    "list_sources",
+    "open_dataset",
+    "pil_to_tensor",
+    "write_lmdb",
 ]

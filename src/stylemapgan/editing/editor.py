@@ -1,15 +1,27 @@
-"""A loaded model ready for editing: project once, keep the stylemaps, edit with one generator
-pass. Shared by the command line, the web editor and notebooks.
+"""The one editing engine: a loaded model that projects once, keeps the stylemaps and edits with
+one generator pass. The command line, the web editor, the metrics and notebooks all use it.
 
 >>> ed = Editor.load("celeba_hq.safetensors")
->>> w_src, w_ref = ed.project(images)                 # encoder once per distinct image
->>> out = ed.local_edit(w_src[None], w_ref[None], mask, space="wplus")   # images [1, 3, H, W]
+>>> w = ed.project(images)                             # [N, C, S, S]; encoder once per image
+>>> out = ed.local_edit(w[:1], w[1:2], mask, space="wplus")   # images [1, 3, H, W] in [-1, 1]
 
-Every editing method takes stylemaps ``w`` ([N, C, S, S] or a single [C, S, S]) and returns
-images in [-1, 1] (a batch of K for K interpolation steps or strengths); none of them runs
-the encoder. :meth:`Editor.project` caches by image content (or a key you give), so
-projecting the same image again costs nothing. The pure stylemap arithmetic lives in
-:mod:`stylemapgan.editing`.
+Every editing method takes stylemaps ``w`` ([N, C, S, S] or a single [C, S, S]) or cached
+:class:`Projection` objects (which carry their W+ pyramid) and returns images in [-1, 1] (a
+batch of K for K interpolation steps or strengths); none of them runs the encoder. The stylemap
+arithmetic itself is in :mod:`stylemapgan.editing.operations`.
+
+Projection cache: :meth:`Editor.project` and :meth:`Editor.projection` key each image by its
+content (or a key you give) and keep the result in a least-recently-used cache bounded in bytes
+(``cache_bytes``), so projecting the same image again costs nothing. Each image is encoded on
+its own, so a stylemap does not depend on which other images shared its call (batched
+convolutions differ in the last bits) and a cached value equals a fresh one.
+
+Fast path: with ``runtime=RuntimeOptions(...)`` (reduced precision, channels-last) every network
+pass runs through a prepared copy of the networks (:class:`stylemapgan.nn.runtime.Runner`);
+without it the model itself runs in float32, the reference.
+
+Thread safety: network passes are serialized by a lock, so one Editor can serve several threads
+(the web editor does).
 """
 
 from __future__ import annotations
@@ -18,7 +30,7 @@ import hashlib
 import logging
 import math
 import os
-from collections import OrderedDict
+import threading
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,12 +38,17 @@ from typing import Any
 import torch
 
 from stylemapgan.editing import operations as E
+from stylemapgan.editing.cache import ByteLRU
 from stylemapgan.errors import InputError
 from stylemapgan.nn.networks import StyleMapGAN
+from stylemapgan.nn.runtime import Runner, RuntimeOptions, prepare
 
 log = logging.getLogger(__name__)
 
 Strength = float | Sequence[float] | torch.Tensor
+MiB = 1 << 20
+#: Default byte budget of the projection cache.
+DEFAULT_CACHE_BYTES = 256 * MiB
 
 
 def content_key(image: torch.Tensor) -> str:
@@ -40,6 +57,18 @@ def content_key(image: torch.Tensor) -> str:
     h = hashlib.sha256(f"{t.dtype}{tuple(t.shape)}".encode())
     h.update(t.numpy().tobytes())
     return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Projection:
+    """A projected image: its stylemap ``w`` [1, C, S, S] and W+ pyramid (batch 1)."""
+
+    w: torch.Tensor
+    styles: tuple[torch.Tensor, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.w, *self.styles))
 
 
 @dataclass
@@ -114,18 +143,26 @@ class Editor:
 
     Parameters
     ----------
-    model: the networks (e.g. from :func:`stylemapgan.checkpoint.load_model`), in eval mode.
-    batch_size: most images per generator or encoder pass (long interpolations are split).
-    cache_size: how many projected stylemaps :meth:`project` keeps (least recently used
-        ones are dropped first).
+    model: the networks in eval mode (e.g. from :func:`stylemapgan.formats.checkpoint.load_model`);
+        the Editor does not change them.
+    batch_size: most images per generator pass (long interpolations are split).
+    cache_bytes: memory budget of the projection cache (least recently used entries go first;
+        0 turns the cache off).
+    runtime: fast-path options (:class:`~stylemapgan.nn.runtime.RuntimeOptions`); None or the
+        float32 defaults run the model itself.
     """
 
-    def __init__(self, model: StyleMapGAN, *, batch_size: int = 16, cache_size: int = 1024) -> None:
+    def __init__(self, model: StyleMapGAN, *, batch_size: int = 16,
+                 cache_bytes: int = DEFAULT_CACHE_BYTES,
+                 runtime: RuntimeOptions | None = None) -> None:
         self.model = model
         self.config = model.config
         self.batch_size = max(1, int(batch_size))
-        self.cache_size = max(0, int(cache_size))
-        self._cache: OrderedDict[Hashable, torch.Tensor] = OrderedDict()
+        self.runtime = runtime or RuntimeOptions()
+        self.runner: Runner | None = (prepare(model, self.device, self.runtime)
+                                      if self.runtime != RuntimeOptions() else None)
+        self.cache: ByteLRU[Projection] = ByteLRU(max(0, int(cache_bytes)), lambda p: p.nbytes)
+        self._lock = threading.RLock()
         self.encoder_images = 0  # images the encoder has seen (for callers and tests)
         self.generator_images = 0
 
@@ -150,7 +187,9 @@ class Editor:
     def num_styles(self) -> int:
         return self.config.num_styles
 
-    def _w(self, w: torch.Tensor, what: str = "stylemap") -> torch.Tensor:
+    def _w(self, w: torch.Tensor | Projection, what: str = "stylemap") -> torch.Tensor:
+        if isinstance(w, Projection):
+            return w.w
         if not isinstance(w, torch.Tensor):
             raise InputError(f"{what} must be a tensor")
         if w.ndim == 3:
@@ -168,147 +207,207 @@ class Editor:
             raise InputError(f"images must be [N, 3, {s}, {s}] in [-1, 1], got {tuple(images.shape)}")
         return images.to(device=self.device, dtype=self.model.generator.mean_stylemap.dtype)
 
+    # ----------------------------------------------------------------- network passes
+    def _encode(self, x: torch.Tensor) -> torch.Tensor:
+        with self._lock, torch.inference_mode():
+            self.encoder_images += x.shape[0]
+            return self.runner.project(x) if self.runner else self.model.project(x)
+
+    def pyramid(self, w: torch.Tensor | Projection) -> E.Styles:
+        """W -> W+ (one stylemap per synthesis layer). Computed one stylemap at a time, so a
+        pyramid does not depend on the batch it came in (a cached one equals a fresh one)."""
+        if isinstance(w, Projection):
+            return list(w.styles)
+        w = self._w(w)
+        with self._lock, torch.inference_mode():
+            run = self.runner.pyramid if self.runner else self.model.generator.pyramid
+            if w.shape[0] == 1:
+                return list(run(w))
+            return [torch.cat(level) for level in zip(*(run(w[i: i + 1]) for i in range(len(w))),
+                                                      strict=True)]
+
+    def _synthesize(self, styles: Sequence[torch.Tensor]) -> torch.Tensor:
+        with self._lock, torch.inference_mode():
+            g = self.model.generator
+            return self.runner.synthesize(styles) if self.runner else g.synthesize(list(styles))
+
     # ----------------------------------------------------------------- projection
+    def projection(self, image: torch.Tensor, key: Hashable | None = None) -> Projection:
+        """The :class:`Projection` of one image [3, size, size] (or [1, 3, size, size]) in
+        [-1, 1]; from the cache when ``key`` (default: a hash of the pixels) is known."""
+        x = self._images(image)
+        if x.shape[0] != 1:
+            raise InputError(f"projection() takes one image, got {x.shape[0]}")
+        key = content_key(x[0]) if key is None else key
+        found = self.cache.get(key)
+        if found is not None:
+            return found
+        with self._lock:
+            found = self.cache.get(key)  # another thread may have just made it
+            if found is not None:
+                return found
+            w = self._encode(x).clone()
+            proj = Projection(w, tuple(s.clone() for s in self.pyramid(w)))
+            if not self.cache.put(key, proj) and self.cache.max_bytes > 0:
+                log.warning("a projection (%d bytes) is larger than the whole cache budget",
+                            proj.nbytes)
+        return proj
+
     def project(self, images: torch.Tensor, keys: Sequence[Hashable] | None = None) -> torch.Tensor:
         """Stylemaps [N, C, S, S] of images [N, 3, size, size] in [-1, 1]; the encoder runs only
-        for images whose key (default: a hash of the pixels) is not cached yet."""
+        for images whose key (default: a hash of the pixels) is not cached yet, once each."""
         images = self._images(images)
         if keys is None:
             keys = [content_key(im) for im in images]
         if len(keys) != len(images):
             raise InputError(f"{len(keys)} keys for {len(images)} images")
-        found: dict[Hashable, torch.Tensor] = {k: self._cache[k] for k in keys if k in self._cache}
-        todo: dict[Hashable, int] = {}
+        done: dict[Hashable, torch.Tensor] = {}
+        for k in dict.fromkeys(keys):  # what is cached is taken before anything new is added
+            found = self.cache.get(k)
+            if found is not None:
+                done[k] = found.w[0]
         for i, k in enumerate(keys):
-            if k not in found and k not in todo:
-                todo[k] = i  # one encoder pass per distinct key
-        pending = list(todo.items())
-        with torch.inference_mode():
-            for j in range(0, len(pending), self.batch_size):
-                part = pending[j: j + self.batch_size]
-                ws = self.model.project(images[[i for _, i in part]])
-                self.encoder_images += len(part)
-                for (k, _), w in zip(part, ws, strict=True):
-                    found[k] = w.clone()
-        for k in dict.fromkeys(keys):
-            self.remember(k, found[k])
-        return torch.stack([found[k] for k in keys])
+            if k not in done:
+                done[k] = self.projection(images[i], k).w[0]
+        return torch.stack([done[k] for k in keys])
 
-    def remember(self, key: Hashable, w: torch.Tensor) -> None:
+    def remember(self, key: Hashable, w: torch.Tensor) -> Projection:
         """Put a stylemap [C, S, S] into the projection cache (e.g. one read from a file)."""
-        if self.cache_size == 0:
-            return
-        self._cache[key] = self._w(w)[0].detach()
-        self._cache.move_to_end(key)
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
+        w = self._w(w)[:1].detach().clone()
+        proj = Projection(w, tuple(s.clone() for s in self.pyramid(w)))
+        self.cache.put(key, proj)
+        return proj
 
     def cached(self, key: Hashable) -> torch.Tensor | None:
         """The cached stylemap [C, S, S] for ``key``, or None."""
-        return self._cache.get(key)
+        found = self.cache.get(key)
+        return None if found is None else found.w[0]
 
     def refine(self, images: torch.Tensor, w_init: torch.Tensor | None = None, *, steps: int = 100,
                lr: float = 0.03, mse_weight: float = 1.0, lpips_weight: float = 0.0,
                lpips: torch.nn.Module | None = None,
                callback: Callable[[int, float], None] | None = None) -> RefineResult:
-        """Encoder output refined by optimization (see :func:`refine_stylemaps`)."""
+        """Encoder output refined by optimization (see :func:`refine_stylemaps`); runs the
+        float32 model (gradients), not the fast path."""
         images = self._images(images)
         w0 = self.project(images) if w_init is None else self._w(w_init)
         if lpips is not None:
             lpips = lpips.to(self.device)
-        return refine_stylemaps(self.model.generator, images, w0, steps=steps, lr=lr,
-                                mse_weight=mse_weight, lpips_weight=lpips_weight, lpips=lpips,
-                                callback=callback)
+        with self._lock:
+            return refine_stylemaps(self.model.generator, images, w0, steps=steps, lr=lr,
+                                    mse_weight=mse_weight, lpips_weight=lpips_weight, lpips=lpips,
+                                    callback=callback)
 
     # ----------------------------------------------------------------- rendering
-    def pyramid(self, w: torch.Tensor) -> E.Styles:
-        """W -> W+ (one stylemap per synthesis layer)."""
-        with torch.inference_mode():
-            return self.model.generator.pyramid(self._w(w))
+    def render(self, x: torch.Tensor | Projection | Sequence[torch.Tensor]) -> torch.Tensor:
+        """Images from stylemaps ``w`` [N, C, S, S], a :class:`Projection` or a W+ pyramid
+        (list of tensors), in chunks of ``batch_size``."""
+        styles = self.pyramid(x) if isinstance(x, (torch.Tensor, Projection)) else list(x)
+        if len(styles) != self.num_styles:
+            raise InputError(f"expected {self.num_styles} W+ stylemaps, got {len(styles)}")
+        n = styles[0].shape[0]
+        out = []
+        for i in range(0, n, self.batch_size):
+            out.append(self._synthesize([s[i: i + self.batch_size].to(self.device) for s in styles]))
+        self.generator_images += n
+        return torch.cat(out)
 
-    def render(self, x: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
-        """Images from stylemaps ``w`` [N, C, S, S] or from a W+ pyramid (list of tensors),
-        in chunks of ``batch_size``."""
-        g = self.model.generator
-        with torch.inference_mode():
-            styles = g.pyramid(self._w(x)) if isinstance(x, torch.Tensor) else list(x)
-            if len(styles) != self.num_styles:
-                raise InputError(f"expected {self.num_styles} W+ stylemaps, got {len(styles)}")
-            n = styles[0].shape[0]
-            out = []
-            for i in range(0, n, self.batch_size):
-                out.append(g.synthesize([s[i: i + self.batch_size].to(self.device) for s in styles]))
-            self.generator_images += n
-            return torch.cat(out)
-
-    def reconstruct(self, w: torch.Tensor) -> torch.Tensor:
-        return self.render(self._w(w))
-
-    def generate(self, z: torch.Tensor, truncation: float = 1.0) -> torch.Tensor:
-        with torch.inference_mode():
-            w = self.model.generator.truncate(self.model.generator.mapping(z.to(self.device)), truncation)
+    def reconstruct(self, w: torch.Tensor | Projection) -> torch.Tensor:
+        """G(w): the image a stylemap (or projection) stands for."""
         return self.render(w)
 
     # ----------------------------------------------------------------- edits
-    def local_edit(self, w_src: torch.Tensor, w_ref: torch.Tensor, mask: torch.Tensor, *,
-                   space: str = "wplus", mode: E.MaskMode = "area",
+    def _mask(self, mask: torch.Tensor) -> torch.Tensor:
+        return E.check_mask(mask).to(self.device)
+
+    def local_edit(self, src: torch.Tensor | Projection, ref: torch.Tensor | Projection,
+                   mask: torch.Tensor, *, space: E.Space = "wplus", mode: E.MaskMode = "area",
                    t: Strength | None = None) -> torch.Tensor:
         """Eq. 2: the reference inside ``mask``, the source outside. ``t`` (K values in
         [0, 1]) gives K images from the source reconstruction (0) to the full edit (1)."""
-        w_src, w_ref = self._w(w_src, "source"), self._w(w_ref, "reference")
-        mask = E.check_mask(mask).to(self.device)
+        w_src, w_ref = self._w(src, "source"), self._w(ref, "reference")
+        mask = self._mask(mask)
         with torch.inference_mode():
-            if space == "w":
+            if E.check_space(space) == "w":
                 w_edit = E.local_edit_w(w_src, w_ref, mask, mode)
                 if t is not None:
                     w_edit = E.interpolate_w(w_src, w_edit, t)
                 return self.render(w_edit)
-            if space != "wplus":
-                raise InputError(f"unknown space {space!r}; use 'w' or 'wplus'")
-            s_src, s_ref = self.pyramid(w_src), self.pyramid(w_ref)
+            s_src, s_ref = self.pyramid(src), self.pyramid(ref)
             styles = E.local_edit_wplus(s_src, s_ref, mask, mode)
             if t is not None:
                 styles = E.interpolate_wplus(s_src, styles, t)
             return self.render(styles)
 
-    def mix(self, w_a: torch.Tensor, w_b: torch.Tensor, layers: str | Sequence[int]) -> torch.Tensor:
+    def mix(self, a: torch.Tensor | Projection, b: torch.Tensor | Projection,
+            layers: str | Sequence[int]) -> torch.Tensor:
         """W+ of ``a`` with the selected layers (coarse, fine, a:b or a list) from ``b``."""
         idx = E.layer_selection(layers, self.num_styles)
-        return self.render(E.style_mix(self.pyramid(w_a), self.pyramid(w_b), idx))
+        return self.render(E.style_mix(self.pyramid(a), self.pyramid(b), idx))
 
-    def interpolate(self, w_a: torch.Tensor, w_b: torch.Tensor, t: int | Strength = 8, *,
-                    space: str = "w") -> torch.Tensor:
+    def interpolate(self, a: torch.Tensor | Projection, b: torch.Tensor | Projection,
+                    t: int | Strength = 8, *, space: E.Space = "w") -> torch.Tensor:
         """Images along the line from ``a`` to ``b``: ``t`` steps (an int, endpoints included)
         or explicit weights. In W (lerp of ``w``) or W+ (lerp of every per-layer stylemap)."""
-        w_a, w_b = self._w(w_a), self._w(w_b)
+        w_a, w_b = self._w(a), self._w(b)
         weights = E.steps(t) if isinstance(t, int) else t
         with torch.inference_mode():
-            if space == "w":
+            if E.check_space(space) == "w":
                 return self.render(E.interpolate_w(w_a, w_b, weights))
-            if space != "wplus":
-                raise InputError(f"unknown space {space!r}; use 'w' or 'wplus'")
-            return self.render(E.interpolate_wplus(self.pyramid(w_a), self.pyramid(w_b), weights))
+            return self.render(E.interpolate_wplus(self.pyramid(a), self.pyramid(b), weights))
 
-    def transplant(self, w_src: torch.Tensor, w_refs: torch.Tensor, regions: Sequence[E.Region], *,
-                   space: str = "wplus", alpha: Strength = 1.0) -> torch.Tensor:
+    def _refs(self, refs: torch.Tensor | Sequence[Projection]) -> tuple[torch.Tensor, E.Styles]:
+        if isinstance(refs, torch.Tensor):
+            w = self._w(refs, "references")
+            return w, self.pyramid(w)
+        if not refs:
+            raise InputError("transplant needs at least one reference")
+        w = torch.cat([self._w(r) for r in refs])
+        styles = [torch.cat(level) for level in zip(*(self.pyramid(r) for r in refs), strict=True)]
+        return w, styles
+
+    def transplant(self, src: torch.Tensor | Projection,
+                   refs: torch.Tensor | Sequence[Projection], regions: Sequence[E.Region], *,
+                   space: E.Space = "wplus", alpha: Strength = 1.0) -> torch.Tensor:
         """Unaligned transplantation: each region of its reference moved onto the original.
         ``alpha`` with K values gives K interpolation steps."""
-        w_src, w_refs = self._w(w_src, "original"), self._w(w_refs, "references")
-        regions = [E.Region(r.mask.to(self.device), r.dy, r.dx, r.reference) for r in regions]
+        w_src = self._w(src, "original")
+        w_refs, ref_styles = self._refs(refs)
+        regions = [E.Region(self._mask(r.mask), r.dy, r.dx, r.reference) for r in regions]
         with torch.inference_mode():
-            if space == "w":
+            if E.check_space(space) == "w":
                 return self.render(E.transplant([w_src], [w_refs], regions, self.size, alpha)[0])
-            if space != "wplus":
-                raise InputError(f"unknown space {space!r}; use 'w' or 'wplus'")
-            return self.render(E.transplant(self.pyramid(w_src), self.pyramid(w_refs), regions,
-                                            self.size, alpha))
+            return self.render(E.transplant(self.pyramid(src), ref_styles, regions, self.size,
+                                            alpha))
 
-    def apply_direction(self, w: torch.Tensor, direction: torch.Tensor, strength: Strength, *,
-                        mask: torch.Tensor | None = None, mode: E.MaskMode = "area") -> torch.Tensor:
+    def edit_regions(self, src: torch.Tensor | Projection,
+                     refs: torch.Tensor | Sequence[Projection], regions: Sequence[E.Region], *,
+                     space: E.Space = "wplus", t: Strength | None = None,
+                     mode: E.MaskMode = "area") -> tuple[torch.Tensor, str]:
+        """Painted regions of references onto the source, as the web editor sends them: no
+        region -> the reconstruction; one region that does not move -> :meth:`local_edit`;
+        otherwise :meth:`transplant`. ``t``: K weights from the reconstruction (0) to the
+        full edit (1). Returns (images [K, 3, H, W], the method used)."""
+        space = E.check_space(space)
+        k = 1 if t is None else len(torch.as_tensor(t).reshape(-1))
+        if not regions:
+            styles = [s.expand(k, -1, -1, -1) for s in self.pyramid(src)]
+            return self.render(styles), "reconstruction"
+        if len(regions) == 1 and regions[0].dx == 0 and regions[0].dy == 0:
+            r = regions[0]
+            ref = refs[r.reference: r.reference + 1] if isinstance(refs, torch.Tensor) else refs[r.reference]
+            return (self.local_edit(src, ref, r.mask, space=space, mode=mode, t=t),
+                    f"local_edit_{space}")
+        alpha = 1.0 if t is None else t
+        return self.transplant(src, refs, regions, space=space, alpha=alpha), f"transplant_{space}"
+
+    def apply_direction(self, w: torch.Tensor | Projection, direction: torch.Tensor,
+                        strength: Strength, *, mask: torch.Tensor | None = None,
+                        mode: E.MaskMode = "area") -> torch.Tensor:
         """``w + strength * direction`` (inside ``mask`` only, if given)."""
         w = self._w(w)
         if mask is not None:
-            mask = E.check_mask(mask).to(self.device)
+            mask = self._mask(mask)
         with torch.inference_mode():
             return self.render(E.apply_direction(w, direction, strength, mask, mode))
 

@@ -35,6 +35,17 @@ if TYPE_CHECKING:
 
 Styles = list[torch.Tensor]
 MaskMode = Literal["area", "max"]
+#: Where an edit blends: ``"w"`` = the stylemap w only, ``"wplus"`` = every per-layer stylemap
+#: of the W+ pyramid at its own resolution.
+Space = Literal["w", "wplus"]
+SPACES: tuple[str, ...] = ("w", "wplus")
+
+
+def check_space(space: str) -> Space:
+    """``space`` if it is ``"w"`` or ``"wplus"``, else the one error for a bad space."""
+    if space not in SPACES:
+        raise InputError(f"unknown editing space {space!r}; use 'w' or 'wplus'")
+    return space  # type: ignore[return-value]
 
 
 # --------------------------------------------------------------------------- masks
@@ -341,26 +352,24 @@ def synthesis_footprint(config: ModelConfig, changed_styles: Sequence[torch.Tens
     return x > 0
 
 
-def edit_footprint(config: ModelConfig, mask: torch.Tensor, space: Literal["w", "wplus"] = "wplus",
+def edit_footprint(config: ModelConfig, mask: torch.Tensor, space: Space = "wplus",
                    mode: MaskMode = "area") -> torch.Tensor:
     """Pixels [N, 1, size, size] (bool) that a local edit with ``mask`` can change: the
     mask's cells at each layer, grown by the receptive field of everything downstream."""
     mask = check_mask(mask)
-    if space == "w":
+    if check_space(space) == "w":
         styles = pyramid_footprint(config, resize_mask(mask, config.stylemap_size, mode))
-    elif space == "wplus":
-        styles = [resize_mask(mask, r, mode) for r in config.style_resolutions()]
     else:
-        raise InputError(f"unknown space {space!r}; use 'w' or 'wplus'")
+        styles = [resize_mask(mask, r, mode) for r in config.style_resolutions()]
     return synthesis_footprint(config, styles)
 
 
-def influence_border(config: ModelConfig, space: Literal["w", "wplus"] = "wplus") -> list[int]:
+def influence_border(config: ModelConfig, space: Space = "wplus") -> list[int]:
     """How far (in image pixels) past its own footprint (``size / r`` pixels square) a change
     of one stylemap cell can reach, for each W+ layer (``space="wplus"``) or for a cell of
     ``w`` (``space="w"``, one value); clipped by the image border. Measured on a cell in the
     middle of the map, along one axis (the reach is the same along both)."""
-    res = [config.stylemap_size] if space == "w" else config.style_resolutions()
+    res = [config.stylemap_size] if check_space(space) == "w" else config.style_resolutions()
     out = []
     for k, r in enumerate(res):
         cell = torch.zeros(1, 1, 1, r)
@@ -379,7 +388,8 @@ def influence_border(config: ModelConfig, space: Literal["w", "wplus"] = "wplus"
 
 
 __all__ = [
-    "MaskMode", "Region", "Styles", "apply_direction", "check_mask", "edit_footprint",
+    "SPACES", "MaskMode", "Region", "Space", "Styles", "apply_direction", "check_mask",
+    "check_space", "edit_footprint",
     "influence_border", "interpolate_w", "interpolate_wplus", "layer_selection", "local_edit_w",
     "local_edit_wplus", "pyramid_footprint", "resize_mask", "shift", "steps", "style_mix",
     "synthesis_footprint", "transplant",

@@ -5,6 +5,16 @@ Every builder returns a float32 array ``[size, size]`` in ``[0, 1]`` at the mode
 resolution (1 = take the reference); :func:`as_tensor` turns it into the ``[1, 1, H, W]``
 tensor the functions of :mod:`stylemapgan.editing` take.
 
+Resampling, one way per purpose:
+
+- :func:`to_square` (and every builder here): a map of any size to the model's square by soft
+  area averaging when shrinking (bilinear when growing), the same for the command line, the
+  web editor and the Python API, so a mask painted at any scale selects the same thing.
+- to stylemap cells: :func:`stylemapgan.editing.resize_mask` (area average, or max pooling
+  with ``mode="max"``), inside every edit.
+- :func:`binarize`: a hard mask where a metric needs one (``evaluate``'s MSE_src/MSE_ref):
+  a pixel belongs to the region when at least half of it is covered.
+
 Coordinates: a mask image or label map is in the coordinates of the photo it belongs to. If
 it has the photo's size (or the same aspect ratio, e.g. a 512 px label map of a 1024 px
 photo) the photo's crop / pad / box is applied to it as well; a mask that already has the
@@ -23,7 +33,8 @@ import numpy as np
 import torch
 
 from stylemapgan.errors import InputError
-from stylemapgan.imaging.images import Placement, fit_gray, load_gray, load_labels, parse_box
+from stylemapgan.imaging.images import load_gray, load_labels
+from stylemapgan.imaging.placement import Placement, fit_gray, parse_box
 
 log = logging.getLogger(__name__)
 
@@ -84,14 +95,44 @@ def _to_model(arr: np.ndarray, placement: Placement | None, size: int, label: st
         if w != h:
             raise InputError(f"{label}: a {w}x{h} mask needs the photo it belongs to; give a "
                              f"square mask ({size}x{size}) when the input is a saved stylemap")
-        placement = Placement((w, h), (0, 0, w, h), (0, 0, w, h), size, "crop")
-    elif (w, h) != placement.source_size:
+        return to_square(arr, size)
+    if (w, h) != placement.source_size:
         pw, ph = placement.source_size
         if abs(w / h - pw / ph) > 0.01 * (pw / ph):
             raise InputError(f"{label}: the mask is {w}x{h} but {photo} is {pw}x{ph}; give a mask "
                              f"of the photo's size (or aspect ratio), or of {size}x{size}")
         placement = placement.scaled_to(w, h)
     return fit_gray(arr, placement)
+
+
+def to_square(arr: np.ndarray, size: int) -> np.ndarray:
+    """A square float map [H, H] (e.g. a mask painted over the model's square at any scale)
+    -> [size, size] float32 by soft area averaging (bilinear when growing)."""
+    arr = np.asarray(arr, dtype=np.float32)
+    h, w = arr.shape
+    if (h, w) == (size, size):
+        return arr
+    if h != w:
+        raise InputError(f"a {w}x{h} mask is not square; paint it over the model's square")
+    return fit_gray(arr, Placement((w, h), (0, 0, w, h), (0, 0, w, h), size, "crop"))
+
+
+def binarize(mask: np.ndarray | torch.Tensor, threshold: float = 0.5):
+    """Hard 0/1 mask for metrics: 1 where the soft mask is >= ``threshold`` (default: at least
+    half of the pixel covered). Same type as the input (float32)."""
+    if isinstance(mask, torch.Tensor):
+        return (mask >= threshold).to(torch.float32)
+    return (np.asarray(mask) >= threshold).astype(np.float32)
+
+
+def mask_from_png(data: bytes, size: int, what: str = "mask") -> np.ndarray:
+    """PNG bytes (e.g. a canvas painted in the browser, any size, square) -> a [size, size]
+    mask, read like a mask image file (opacity if the PNG has transparency, else gray)."""
+    import io
+
+    from PIL import Image
+
+    return to_square(load_gray(Image.open(io.BytesIO(data), formats=("PNG",)), name=what), size)
 
 
 def mask_from_image(path: str | os.PathLike[str], size: int, placement: Placement | None = None,

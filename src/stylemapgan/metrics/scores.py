@@ -41,7 +41,8 @@ from typing import Any
 
 import torch
 
-from stylemapgan.editing.operations import local_edit_w, local_edit_wplus
+from stylemapgan.editing.editor import Editor
+from stylemapgan.editing.operations import check_space
 from stylemapgan.errors import InputError
 from stylemapgan.utils import seeded_normal
 
@@ -64,6 +65,10 @@ def _check_batch(x: torch.Tensor, what: str) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- Gaussian statistics
+STATS_FORMAT = "stylemapgan-fid-stats"  # the format tag of GaussianStats files
+STATS_VERSION = 1  # files of version 0 (before the tag) have no tag and are read too
+
+
 @dataclass
 class GaussianStats:
     """Mean and unbiased covariance (float64) of ``count`` feature vectors.
@@ -78,24 +83,31 @@ class GaussianStats:
     factor: torch.Tensor | None = None
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        from safetensors.torch import save_file
+        """Write a ``stylemapgan-fid-stats`` file (replacing ``path``), atomically."""
+        from stylemapgan.files import write_tagged
 
-        from stylemapgan.files import atomic_write
-
-        tensors = {"mu": self.mu.contiguous(), "sigma": self.sigma.contiguous()}
+        tensors = {"mu": self.mu, "sigma": self.sigma}
         if self.factor is not None:
-            tensors["factor"] = self.factor.contiguous()
-        with atomic_write(Path(path), overwrite=True) as tmp:
-            save_file(tensors, str(tmp), metadata={"count": str(self.count)})
+            tensors["factor"] = self.factor
+        write_tagged(path, tensors, fmt=STATS_FORMAT, version=STATS_VERSION,
+                     metadata={"count": str(self.count)}, overwrite=True)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> GaussianStats:
-        from safetensors import safe_open
+        """Read a file written by :meth:`save` (also an untagged one of earlier versions);
+        :class:`InputError` naming the file for anything else."""
+        from stylemapgan.files import read_tagged
 
-        with safe_open(str(path), framework="pt") as f:
-            count = int((f.metadata() or {}).get("count", "0"))
-            factor = f.get_tensor("factor") if "factor" in f.keys() else None  # noqa: SIM118
-            return cls(f.get_tensor("mu"), f.get_tensor("sigma"), count, factor)
+        found = read_tagged(path, fmt=STATS_FORMAT, version=STATS_VERSION,
+                            what="FID statistics file", untagged_version=0,
+                            fix="delete it to compute the statistics again")
+        t = found.tensors
+        try:
+            count = int(found.metadata.get("count", ""))
+            return cls(t["mu"], t["sigma"], count, t.get("factor"))
+        except (KeyError, ValueError):
+            raise InputError(f"{found.path}: damaged FID statistics file (no mu, sigma or "
+                             "count); delete it to compute the statistics again") from None
 
 
 class StatsAccumulator:
@@ -403,14 +415,16 @@ def masked_errors(edited: torch.Tensor, src: torch.Tensor, ref: torch.Tensor,
 @torch.no_grad()
 def edit_images(model: torch.nn.Module, src: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor,
                 space: str = "wplus", mask_mode: str = "area") -> torch.Tensor:
-    """G(blend(E(src), E(ref), mask)) with the blend in W+ (every layer) or W, clamped."""
-    g = model.generator
-    w_s, w_r = model.encoder(src), model.encoder(ref)
-    if space == "wplus":
-        return g.synthesize(local_edit_wplus(g.pyramid(w_s), g.pyramid(w_r), mask, mask_mode)).clamp(-1, 1)
-    if space == "w":
-        return g(local_edit_w(w_s, w_r, mask, mask_mode)).clamp(-1, 1)
-    raise InputError(f"unknown editing space {space!r}; use 'wplus' or 'w'")
+    """G(blend(E(src), E(ref), mask)) with the blend in W+ (every layer) or W, clamped: each
+    triple through :meth:`stylemapgan.editing.Editor.local_edit`, the same call the command
+    line and the web editor make, so the metric measures the edit users get."""
+    check_space(space)
+    editor = Editor(model, cache_bytes=0)
+    w_s, w_r = editor.project(src), editor.project(ref)
+    masks = mask if mask.shape[0] == src.shape[0] else mask.expand(src.shape[0], -1, -1, -1)
+    return torch.cat([editor.local_edit(w_s[i], w_r[i], masks[i: i + 1], space=space,
+                                        mode=mask_mode)
+                      for i in range(src.shape[0])]).clamp(-1, 1)
 
 
 def _nanmean(values: Sequence[float]) -> tuple[float | None, int]:

@@ -182,14 +182,14 @@ class Generator(nn.Module):
     def has_mean_stylemap(self) -> bool:
         return bool(torch.isfinite(self.mean_stylemap).all())
 
-    def truncate(self, w: torch.Tensor, psi: float) -> torch.Tensor:
-        """Pull ``w`` toward the mean stylemap: ``mean + psi * (w - mean)`` (psi=1: unchanged)."""
-        if psi == 1.0:
+    def truncate(self, w: torch.Tensor, truncation: float) -> torch.Tensor:
+        """Pull ``w`` toward the mean stylemap: ``mean + truncation * (w - mean)`` (1: unchanged)."""
+        if truncation == 1.0:
             return w
         if not self.has_mean_stylemap():
             raise RuntimeError("the mean stylemap is not set; call update_mean_stylemap() first")
         mean = self.mean_stylemap.to(w.dtype)
-        return torch.lerp(mean, w, psi) if psi >= 0 else mean + psi * (w - mean)
+        return torch.lerp(mean, w, truncation) if truncation >= 0 else mean + truncation * (w - mean)
 
     def generate(self, z: torch.Tensor, truncation: float = 1.0) -> torch.Tensor:
         """z -> image, with optional truncation."""

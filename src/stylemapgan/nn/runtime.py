@@ -175,11 +175,6 @@ class Runner:
     def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
         return self._out(self._synthesis(self._resizer(self._encoder(self._in(images)))))
 
-    def generate(self, z: torch.Tensor, truncation: float = 1.0) -> torch.Tensor:
-        g = self.model.generator
-        w = g.truncate(g.mapping(self._in(z)), truncation)
-        return self._out(self._synthesis(self._resizer(w)))
-
 
 def prepare(model: StyleMapGAN, device: torch.device | str = "cpu",
             options: RuntimeOptions | None = None) -> Runner:

@@ -29,7 +29,7 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import FastAPI, File, HTTPException, UploadFile
 from fastapi import Path as PathParam
@@ -40,6 +40,7 @@ from PIL import Image, ImageOps
 from pydantic import BaseModel, Field
 
 from stylemapgan.editing.cache import ByteLRU
+from stylemapgan.editing.operations import Space
 from stylemapgan.errors import InputError, StyleMapGANError
 from stylemapgan.imaging.images import load_rgb
 from stylemapgan.web.engine import EditEngine, EditSpec, NotFound, RegionSpec
@@ -77,7 +78,7 @@ class EditIn(BaseModel):
     references: list[Annotated[str, Field(pattern=IMAGE_ID)]] = Field(default_factory=list,
                                                                       max_length=64)
     regions: list[RegionIn] = Field(default_factory=list, max_length=64)
-    space: Literal["w", "wplus"] = "wplus"
+    space: Space = "wplus"
     steps: int = Field(1, ge=1, le=1024)
 
 
@@ -208,7 +209,7 @@ def create_app(engine: EditEngine, gallery: Gallery | None = None) -> FastAPI:
 
     @app.get("/api/images/{iid}/reconstruction.png")
     def reconstruction_png(iid: Annotated[str, PathParam(pattern=IMAGE_ID)]) -> Response:
-        return png(engine.projection(iid).recon_png)
+        return png(engine.reconstruction_png(iid))
 
     # ---------------------------------------------------------------- gallery
     def gallery_item(gid: str):
@@ -261,7 +262,8 @@ def create_app(engine: EditEngine, gallery: Gallery | None = None) -> FastAPI:
         spec = EditSpec(
             original=body.original, references=tuple(body.references),
             regions=tuple(RegionSpec(r.reference, decode_mask(r.mask, engine.size, f"region {i} mask"),
-                                     dx=r.dx, dy=r.dy) for i, r in enumerate(body.regions)),
+                                     dx=r.dx, dy=r.dy, data_url=r.mask)
+                          for i, r in enumerate(body.regions)),
             space=body.space, steps=body.steps,
         )
         engine.validate(spec)
@@ -314,6 +316,7 @@ def create_app_from_file(model_path: str | os.PathLike[str], *, gallery: str | o
     model = load_model(model_path, device=dev)
     engine = EditEngine(model, settings, model_name=Path(model_path).name,
                         model_sha256=sha256_file(model_path),
+                        model_path=str(Path(model_path).resolve()),
                         runtime=RuntimeOptions.fastest(dev) if fast else None)
     return create_app(engine, listing)
 

@@ -1,51 +1,39 @@
-"""The editing engine behind the web editor: stores images, projects each once, runs edits.
+"""What the web editor keeps beside the editing engine: uploaded images, reconstructions and
+results, each in a store bounded in bytes, and the edit records a browser downloads.
 
-Every image is reduced to the model's resolution when it arrives and is identified by the
-SHA-256 of those pixels, so the same picture uploaded twice (or as PNG and as lossless WebP) is
-one entry. Its projection (stylemap ``w``, the W+ pyramid and the reconstruction) is computed
-once and kept in a memory-bounded LRU cache; an edit then costs one generator pass per
-interpolation step. The three stores (images, projections, results) are bounded in bytes.
-
-``stylemapgan.editing`` has no projection cache of its own yet, so it lives here.
+Every edit runs through :class:`stylemapgan.editing.Editor`, the same engine as the command line
+and the Python API; it owns the projection cache (bounded in bytes) and the optional fast path.
+Images are reduced to the model's resolution when they arrive (center crop, the placement of
+:mod:`stylemapgan.imaging.placement`) and identified by the SHA-256 of those pixels, so the same
+picture uploaded twice (or as PNG and as lossless WebP) is one entry and is projected once; an
+edit then costs one generator pass per interpolation step.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import logging
 import secrets
-import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 
 from stylemapgan.editing.cache import ByteLRU
-from stylemapgan.editing.operations import (
-    Region,
-    interpolate_w,
-    interpolate_wplus,
-    local_edit_w,
-    local_edit_wplus,
-    steps,
-    transplant,
-)
+from stylemapgan.editing.editor import Editor, Projection
+from stylemapgan.editing.operations import Space, check_space
+from stylemapgan.editing.record import frame_names, new_record, run_painted, sha256_bytes
 from stylemapgan.errors import InputError
 from stylemapgan.imaging.images import from_uint8, to_uint8
+from stylemapgan.imaging.placement import fit_square
 from stylemapgan.nn.networks import StyleMapGAN
-from stylemapgan.nn.runtime import RuntimeOptions, prepare
-from stylemapgan.web.imaging import encode_png, fit_square, mask_to_data_url
+from stylemapgan.nn.runtime import RuntimeOptions
+from stylemapgan.web.imaging import WEB_PNG_LEVEL, encode_png
 from stylemapgan.web.settings import WebSettings
 
 log = logging.getLogger(__name__)
-
-Space = Literal["w", "wplus"]
-RECORD_FORMAT = "stylemapgan-edit"
-RECORD_VERSION = 1
 
 
 class NotFound(InputError):
@@ -72,26 +60,16 @@ class StoredImage:
 
 
 @dataclass(frozen=True)
-class Projection:
-    w: torch.Tensor  # [1, C, S, S]
-    styles: tuple[torch.Tensor, ...]  # the W+ pyramid, batch 1
-    recon_png: bytes
-
-    @property
-    def nbytes(self) -> int:
-        tensors = (self.w, *self.styles)
-        return sum(t.numel() * t.element_size() for t in tensors) + len(self.recon_png)
-
-
-@dataclass(frozen=True)
 class RegionSpec:
     """One painted region: ``mask`` [S, S] in [0, 1] on reference ``reference``, moved by
-    (dx, dy) image pixels onto the original."""
+    (dx, dy) image pixels onto the original. ``data_url``: the mask as the browser sent it
+    (kept in the record, so a replay decodes exactly the same mask)."""
 
     reference: int
     mask: np.ndarray
     dx: int = 0
     dy: int = 0
+    data_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -114,7 +92,8 @@ class EditResult:
 
     @property
     def nbytes(self) -> int:
-        return sum(len(f) for f in self.frames) + 4096
+        return sum(len(f) for f in self.frames) + sum(
+            len(x.get("image", "")) for x in self.record.get("inputs", [])) + 4096
 
     def urls(self) -> dict[str, Any]:
         return {"frames": [f"/api/results/{self.id}/{k}.png" for k in range(len(self.frames))],
@@ -128,51 +107,64 @@ def image_id(pixels: np.ndarray) -> str:
 
 
 class EditEngine:
-    """Owns the model and the in-memory stores. Thread-safe; model passes are serialized."""
+    """The web editor's stores around one :class:`~stylemapgan.editing.Editor`. Thread-safe
+    (the Editor serializes network passes)."""
 
     def __init__(self, model: StyleMapGAN, settings: WebSettings | None = None, *,
                  model_name: str = "model", model_sha256: str | None = None,
-                 runtime: RuntimeOptions | None = None) -> None:
-        self.model = model.eval().requires_grad_(False)
+                 model_path: str | None = None, runtime: RuntimeOptions | None = None,
+                 batch_size: int = 16) -> None:
+        self.settings = settings or WebSettings()
+        model = model.eval().requires_grad_(False)
+        self.editor = Editor(model, batch_size=batch_size,
+                             cache_bytes=self.settings.projection_cache_bytes, runtime=runtime)
+        self.model = self.editor.model
         self.config = model.config
         self.size = model.config.size
-        self.device = next(model.parameters()).device
-        self.settings = settings or WebSettings()
-        # A fast path (reduced precision, channels-last) runs a prepared copy of the networks;
-        # float32 uses the model itself, so results equal the library's bit for bit.
-        self.runtime = runtime or RuntimeOptions()
-        self.runner = prepare(model, self.device, self.runtime) if self.runtime != RuntimeOptions() else None
+        self.device = self.editor.device
         self.model_name = model_name
+        if model_path is not None and model_sha256 is None:
+            from stylemapgan.files import sha256_file
+
+            model_sha256 = sha256_file(model_path)
         self.model_sha256 = model_sha256
+        self.model_path = model_path
         self.images: ByteLRU[StoredImage] = ByteLRU(self.settings.image_store_bytes, lambda v: v.nbytes)
-        self.projections: ByteLRU[Projection] = ByteLRU(self.settings.projection_cache_bytes,
-                                                        lambda v: v.nbytes)
+        self.reconstructions: ByteLRU[bytes] = ByteLRU(self.settings.image_store_bytes // 4, len)
         self.results: ByteLRU[EditResult] = ByteLRU(self.settings.result_store_bytes,
                                                     lambda v: v.nbytes)
-        self._model_lock = threading.Lock()
-        self.projection_count = 0
         self.generator_passes = 0
 
-    # ------------------------------------------------------------------ network passes
-    def _project(self, x: torch.Tensor) -> torch.Tensor:
-        return self.runner.project(x) if self.runner else self.model.project(x)
+    # ------------------------------------------------------------------ views of the editor
+    @property
+    def runtime(self) -> RuntimeOptions:
+        return self.editor.runtime
 
-    def _pyramid(self, w: torch.Tensor) -> list[torch.Tensor]:
-        return self.runner.pyramid(w) if self.runner else self.model.generator.pyramid(w)
+    @property
+    def runner(self):
+        return self.editor.runner
 
-    def _synthesize(self, styles: list[torch.Tensor]) -> torch.Tensor:
-        return self.runner.synthesize(styles) if self.runner else self.model.generator.synthesize(styles)
+    @property
+    def projections(self) -> ByteLRU[Projection]:
+        """The editor's projection cache (keys: image ids)."""
+        return self.editor.cache
+
+    @property
+    def projection_count(self) -> int:
+        """Images the encoder has projected so far."""
+        return self.editor.encoder_images
 
     # ------------------------------------------------------------------ images
     def add_image(self, img: Image.Image, name: str, source: str = "upload") -> StoredImage:
-        """Store ``img`` at the model's resolution and project it (once per content)."""
-        pixels = fit_square(img, self.size)
+        """Store ``img`` at the model's resolution (center crop) and project it (once per
+        content)."""
+        pixels = fit_square(img, self.size, "crop")
         iid = image_id(pixels)
         stored = self.images.get(iid)
         if stored is None:
             stored = StoredImage(iid, name, source, pixels, encode_png(pixels))
             self.images.put(iid, stored)
-        self.projection(iid, stored)
+        self.reconstruction_png(iid, stored)
         return stored
 
     def image(self, iid: str) -> StoredImage:
@@ -183,33 +175,29 @@ class EditEngine:
         return stored
 
     def projection(self, iid: str, stored: StoredImage | None = None) -> Projection:
-        proj = self.projections.get(iid)
-        if proj is not None:
-            return proj
+        """The image's projection, from the editor's cache or made now."""
         stored = stored or self.image(iid)
-        with self._model_lock:
-            proj = self.projections.get(iid)  # another thread may have just made it
-            if proj is not None:
-                return proj
-            t0 = time.perf_counter()
-            with torch.inference_mode():
-                x = from_uint8(stored.pixels).to(self.device)
-                w = self._project(x)
-                styles = tuple(self._pyramid(w))
-                recon = to_uint8(self._synthesize(list(styles)))[0]
-            self.projection_count += 1
-            self.generator_passes += 1
+        t0 = time.perf_counter()
+        before = self.editor.encoder_images
+        proj = self.editor.projection(from_uint8(stored.pixels), key=iid)
+        if self.editor.encoder_images != before:
             log.info("projected image %s in %.0f ms", iid[:12], 1000 * (time.perf_counter() - t0))
-        proj = Projection(w, styles, encode_png(recon))
-        if not self.projections.put(iid, proj):
-            log.warning("projection of %s is larger than the whole cache budget", iid[:12])
         return proj
+
+    def reconstruction_png(self, iid: str, stored: StoredImage | None = None) -> bytes:
+        """G(E(x)) of a stored image as PNG (made once, kept while memory allows)."""
+        png = self.reconstructions.get(iid)
+        if png is None:
+            proj = self.projection(iid, stored)
+            png = encode_png(to_uint8(self.editor.reconstruct(proj))[0])
+            self.generator_passes += 1
+            self.reconstructions.put(iid, png)
+        return png
 
     # ------------------------------------------------------------------ edits
     def validate(self, spec: EditSpec) -> None:
         s = self.settings
-        if spec.space not in ("w", "wplus"):
-            raise InputError(f"space must be 'w' or 'wplus', got {spec.space!r}")
+        check_space(spec.space)
         if not 1 <= spec.steps <= s.max_steps:
             raise InputError(f"steps must be between 1 and {s.max_steps}, got {spec.steps}")
         if len(spec.references) > s.max_references:
@@ -233,39 +221,14 @@ class EditEngine:
         t0 = time.perf_counter()
         src = self.projection(spec.original)
         refs = [self.projection(r) for r in spec.references]
-        regions = [r for r in spec.regions if float(r.mask.max(initial=0.0)) > 0.0]
-        t = steps(spec.steps).to(self.device)
-        masks = [torch.from_numpy(r.mask)[None, None].to(self.device) for r in regions]
-        with self._model_lock, torch.inference_mode():
-            if not regions:
-                method = "reconstruction"
-                styles = [s.expand(len(t), -1, -1, -1) for s in src.styles]
-            elif len(regions) == 1 and regions[0].dx == 0 and regions[0].dy == 0:
-                ref = refs[regions[0].reference]
-                if spec.space == "w":
-                    method = "local_edit_w"
-                    w_edit = local_edit_w(src.w, ref.w, masks[0])
-                    styles = self._pyramid(interpolate_w(src.w, w_edit, t))
-                else:
-                    method = "local_edit_wplus"
-                    edited = local_edit_wplus(src.styles, ref.styles, masks[0])
-                    styles = interpolate_wplus(src.styles, edited, t)
-            else:
-                method = f"transplant_{spec.space}"
-                regs = [Region(m, dy=r.dy, dx=r.dx, reference=r.reference)
-                        for r, m in zip(regions, masks, strict=True)]
-                if spec.space == "w":
-                    ref_w = torch.cat([r.w for r in refs])
-                    styles = self._pyramid(transplant([src.w], [ref_w], regs, self.size, alpha=t)[0])
-                else:
-                    ref_styles = [torch.cat(level) for level in zip(*(r.styles for r in refs), strict=True)]
-                    styles = transplant(src.styles, ref_styles, regs, self.size, alpha=t)
-            images = to_uint8(self._synthesize(list(styles)))
-            self.generator_passes += 1
-        frames = [encode_png(im) for im in images]
+        painted = [(r.reference, r.mask, r.dx, r.dy) for r in spec.regions]
+        frames_u8, method, used = run_painted(self.editor, src, refs, painted, space=spec.space,
+                                              n_steps=spec.steps)
+        self.generator_passes += 1
+        frames = [encode_png(im) for im in frames_u8]
         compute_ms = 1000 * (time.perf_counter() - t0)
         rid = secrets.token_urlsafe(12)
-        record = self._record(spec, regions, t, method, rid)
+        record = self._record(spec, [spec.regions[i] for i in used], method, frames, rid)
         result = EditResult(rid, frames, record, compute_ms, method)
         self.results.put(rid, result)
         return result
@@ -276,34 +239,42 @@ class EditEngine:
             raise NotFound("unknown result id: it has been dropped from memory; run the edit again")
         return res
 
-    def _record(self, spec: EditSpec, regions: list[RegionSpec], t: torch.Tensor, method: str,
-                rid: str) -> dict[str, Any]:
-        from stylemapgan import __version__
+    def _record(self, spec: EditSpec, regions: list[RegionSpec], method: str,
+                frames: list[bytes], rid: str) -> dict[str, Any]:
+        """The downloadable record: it carries the inputs at model size and the masks as sent,
+        so ``stylemapgan edit replay`` reproduces the frames byte for byte."""
+        from stylemapgan.editing.operations import steps
 
-        def img(iid: str) -> dict[str, Any]:
-            stored = self.images.get(iid)
-            return {"id": iid, "name": stored.name if stored else None}
+        def item(role: str, iid: str) -> dict[str, Any]:
+            stored = self.image(iid)
+            return {"role": role, "kind": "image", "id": iid, "name": stored.name,
+                    "source": stored.source, "sha256": sha256_bytes(stored.png),
+                    "image": _data_url(stored.png)}
 
-        return {
-            "format": RECORD_FORMAT,
-            "format_version": RECORD_VERSION,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "stylemapgan_version": __version__,
-            "model": {"name": self.model_name, "sha256": self.model_sha256,
-                      "config": self.config.to_dict(), "runtime": self.runtime.describe()},
-            "image_ids": "first 32 hex digits of the SHA-256 of the RGB pixels at model resolution",
-            "original": img(spec.original),
-            "references": [img(r) for r in spec.references],
-            "space": spec.space,
-            "mask_mode": "area",
-            "steps": spec.steps,
-            "alpha": [round(float(v), 6) for v in t.cpu()],
-            "method": method,
-            "regions": [{"reference": r.reference, "dx": r.dx, "dy": r.dy,
-                         "coverage": round(float(r.mask.mean()), 6),
-                         "mask": mask_to_data_url(r.mask)} for r in regions],
-            "result": rid,
-        }
+        inputs = [item("source", spec.original),
+                  *(item(f"reference {i}", r) for i, r in enumerate(spec.references))]
+        o = self.runtime
+        model = {"name": self.model_name, "path": self.model_path, "sha256": self.model_sha256,
+                 "config": self.config.to_dict(),
+                 "runtime": {"precision": o.precision, "channels_last": o.channels_last,
+                             "compile": o.compile, "cuda_graphs": o.cuda_graphs,
+                             "describe": o.describe()}}
+        t = steps(spec.steps)
+        parameters = {"space": spec.space, "steps": spec.steps, "method": method,
+                      "alpha": [round(float(v), 6) for v in t], "mask_mode": "area",
+                      "batch_size": self.editor.batch_size}
+        outputs = [{"path": name, "sha256": sha256_bytes(data)}
+                   for name, data in zip(frame_names(len(frames)), frames, strict=True)]
+        return new_record(
+            source="web", operation="transplant" if method.startswith("transplant") else
+            ("local" if method.startswith("local") else "reconstruct"),
+            model=model, device=str(self.device), inputs=inputs, parameters=parameters,
+            outputs=outputs, png_compress_level=WEB_PNG_LEVEL,
+            image_ids="first 32 hex digits of the SHA-256 of the RGB pixels at model resolution",
+            regions=[{"reference": r.reference, "dx": r.dx, "dy": r.dy,
+                      "coverage": round(float(r.mask.mean()), 6),
+                      "mask": r.data_url or _mask_url(r.mask)} for r in regions],
+            result=rid)
 
     # ------------------------------------------------------------------ info
     def info(self) -> dict[str, Any]:
@@ -317,5 +288,22 @@ class EditEngine:
 
     def stats(self) -> dict[str, Any]:
         return {"images": self.images.stats(), "projections": self.projections.stats(),
+                "reconstructions": self.reconstructions.stats(),
                 "results": self.results.stats(), "projection_count": self.projection_count,
                 "generator_passes": self.generator_passes}
+
+
+def _data_url(png: bytes) -> str:
+    import base64
+
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _mask_url(mask: np.ndarray) -> str:
+    """A mask given without its original PNG (Python callers): 8-bit gray PNG data URL."""
+    gray = np.clip(np.rint(mask * 255.0), 0, 255).astype(np.uint8)
+    return _data_url(encode_png(gray))
+
+
+__all__ = ["EditEngine", "EditResult", "EditSpec", "NotFound", "RegionSpec", "StoredImage",
+           "image_id"]

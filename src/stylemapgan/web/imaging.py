@@ -6,17 +6,16 @@ PNG bytes.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import io
-import re
 import unicodedata
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from stylemapgan.errors import InputError
+from stylemapgan.imaging import images
 from stylemapgan.imaging.images import load_rgb
+from stylemapgan.imaging.masks import mask_from_png
 
 # Formats Pillow may use to decode an upload (MPO: multi-picture JPEG from phone cameras).
 IMAGE_FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "BMP", "GIF", "TIFF")
@@ -69,42 +68,27 @@ def decode_image(data: bytes, name: str, *, max_bytes: int, max_pixels: int) -> 
         raise UploadError(str(exc), 422) from None
 
 
-def fit_square(img: Image.Image, size: int) -> np.ndarray:
-    """Center-crop to a square and resize to ``size`` (Lanczos) -> [size, size, 3] uint8."""
-    if img.size != (size, size):
-        img = ImageOps.fit(img, (size, size), method=Image.Resampling.LANCZOS)
-    return np.array(img.convert("RGB"), dtype=np.uint8)
+#: zlib level of the PNGs the editor serves (fast: they are made live); records name it.
+WEB_PNG_LEVEL = 1
 
 
-def encode_png(array: np.ndarray, compress_level: int = 1) -> bytes:
+def encode_png(array: np.ndarray, compress_level: int = WEB_PNG_LEVEL) -> bytes:
     """[H, W, 3] or [H, W] uint8 -> PNG bytes (fast compression: these are served live)."""
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG", compress_level=compress_level)
-    return buf.getvalue()
-
-
-def mask_to_data_url(mask: np.ndarray) -> str:
-    """[H, W] float mask in [0, 1] -> a grayscale PNG data URL (for edit records)."""
-    gray = np.clip(np.rint(mask * 255.0), 0, 255).astype(np.uint8)
-    return "data:image/png;base64," + base64.b64encode(encode_png(gray, 6)).decode("ascii")
-
-
-_DATA_URL = re.compile(r"^data:image/png;base64,([A-Za-z0-9+/=\s]*)$")
+    return images.encode_png(array, compress_level)
 
 
 def decode_mask(data_url: str, size: int, what: str = "mask") -> np.ndarray:
     """A PNG data URL -> float32 [size, size] mask in [0, 1].
 
-    The mask is the alpha channel when the PNG has one (what a canvas paints), else its gray
-    level. Masks of another size are resized (area average when shrinking).
+    The PNG is checked here (format, side length) before it is decoded; then it is read like
+    a mask image file and resampled to the model's square by the one soft resampler of
+    :func:`stylemapgan.imaging.masks.mask_from_png` (opacity where the PNG has transparency,
+    which is what a canvas paints; else its gray level).
     """
-    m = _DATA_URL.match(data_url)
-    if not m:
-        raise UploadError(f"{what}: expected a PNG data URL (data:image/png;base64,...)", 400)
     try:
-        raw = base64.b64decode(m.group(1), validate=False)
-    except (binascii.Error, ValueError):
-        raise UploadError(f"{what}: invalid base64 data", 400) from None
+        raw = images.decode_png_data_url(data_url, what)
+    except InputError as exc:
+        raise UploadError(str(exc), 400) from None
     try:
         img = Image.open(io.BytesIO(raw), formats=("PNG",))
         w, h = img.size
@@ -116,14 +100,7 @@ def decode_mask(data_url: str, size: int, what: str = "mask") -> np.ndarray:
         raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         raise UploadError(f"{what}: not a readable PNG image", 400) from None
-    bands = img.getbands()
-    if "A" in bands:
-        gray = img.getchannel("A")
-    elif img.mode == "P" and "transparency" in img.info:
-        gray = img.convert("RGBA").getchannel("A")
-    else:
-        gray = img.convert("L")
-    if gray.size != (size, size):
-        shrink = gray.size[0] > size or gray.size[1] > size
-        gray = gray.resize((size, size), Image.Resampling.BOX if shrink else Image.Resampling.BILINEAR)
-    return np.asarray(gray, dtype=np.float32) / 255.0
+    try:
+        return mask_from_png(raw, size, what)
+    except InputError as exc:
+        raise UploadError(str(exc), 400) from None
