@@ -1,9 +1,11 @@
 """Fast inference paths: precision, memory format, compilation and CUDA graphs behind one object.
 
-``prepare(model, device, RuntimeOptions(...))`` returns a :class:`Runner` whose ``project``,
-``pyramid``, ``synthesize``, ``generate_from_w`` and ``reconstruct`` take and return float32
-tensors whatever runs inside, so callers (CLI, web editor, metrics) never change when a fast
-path is switched on. The float32 path is the reference; every fast path is tested against it.
+``prepare(model, device, RuntimeOptions(...))`` returns a :class:`Runner`, a prepared copy of
+the networks whose ``project``, ``pyramid``, ``synthesize``, ``generate_from_w`` and
+``reconstruct`` take and return float32 tensors whatever runs inside. Its caller is
+:class:`stylemapgan.editing.Editor` (``Editor(model, runtime=...)``, which the web editor's
+``serve --fast`` uses) and the benchmarks; editing code never changes when a fast path is
+switched on. The float32 path is the reference; every fast path is tested against it.
 """
 
 from __future__ import annotations
