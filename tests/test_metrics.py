@@ -225,3 +225,32 @@ def test_runtime_reports_median_and_device(tiny_model):
     mask = torch.zeros(1, 1, 32, 32)
     out = metrics.runtime(tiny_model, x, repeats=3, warmup=1, reference=x.flip(-1), mask=mask)
     assert out["seconds"] > 0 and out["edit_seconds"] > 0 and out["device"].startswith("cpu")
+
+
+def test_gaussian_stats_files(tmp_path):
+    from safetensors.torch import save_file
+
+    a = metrics.gaussian_stats(torch.randn(12, 30, dtype=torch.float64))
+    p = tmp_path / "s.safetensors"
+    a.save(p)
+    b = metrics.GaussianStats.load(p)
+    assert b.count == 12 and torch.equal(b.mu, a.mu) and torch.equal(b.sigma, a.sigma)
+    assert (a.factor is None) == (b.factor is None)
+    # The untagged files of earlier versions are still read.
+    old = tmp_path / "old.safetensors"
+    save_file({"mu": a.mu, "sigma": a.sigma}, str(old), metadata={"count": "12"})
+    c = metrics.GaussianStats.load(old)
+    assert c.count == 12 and c.factor is None and torch.equal(c.sigma, a.sigma)
+    # Other files are refused with one line naming the file.
+    other = tmp_path / "other.safetensors"
+    save_file({"w": torch.zeros(2)}, str(other), metadata={"format": "stylemapgan-model",
+                                                           "format_version": "1"})
+    with pytest.raises(InputError, match=r"other\.safetensors .*not a FID statistics file"):
+        metrics.GaussianStats.load(other)
+    (tmp_path / "cut.safetensors").write_bytes(p.read_bytes()[:100])
+    with pytest.raises(InputError, match=r"cut\.safetensors: not a readable FID statistics "
+                                         r"file.*delete it"):
+        metrics.GaussianStats.load(tmp_path / "cut.safetensors")
+    save_file({"mu": a.mu}, str(old), metadata={"count": "12"})
+    with pytest.raises(InputError, match="damaged FID statistics file"):
+        metrics.GaussianStats.load(old)

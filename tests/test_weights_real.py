@@ -9,7 +9,6 @@ import torch
 
 import weights_fixture
 from stylemapgan.formats import weights
-from stylemapgan.nn.perceptual import LPIPS, InceptionFeatures
 
 real_weights_home = weights_fixture.real_weights_home
 
@@ -26,7 +25,7 @@ def _pair():
     ("vgg", [0.09073, 0.08859, 0.07831, 0.0892]),
 ])
 def test_lpips_reference_values(real_weights_home, net, expected):
-    lp = LPIPS.from_pretrained(net, home=real_weights_home)
+    lp = weights.load_lpips(net, home=real_weights_home)
     a, b = _pair()
     with torch.no_grad():
         d = lp(a, b)
@@ -37,7 +36,7 @@ def test_lpips_reference_values(real_weights_home, net, expected):
 
 def test_lpips_vgg_gradients_finite_on_flat_images(real_weights_home):
     # Flat black images make whole feature vectors zero: the gradient must stay finite.
-    lp = LPIPS.from_pretrained("vgg", home=real_weights_home)
+    lp = weights.load_lpips("vgg", home=real_weights_home)
     x = torch.full((1, 3, 32, 32), -1.0, requires_grad=True)
     y = torch.rand(1, 3, 32, 32) * 2 - 1
     lp(x, y).sum().backward()
@@ -45,7 +44,7 @@ def test_lpips_vgg_gradients_finite_on_flat_images(real_weights_home):
 
 
 def test_inception_reference_values(real_weights_home):
-    inc = InceptionFeatures.from_pretrained(home=real_weights_home)
+    inc = weights.load_inception(home=real_weights_home)
     torch.manual_seed(0)
     x = torch.rand(2, 3, 299, 299) * 2 - 1
     with torch.no_grad():

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
+import struct
 import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -77,11 +79,38 @@ class TaggedFile:
     keys: list[str]
 
 
+def _canonical_header(path: Path) -> None:
+    """Rewrite the header of the safetensors file ``path`` with its metadata in sorted key order.
+
+    safetensors keeps the metadata in a hash map whose order changes from one call to the next,
+    so the same tensors and metadata would give different bytes (and SHA-256) each time. The
+    reordered header (the same keys and values, so the same length) is written in place.
+    """
+    with open(path, "rb+") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        raw = f.read(n)
+        header = json.loads(raw.decode("utf-8"))
+        meta = header.get("__metadata__")
+        if not isinstance(meta, dict) or len(meta) < 2:
+            return
+        header["__metadata__"] = dict(sorted(meta.items()))
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        if len(text) > n:  # never: the same keys and values; the file stays valid, unsorted
+            return
+        f.seek(8)
+        f.write(text + b" " * (n - len(text)))
+
+
 def write_tagged(path: str | os.PathLike[str], tensors: Mapping[str, torch.Tensor], *, fmt: str,
                  version: int, metadata: Mapping[str, str] | None = None,
                  overwrite: bool = False) -> Path:
     """Write ``tensors`` (moved to the CPU, made contiguous) with the format tag and string
-    ``metadata``, atomically."""
+    ``metadata``, atomically (see :func:`atomic_write`; ``FileExistsError`` if ``path`` exists
+    and not ``overwrite``).
+
+    The same tensors and metadata always give the same bytes (the metadata is stored in sorted
+    key order), so a file's SHA-256 identifies its content.
+    """
     from safetensors.torch import save_file
 
     meta = {str(k): str(v) for k, v in (metadata or {}).items()}
@@ -91,25 +120,31 @@ def write_tagged(path: str | os.PathLike[str], tensors: Mapping[str, torch.Tenso
     path = Path(path)
     with atomic_write(path, overwrite=overwrite) as tmp:
         save_file(state, str(tmp), metadata=meta)
+        _canonical_header(tmp)
     return path
 
 
 def read_tagged(path: str | os.PathLike[str], *, fmt: str, version: int, what: str,
                 tensors: bool | tuple[str, ...] = True, error: type[Exception] = InputError,
                 hint: str = "", foreign: Mapping[str, str] | None = None,
-                missing: str | None = None) -> TaggedFile:
+                missing: str | None = None, fix: str = "",
+                untagged_version: int | None = None) -> TaggedFile:
     """Read a safetensors file tagged ``fmt`` whose version is at most ``version``.
 
     ``what`` names the kind of file in messages ("model file", "stylemap file", ...);
     ``hint`` is appended to the "wrong kind of file" message (e.g. how to make the right one);
     ``foreign`` maps other format tags to what to call such a file (e.g. a model file given
-    where a stylemap is expected); ``missing`` replaces the "no such file" message.
+    where a stylemap is expected); ``missing`` replaces the "no such file" message; ``fix`` is
+    appended to the messages about an unreadable or damaged file (e.g. how to get it again).
+    ``untagged_version``: when not None, a file without any format tag (written before the
+    kind had one) is read as that version instead of refused.
     ``tensors``: True for all, False for none (metadata only) or the names to load; a missing
     name is an error. Every failure raises ``error`` with one line naming ``path``.
     """
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
+    tail = f"; {fix}" if fix else ""
     if path.is_dir():
         raise error(f"{path}: is a folder, not a {what}")
     if not path.is_file():
@@ -119,18 +154,22 @@ def read_tagged(path: str | os.PathLike[str], *, fmt: str, version: int, what: s
             meta = dict(f.metadata() or {})
             keys = list(f.keys())
             tag = meta.get("format")
+            legacy = tag is None and untagged_version is not None
             loaded: dict[str, torch.Tensor] = {}
-            if tag == fmt and tensors:
+            if (tag == fmt or legacy) and tensors:
                 names = keys if tensors is True else list(tensors)
                 for name in names:
                     if name not in keys:
-                        raise error(f"{path}: the {what} has no tensor {name!r}; it is damaged")
+                        raise error(f"{path}: the {what} has no tensor {name!r}; it is damaged"
+                                    + tail)
                     loaded[name] = f.get_tensor(name)
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         if isinstance(exc, error):
             raise
         raise error(f"{path}: not a readable {what} ({first_line(exc)}); it may be truncated "
-                    "or not a .safetensors file") from None
+                    "or not a .safetensors file" + tail) from None
+    if legacy:
+        return TaggedFile(path, int(untagged_version), meta, loaded, keys)  # type: ignore[arg-type]
     if tag != fmt:
         if foreign and tag in foreign:
             raise error(f"{path} is {foreign[tag]}, not a {what}" + (f"; {hint}" if hint else ""))
@@ -139,7 +178,8 @@ def read_tagged(path: str | os.PathLike[str], *, fmt: str, version: int, what: s
     try:
         found = int(meta.get("format_version", ""))
     except ValueError:
-        raise error(f"{path}: unreadable format_version {meta.get('format_version')!r}") from None
+        raise error(f"{path}: unreadable format_version {meta.get('format_version')!r} in the "
+                    f"{what}" + tail) from None
     if found > version:
         raise error(f"{path}: {what} format {found} is newer than this stylemapgan supports "
                     f"({version}); upgrade stylemapgan")

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from stylemapgan.errors import InputError
-from stylemapgan.files import atomic_write
+from stylemapgan.files import read_tagged, write_tagged
 
 log = logging.getLogger(__name__)
 
@@ -173,36 +172,21 @@ def accuracy(direction: Direction, positive: torch.Tensor, negative: torch.Tenso
 def save_direction(direction: Direction, path: str | os.PathLike[str], *,
                    overwrite: bool = False) -> Path:
     """Write a direction as a ``.safetensors`` file (vector + JSON metadata), atomically."""
-    from safetensors.torch import save_file
-
-    meta = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION),
-            "bias": repr(float(direction.bias)), "info": json.dumps(direction.info, sort_keys=True)}
-    path = Path(path)
-    with atomic_write(path, overwrite=overwrite) as tmp:
-        save_file({"direction": direction.vector.detach().cpu().float().contiguous()}, str(tmp),
-                  metadata=meta)
-    return path
+    meta = {"bias": repr(float(direction.bias)), "info": json.dumps(direction.info, sort_keys=True)}
+    return write_tagged(path, {"direction": direction.vector.detach().float()}, fmt=FORMAT_NAME,
+                        version=FORMAT_VERSION, metadata=meta, overwrite=overwrite)
 
 
 def load_direction(path: str | os.PathLike[str]) -> Direction:
     """Read a file written by :func:`save_direction`; one-line errors for anything else."""
-    from safetensors import SafetensorError, safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such direction file; learn one with `stylemapgan direction`")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta: Mapping[str, str] = f.metadata() or {}
-            if meta.get("format") != FORMAT_NAME:
-                raise InputError(f"{path} is not a direction file (made by `stylemapgan direction`)")
-            vec = f.get_tensor("direction")
-    except (SafetensorError, OSError, ValueError) as exc:
-        if isinstance(exc, InputError):
-            raise
-        raise InputError(f"{path}: not a readable direction file ({str(exc).splitlines()[0]})") from None
-    if int(meta.get("format_version", "0")) > FORMAT_VERSION:
-        raise InputError(f"{path}: made by a newer stylemapgan; upgrade to use it")
+    found = read_tagged(path, fmt=FORMAT_NAME, version=FORMAT_VERSION, what="direction file",
+                        tensors=("direction",),
+                        foreign={"stylemapgan-model": "a model file",
+                                 "stylemapgan-stylemap": "a stylemap file"},
+                        missing=f"{path}: no such direction file; learn one with "
+                                "`stylemapgan direction`",
+                        hint="learn one with `stylemapgan direction`")
+    path, meta, vec = found.path, found.metadata, found.tensors["direction"]
     if vec.ndim != 3 or not torch.isfinite(vec).all():
         raise InputError(f"{path}: the direction must be a finite [C, S, S] tensor")
     try:

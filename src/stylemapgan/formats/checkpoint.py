@@ -25,7 +25,7 @@ from torch import nn
 
 from stylemapgan.config import ModelConfig
 from stylemapgan.errors import ConfigError, ModelFileError
-from stylemapgan.files import atomic_write, sha256_file
+from stylemapgan.files import TaggedFile, atomic_write, read_tagged, sha256_file, write_tagged
 from stylemapgan.nn.networks import Discriminator, Encoder, Generator, StyleMapGAN
 from stylemapgan.nn.ops import blur_kernel
 
@@ -100,8 +100,6 @@ def save_model(model: StyleMapGAN, path: str | os.PathLike[str], *,
 
     The mean stylemap is computed first if the generator does not have one yet.
     """
-    from safetensors.torch import save_file
-
     if not model.generator.has_mean_stylemap():
         model.generator.update_mean_stylemap()
     prov = dict(provenance or {})
@@ -109,59 +107,35 @@ def save_model(model: StyleMapGAN, path: str | os.PathLike[str], *,
     from stylemapgan import __version__
 
     prov.setdefault("stylemapgan_version", __version__)
-    metadata = {
-        "format": FORMAT_NAME,
-        "format_version": str(FORMAT_VERSION),
-        "config": model.config.to_json(),
-        "provenance": json.dumps(prov, sort_keys=True),
-    }
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    path = Path(path)
-    with atomic_write(path, overwrite=overwrite) as tmp:
-        save_file(state, str(tmp), metadata=metadata)
+    metadata = {"config": model.config.to_json(), "provenance": json.dumps(prov, sort_keys=True)}
+    path = write_tagged(path, model.state_dict(), fmt=FORMAT_NAME, version=FORMAT_VERSION,
+                        metadata=metadata, overwrite=overwrite)
     log.info("saved model to %s", path)
     return path
 
 
-def read_model_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Format version, config and provenance of a model file, checked but without the weights."""
-    from safetensors import SafetensorError, safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"model file {path} not found")
+def _read_model(path: str | os.PathLike[str], tensors: bool) -> tuple[TaggedFile, ModelConfig, dict[str, Any]]:
+    """The checked model file (with or without its weights), its config and provenance."""
+    found = read_tagged(path, fmt=FORMAT_NAME, version=FORMAT_VERSION,
+                        what="StyleMapGAN model file", tensors=tensors, error=ModelFileError,
+                        missing=f"model file {path} not found",
+                        hint="import reference checkpoints with `stylemapgan convert`")
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            keys = list(f.keys())
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise ModelFileError(
-            f"{path} is not a readable model file ({str(exc).splitlines()[0]}); it may be "
-            "truncated or not a .safetensors file"
-        ) from None
-    if meta.get("format") != FORMAT_NAME:
-        raise ModelFileError(
-            f"{path} is a safetensors file but not a StyleMapGAN model (no '{FORMAT_NAME}' "
-            "metadata); import reference checkpoints with `stylemapgan convert`"
-        )
-    try:
-        version = int(meta.get("format_version", ""))
-    except ValueError:
-        raise ModelFileError(f"{path}: unreadable format_version {meta.get('format_version')!r}") from None
-    if version > FORMAT_VERSION:
-        raise ModelFileError(
-            f"{path} uses model format {version}, newer than this stylemapgan supports "
-            f"({FORMAT_VERSION}); upgrade stylemapgan"
-        )
-    try:
-        config = ModelConfig.from_json(meta.get("config", ""))
+        config = ModelConfig.from_json(found.metadata.get("config", ""))
     except ConfigError as exc:
-        raise ModelFileError(f"{path}: {exc}") from None
+        raise ModelFileError(f"{found.path}: {exc}") from None
     try:
-        provenance = json.loads(meta.get("provenance", "{}"))
+        provenance = json.loads(found.metadata.get("provenance", "{}"))
     except json.JSONDecodeError:
         provenance = {}
-    return {"format_version": version, "config": config, "provenance": provenance, "keys": keys}
+    return found, config, provenance if isinstance(provenance, dict) else {}
+
+
+def read_model_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Format version, config and provenance of a model file, checked but without the weights."""
+    found, config, provenance = _read_model(path, tensors=False)
+    return {"format_version": found.version, "config": config, "provenance": provenance,
+            "keys": found.keys}
 
 
 def load_model(path: str | os.PathLike[str], device: torch.device | str = "cpu",
@@ -170,24 +144,15 @@ def load_model(path: str | os.PathLike[str], device: torch.device | str = "cpu",
 
     Returns the model in eval mode with gradients disabled on ``device``.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    info = read_model_metadata(path)
-    config: ModelConfig = info["config"]
-    try:
-        state = load_file(str(path), device="cpu")
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise ModelFileError(f"{path}: cannot read the weights ({str(exc).splitlines()[0]}); "
-                             "the file may be truncated") from None
+    found, config, provenance = _read_model(path, tensors=True)
+    state = found.tensors
     model = build_empty(lambda: StyleMapGAN(config))
-    strict_load(model, state, str(path))
-    model.provenance = info["provenance"]
+    strict_load(model, state, str(found.path))
+    model.provenance = provenance
     model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
     for name, t in state.items():
         if t.is_floating_point() and not torch.isfinite(t).all() and name != "generator.mean_stylemap":
-            raise ModelFileError(f"{path}: weight {name} contains NaN or Inf values")
+            raise ModelFileError(f"{found.path}: weight {name} contains NaN or Inf values")
     return model
 
 

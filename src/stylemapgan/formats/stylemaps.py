@@ -20,12 +20,13 @@ import torch
 
 from stylemapgan.config import ModelConfig
 from stylemapgan.errors import ConfigError, InputError
-from stylemapgan.files import atomic_write
-from stylemapgan.imaging.images import Placement
+from stylemapgan.files import read_tagged, write_tagged
+from stylemapgan.imaging.placement import Placement
 
 log = logging.getLogger(__name__)
 
 FORMAT_NAME = "stylemapgan-stylemap"
+MODEL_FORMAT_NAME = "stylemapgan-model"  # checkpoint.FORMAT_NAME: named when given by mistake
 FORMAT_VERSION = 1
 SUFFIX = ".stylemap.safetensors"
 
@@ -55,15 +56,13 @@ def save_stylemap(path: str | os.PathLike[str], w: torch.Tensor, *,
                   placement: Placement | None = None, projection: dict[str, Any] | None = None,
                   overwrite: bool = False) -> Path:
     """Write one stylemap ([C, S, S] or [1, C, S, S]) and its provenance, atomically."""
-    from safetensors.torch import save_file
-
     if w.ndim == 4:
         if w.shape[0] != 1:
             raise InputError(f"save_stylemap writes one stylemap per file, got a batch of {w.shape[0]}")
         w = w[0]
     if w.ndim != 3:
         raise InputError(f"a stylemap must be [C, S, S], got {tuple(w.shape)}")
-    meta = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION)}
+    meta: dict[str, str] = {}
     if config is not None:
         meta["config"] = config.to_json()
     for key, value in (("model_sha256", model_sha256), ("source", source),
@@ -74,10 +73,8 @@ def save_stylemap(path: str | os.PathLike[str], w: torch.Tensor, *,
         meta["placement"] = json.dumps(placement.to_dict())
     if projection:
         meta["projection"] = json.dumps(projection, sort_keys=True)
-    path = Path(path)
-    with atomic_write(path, overwrite=overwrite) as tmp:
-        save_file({"w": w.detach().to("cpu", torch.float32).contiguous()}, str(tmp), metadata=meta)
-    return path
+    return write_tagged(path, {"w": w.detach().to(torch.float32)}, fmt=FORMAT_NAME,
+                        version=FORMAT_VERSION, metadata=meta, overwrite=overwrite)
 
 
 def load_stylemap(path: str | os.PathLike[str], config: ModelConfig | None = None,
@@ -85,29 +82,10 @@ def load_stylemap(path: str | os.PathLike[str], config: ModelConfig | None = Non
     """Read a stylemap file. With ``config`` the shape is checked against the model (an
     :class:`InputError` names the file); a different ``model_sha256`` only logs a warning
     (stylemaps of a fine-tuned model may still be wanted)."""
-    from safetensors import SafetensorError, safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such stylemap file")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            keys = list(f.keys())
-            w = f.get_tensor("w") if "w" in keys and meta.get("format") == FORMAT_NAME else None
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise InputError(f"{path}: not a readable safetensors file ({str(exc).splitlines()[0]})") from None
-    if meta.get("format") != FORMAT_NAME or w is None:
-        kind = "a model file" if meta.get("format") == "stylemapgan-model" else "not a stylemap file"
-        raise InputError(f"{path} is {kind}; give an image or a stylemap written by "
-                         "`stylemapgan project`")
-    try:
-        version = int(meta.get("format_version", "0"))
-    except ValueError:
-        version = 0
-    if version > FORMAT_VERSION:
-        raise InputError(f"{path}: stylemap format {version} is newer than this stylemapgan "
-                         f"supports ({FORMAT_VERSION}); upgrade stylemapgan")
+    found = read_tagged(path, fmt=FORMAT_NAME, version=FORMAT_VERSION, what="stylemap file",
+                        tensors=("w",), foreign={MODEL_FORMAT_NAME: "a model file"},
+                        hint="give an image or a stylemap written by `stylemapgan project`")
+    path, meta, w = found.path, found.metadata, found.tensors["w"]
     if w.ndim != 3 or not w.is_floating_point() or not torch.isfinite(w).all():
         raise InputError(f"{path}: the stylemap must be a finite float [C, S, S] tensor, "
                          f"got {tuple(w.shape)}")

