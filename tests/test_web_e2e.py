@@ -131,8 +131,10 @@ def _wait_idle(page, condition="true"):
 
 
 def _decode_mask(region):
-    data = base64.b64decode(region["mask"].split(",", 1)[1])
-    return np.asarray(Image.open(io.BytesIO(data)), dtype=np.float32) / 255
+    """The mask as the page painted it (the record keeps the canvas PNG): its opacity."""
+    img = Image.open(io.BytesIO(base64.b64decode(region["mask"].split(",", 1)[1])))
+    plane = img.getchannel("A") if "A" in img.getbands() else img.convert("L")
+    return np.asarray(plane, dtype=np.float32) / 255
 
 
 def test_paint_a_region_in_the_browser_and_get_the_edit(server, tmp_path, tiny_model_file):
