@@ -1,4 +1,8 @@
-"""Model files and reference-checkpoint import: the only code that reads or writes weights.
+"""Model files and reference-checkpoint import: the networks' weights in and out.
+
+(Training checkpoints with optimizer state are :mod:`stylemapgan.training.checkpoints`; the
+third-party perceptual/FID weights are :mod:`stylemapgan.formats.weights`. All of them are
+tagged safetensors files written and read through :mod:`stylemapgan.files`.)
 
 A model file is one ``.safetensors`` file holding the (EMA) generator and encoder, with the
 format version, the full model config and the provenance in its metadata, so loading rebuilds
