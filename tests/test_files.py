@@ -166,3 +166,59 @@ def test_overwrite_refused_unless_asked(tmp_path):
 def test_write_creates_parent_folders(tmp_path):
     p = _write(tmp_path / "a" / "b" / "t.safetensors")
     assert _read(p).version == 2
+
+
+# --------------------------------------------------------------------------- folder locks
+def test_folder_lock_refuses_a_second_holder_and_names_the_owner(tmp_path):
+    import os
+
+    from stylemapgan.files import LOCK_NAME, FolderBusyError, folder_lock
+
+    out = tmp_path / "out"
+    with folder_lock(out, "stylemapgan project a.png --out out") as held:
+        assert held == out and (out / LOCK_NAME).is_file()
+        with pytest.raises(FolderBusyError, match=rf"pid {os.getpid()}.*stylemapgan project"), \
+                folder_lock(out):
+            pass
+    assert not (out / LOCK_NAME).exists()
+    with folder_lock(out):  # free again
+        pass
+
+
+def test_folder_lock_of_a_killed_process_is_free_at_once(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from stylemapgan.files import LOCK_NAME, FolderBusyError, folder_lock
+
+    out = tmp_path / "out"
+    code = ("import sys, time\nfrom stylemapgan.files import folder_lock\n"
+            "with folder_lock(sys.argv[1], 'holder'):\n    print('held', flush=True)\n"
+            "    time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        with pytest.raises(FolderBusyError, match=f"pid {proc.pid}, `holder`"), folder_lock(out):
+            pass
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        assert (out / LOCK_NAME).exists()  # the file stays behind, the lock does not
+        t0 = time.monotonic()
+        with folder_lock(out):
+            assert time.monotonic() - t0 < 1
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_folder_lock_on_an_unwritable_place_names_the_folder(tmp_path):
+    from stylemapgan.errors import InputError
+    from stylemapgan.files import folder_lock
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(InputError, match=r"file/out: cannot create the output folder.*--out"), \
+            folder_lock(blocker / "out"):
+        pass

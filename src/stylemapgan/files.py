@@ -26,7 +26,8 @@ import torch
 
 from stylemapgan.errors import InputError
 
-__all__ = ["TaggedFile", "atomic_write", "first_line", "read_tagged", "sha256_file", "write_tagged"]
+__all__ = ["LOCK_NAME", "FolderBusyError", "TaggedFile", "atomic_write", "first_line", "folder_lock",
+           "read_tagged", "sha256_file", "write_tagged"]
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
@@ -184,3 +185,87 @@ def read_tagged(path: str | os.PathLike[str], *, fmt: str, version: int, what: s
         raise error(f"{path}: {what} format {found} is newer than this stylemapgan supports "
                     f"({version}); upgrade stylemapgan")
     return TaggedFile(path, found, meta, loaded, keys)
+
+
+# --------------------------------------------------------------------------- output folders
+LOCK_NAME = ".stylemapgan.lock"
+
+
+class FolderBusyError(InputError):
+    """Another live process holds the folder's lock."""
+
+
+def _lock_owner(fd: int) -> dict:
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        data = os.read(fd, 4096).decode("utf-8", "replace")
+        owner = json.loads(data) if data.strip() else {}
+        return owner if isinstance(owner, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike[str], command: str = "stylemapgan") -> Iterator[Path]:
+    """Hold an exclusive lock on an output folder while writing into it.
+
+    The lock is ``FOLDER/.stylemapgan.lock``, a file holding the owner's pid, host and command,
+    locked with ``flock``: the kernel releases it when the owner exits in any way (even
+    ``kill -9``), so a lock is never stale. A second process asking for the same folder gets a
+    :class:`FolderBusyError` naming the owner, at once. The folder is created if needed; the
+    lock file is removed on release. Yields the folder.
+    """
+    import datetime as _dt
+    import socket
+
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{folder}: cannot create the output folder ({exc.strerror or exc}); "
+                         "choose a folder you can write to with --out") from None
+    path = folder / LOCK_NAME
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on POSIX: no locking, say so once
+        yield folder
+        return
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise InputError(f"{folder}: cannot write into the output folder "
+                             f"({exc.strerror or exc}); choose a folder you can write to with "
+                             "--out") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = _lock_owner(fd)
+            os.close(fd)
+            who = f"pid {owner.get('pid', '?')}"
+            if owner.get("command"):
+                who += f", `{owner['command']}`"
+            if owner.get("started"):
+                who += f", since {owner['started']}"
+            raise FolderBusyError(f"{folder} is in use by another stylemapgan process ({who}); "
+                                  "wait for it to finish or write somewhere else with --out") from None
+        # The file may have been removed by its previous owner between our open and our lock:
+        # then we hold a lock on a file nobody else can see, so try again.
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    owner = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
+             "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    os.ftruncate(fd, 0)
+    os.lseek(fd, 0, os.SEEK_SET)
+    os.write(fd, json.dumps(owner).encode())
+    try:
+        yield folder
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        os.close(fd)  # closing releases the lock
