@@ -14,8 +14,11 @@ A :class:`Placement` records the mapping. The ways to make one:
 - ``box=(left, top, right, bottom)``: any of the above restricted to that part of the photo
   (e.g. one face of a group photo).
 - :func:`affine_placement`: a general affine map from the square to the photo (rotation,
-  scale, shear, translation), e.g. a face alignment; parts of the square that fall outside
-  the photo are filled by repeating its edge pixels.
+  scale, shear, translation); parts of the square that fall outside the photo are filled by
+  repeating its edge pixels.
+- ``fit="aligned"``: an affine placement from a face's landmarks
+  (:mod:`stylemapgan.imaging.faces`, the FFHQ recipe); outside the photo it is mirrored and
+  faded toward a blurred, median-coloured background, as the recipe does.
 
 Coordinates are continuous with pixel edges on integers: model pixel ``(i, j)`` covers
 ``[i, i+1) x [j, j+1)``. :meth:`Placement.matrix` maps square coordinates to photo
@@ -235,26 +238,74 @@ def _extract(arr: np.ndarray, pl: Placement) -> np.ndarray:
     return reg
 
 
+def _scale(pl: Placement) -> float:
+    """Photo pixels per model pixel of a placement (the larger axis)."""
+    m = pl.matrix()
+    return max(float(np.hypot(m[0, 0], m[1, 0])), float(np.hypot(m[0, 1], m[1, 1])))
+
+
 def _supersample(pl: Placement) -> int:
     """Output supersampling for an affine placement: about one photo pixel per sample."""
-    m = pl.matrix()
-    scale = max(float(np.hypot(m[0, 0], m[1, 0])), float(np.hypot(m[0, 1], m[1, 1])))
-    return int(min(MAX_SUPERSAMPLE, max(1, math.ceil(scale - 1e-9))))
+    return int(min(MAX_SUPERSAMPLE, max(1, math.ceil(_scale(pl) - 1e-9))))
+
+
+def _blur_rgb(a: np.ndarray, sigma: float) -> np.ndarray:
+    return np.stack([_gaussian_blur(a[..., c], sigma) for c in range(a.shape[-1])], axis=-1)
+
+
+def _fade_padding(padded: np.ndarray, inner: tuple[int, int, int, int], fade: float,
+                  photo: np.ndarray) -> np.ndarray:
+    """Mirror padding made to read as background: the further a padded pixel lies from the
+    photo (``inner`` = its x0, y0, x1, y1 in ``padded``), the more it is blurred and pulled
+    toward the photo's median colour (FFHQ recipe's idea). The photo's own pixels are kept."""
+    h, w = padded.shape[:2]
+    x0, y0, x1, y1 = inner
+    ys = np.arange(h, dtype=np.float32)[:, None]
+    xs = np.arange(w, dtype=np.float32)[None, :]
+    dist = np.maximum(np.maximum(x0 - xs, xs - (x1 - 1)).clip(0),
+                      np.maximum(y0 - ys, ys - (y1 - 1)).clip(0))
+    m = np.clip(dist / max(fade, 1.0), 0, 1)[..., None]
+    out = padded.astype(np.float32)
+    if float(m.max()) > 0:
+        out = out + (_blur_rgb(out, max(fade / 5, 0.5)) - out) * np.clip(3 * m, 0, 1)
+        median = np.median(photo.reshape(-1, photo.shape[-1]), axis=0).astype(np.float32)
+        out = out + (median - out) * m
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 
 def _warp(arr: np.ndarray, pl: Placement, out_size: int, resample: Image.Resampling) -> np.ndarray:
     """Sample the photo ``arr`` ([H, W] float32 or [H, W, 3] uint8) on an ``out_size`` grid over
-    the square of an affine placement; outside the photo its edge pixels are repeated."""
+    the square of an affine placement. Only the part under the square is used; a photo much
+    larger than the grid is first reduced by an integer factor (box filter). Outside the photo
+    its edge pixels are repeated, or for ``fit="aligned"`` (faces) it is mirrored and faded
+    toward a blurred background."""
     h, w = arr.shape[:2]
-    s0, t0, s1, t1 = pl.square
-    # Pad the photo by edge repetition so that every sample inside the square reads photo data.
-    px0, py0 = max(0, -s0) + 2, max(0, -t0) + 2
-    px1, py1 = max(0, s1 - w) + 2, max(0, t1 - h) + 2
-    pad = [(py0, py1), (px0, px1)] + [(0, 0)] * (arr.ndim - 2)
-    padded = np.pad(arr, pad, mode="edge")
-    img = Image.fromarray(padded, "F" if padded.dtype == np.float32 else "RGB")
+    m = pl.matrix().copy()
     k = out_size / pl.size
-    m = pl.matrix()
+    # Crop to the square's bounding box (and a margin for the filters).
+    s0, t0, s1, t1 = pl.square
+    cx0, cy0 = min(max(s0 - 4, 0), w - 1), min(max(t0 - 4, 0), h - 1)
+    cx1, cy1 = max(min(s1 + 4, w), cx0 + 1), max(min(t1 + 4, h), cy0 + 1)
+    arr = arr[cy0:cy1, cx0:cx1]
+    m[:, 2] -= (cx0, cy0)
+    shrink = int(max(1, math.floor(_scale(pl) / k)))
+    if shrink > 1 and min(arr.shape[:2]) >= 2 * shrink:
+        mode = "F" if arr.dtype == np.float32 else "RGB"
+        arr = np.asarray(Image.fromarray(np.ascontiguousarray(arr), mode).reduce(shrink))
+        m /= shrink
+    h, w = arr.shape[:2]
+    corners = np.array([[0, 0], [pl.size, 0], [0, pl.size], [pl.size, pl.size]], dtype=np.float64)
+    q = corners @ m[:, :2].T + m[:, 2]
+    px0, py0 = max(0, -math.floor(q[:, 0].min())) + 2, max(0, -math.floor(q[:, 1].min())) + 2
+    px1, py1 = max(0, math.ceil(q[:, 0].max()) - w) + 2, max(0, math.ceil(q[:, 1].max()) - h) + 2
+    pad = [(py0, py1), (px0, px1)] + [(0, 0)] * (arr.ndim - 2)
+    if pl.fit == "aligned" and arr.ndim == 3:
+        padded = np.pad(arr, pad, mode="reflect" if min(h, w) > 1 else "edge")
+        side = _scale(pl) * pl.size / (1 if shrink == 1 else shrink)
+        padded = _fade_padding(padded, (px0, py0, px0 + w, py0 + h), 0.1 * side, arr)
+    else:
+        padded = np.pad(arr, pad, mode="edge")
+    img = Image.fromarray(np.ascontiguousarray(padded), "F" if padded.dtype == np.float32 else "RGB")
     data = (m[0, 0] / k, m[0, 1] / k, m[0, 2] + px0, m[1, 0] / k, m[1, 1] / k, m[1, 2] + py0)
     out = img.transform((out_size, out_size), Image.Transform.AFFINE, data, resample=resample)
     return np.asarray(out)

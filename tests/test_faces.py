@@ -1,0 +1,131 @@
+"""Face detection and FFHQ alignment on a real photo (the faces extra; skipped without it)."""
+
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from stylemapgan.imaging.placement import Placement, fit_rgb
+
+FIXTURE = __import__("pathlib").Path(__file__).parent / "fixtures" / "photos" / "astronaut-256.jpg"
+SIZE = 64
+#: Where the FFHQ recipe puts the eye centres: a quarter of the side apart, centred, level.
+EYES = np.array([[0.375, 0.479], [0.625, 0.479]])
+
+
+def _faces():
+    pytest.importorskip("dlib", reason='needs the faces extra: pip install -e ".[faces]"')
+    from stylemapgan.imaging import faces
+
+    try:
+        faces.predictor_path()
+    except faces.FacesUnavailable as exc:
+        pytest.skip(str(exc))
+    return faces
+
+
+@pytest.fixture(scope="module")
+def aligner():
+    return _faces().FaceAligner()
+
+
+@pytest.fixture(scope="module")
+def photo():
+    return Image.open(FIXTURE).convert("RGB")
+
+
+def _align_one(aligner, img):
+    from stylemapgan.imaging.faces import aligned_points
+
+    ((face, pl),) = aligner.align(np.asarray(img), SIZE)
+    return face, pl, aligned_points(pl, face.landmarks), fit_rgb(img, pl)
+
+
+def _variants(photo):
+    canvas = Image.new("RGB", (360, 300), (40, 40, 40))
+    canvas.paste(photo, (80, 30))
+    return {
+        "rotated 15": photo.rotate(15, resample=Image.Resampling.BICUBIC, expand=True),
+        "rotated -12": photo.rotate(-12, resample=Image.Resampling.BICUBIC, expand=True,
+                                    fillcolor=(90, 90, 90)),
+        "scaled 1.5": photo.resize((384, 384), Image.Resampling.LANCZOS),
+        "scaled 0.8": photo.resize((205, 205), Image.Resampling.LANCZOS),
+        "shifted": canvas,
+        "grayscale": photo.convert("L").convert("RGB"),
+    }
+
+
+def test_aligned_landmarks_land_on_the_template_for_transformed_photos(aligner, photo):
+    _, pl, points, crop = _align_one(aligner, photo)
+    assert pl.fit == "aligned" and pl.size == SIZE
+    assert np.abs(points[:2] - EYES).max() < 0.02, points
+    base = points
+    report = {}
+    for name, img in _variants(photo).items():
+        _, _, pts, other = _align_one(aligner, img)
+        assert np.abs(pts[:2] - EYES).max() < 0.02, (name, pts)
+        assert np.abs(pts - base).max() < 0.02, (name, pts, base)
+        ref = crop
+        if name == "grayscale":
+            ref = np.asarray(Image.fromarray(crop).convert("L").convert("RGB"))
+        mse = float((((other.astype(float) - ref.astype(float)) / 127.5) ** 2).mean())
+        report[name] = mse
+        assert mse < 0.02, (name, mse)  # the same crop, up to resampling and the JPEG
+    print("aligned-crop MSE vs the original's ([-1, 1] scale):",
+          {k: round(v, 4) for k, v in report.items()})
+
+
+def test_mirrored_photo_gives_the_mirrored_crop(aligner, photo):
+    _, _, _, crop = _align_one(aligner, photo)
+    _, _, pts, mirrored = _align_one(aligner, ImageOps.mirror(photo))
+    assert np.abs(pts[:2] - EYES).max() < 0.02
+    mse = float((((mirrored[:, ::-1].astype(float) - crop.astype(float)) / 127.5) ** 2).mean())
+    assert mse < 0.05, mse  # landmarks are not exactly mirror-symmetric
+
+
+def test_two_faces_give_two_crops_and_selection_works(aligner, photo):
+    from stylemapgan.imaging.faces import select_faces
+
+    two = Image.new("RGB", (512, 256))
+    two.paste(photo, (0, 0))
+    two.paste(photo.resize((230, 230), Image.Resampling.LANCZOS), (270, 13))
+    found = aligner.align(np.asarray(two), SIZE, "all")
+    assert len(found) == 2
+    (a, pa), (b, pb) = found
+    assert a.area >= b.area and a.box[0] < 256 <= b.box[0]  # largest first
+    assert pa.to_photo([[32, 32]])[0][0] < 256 < pb.to_photo([[32, 32]])[0][0]
+    faces = aligner.detect(np.asarray(two))
+    assert select_faces(faces, "1")[0].box == b.box and select_faces(faces, "largest")[0].box == a.box
+    with pytest.raises(Exception, match="has 2 face"):
+        select_faces(faces, "5")
+
+
+def test_a_photo_without_a_face_fails_clearly(aligner, photo):
+    from stylemapgan.imaging.faces import NoFaceError
+
+    landscape = photo.crop((0, 150, 256, 256)).resize((300, 124))
+    with pytest.raises(NoFaceError, match=r"landscape\.jpg: no face found.*--box"):
+        aligner.align(np.asarray(landscape), SIZE, name="landscape.jpg")
+
+
+def test_the_badge_is_not_a_face(aligner):
+    """dlib's detector also fires weakly on the mission patch of the full-size photo; the
+    score threshold keeps only the face."""
+    big = Image.open(FIXTURE).convert("RGB").resize((512, 512), Image.Resampling.LANCZOS)
+    assert len(aligner.detect(np.asarray(big))) == 1
+
+
+def test_the_aligned_placement_round_trips_through_a_record(aligner, photo):
+    _, pl, _, _ = _align_one(aligner, photo)
+    again = Placement.from_dict(pl.to_dict())
+    assert again == pl and again.fit == "aligned"
+    assert np.array_equal(fit_rgb(photo, again), fit_rgb(photo, pl))
+
+
+def test_without_the_extra_the_error_names_the_install_command(monkeypatch):
+    import sys
+
+    from stylemapgan.imaging import faces
+
+    monkeypatch.setitem(sys.modules, "dlib", None)  # import dlib now raises ImportError
+    with pytest.raises(faces.FacesUnavailable, match=r'pip install "stylemapgan\[faces\]"'):
+        faces.FaceAligner()
