@@ -60,6 +60,7 @@ __all__ = [
     "fit_square",
     "load_image",
     "parse_box",
+    "PASTE_MODES",
     "paste_back",
     "place",
 ]
@@ -411,27 +412,57 @@ def _mask_alpha(m: np.ndarray, feather: float) -> np.ndarray:
     return np.clip(_gaussian_blur(_dilate(m, round(feather)), feather / 2), 0, 1)
 
 
+PASTE_MODES = ("replace", "residual")
+
+
+def _resize_float(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """[H, W, C] float32 -> [h, w, C] with Lanczos, channel by channel (signed values kept)."""
+    return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(arr[..., c]), "F")
+                                .resize(size, Image.Resampling.LANCZOS))
+                     for c in range(arr.shape[-1])], axis=-1)
+
+
 def paste_back(photo: Image.Image | np.ndarray, result: np.ndarray, placement: Placement, *,
-               feather: float = 8.0, mask: np.ndarray | None = None) -> np.ndarray:
+               feather: float = 8.0, mask: np.ndarray | None = None, mode: str = "replace",
+               reconstruction: np.ndarray | None = None) -> np.ndarray:
     """Put an edited model-size image back into the full photo it was cut from.
 
     ``result``: [size, size, 3] uint8. The result is mapped back onto the area it came from
     (the inverse of the placement) and blended in with a feathered seam ``feather`` photo
-    pixels wide. With ``mask`` ([size, size] in [0, 1], the edit's mask) only the edited part
-    (grown by ``feather``) is replaced and the rest of the photo keeps its original pixels;
-    without it the whole region is. The padding of ``fit="pad"`` and whatever an affine
+    pixels wide. With ``mask`` ([size, size] in [0, 1], the part the edit may change) only
+    that part (grown by ``feather``) is replaced and the rest of the photo keeps its original
+    pixels; without it the whole region is. The padding of ``fit="pad"`` and whatever an affine
     placement maps outside the photo is never pasted. Returns the photo as [H, W, 3] uint8;
     where the blend weight is 0 the photo's pixels come back exactly.
+
+    ``mode="replace"`` (default) pastes the result's pixels: best when the edit brings new
+    content (another hairstyle, glasses), since the model's reconstruction replaces the photo
+    there anyway. ``mode="residual"`` adds only the edit's change, ``result - reconstruction``
+    (``reconstruction`` = G(w) of the unedited stylemap, also [size, size, 3] uint8), upsampled
+    to the photo: the photo's own full-resolution detail survives wherever the edit changes
+    little (a subtle attribute push, a colour change), and the model's reconstruction error
+    never shows.
     """
+    if mode not in PASTE_MODES:
+        raise InputError(f"unknown paste-back mode {mode!r}; use replace or residual")
     base = np.asarray(photo.convert("RGB") if isinstance(photo, Image.Image) else photo)
     _check_paste(base, result, placement)
+    diff = None
+    if mode == "residual":
+        if reconstruction is None or reconstruction.shape != result.shape:
+            raise InputError("paste-back residual mode needs the reconstruction G(w) of the "
+                             "unedited stylemap, of the result's size")
+        diff = result.astype(np.float32) - reconstruction.astype(np.float32)
     if not placement.is_axis_aligned:
-        return _paste_affine(base, result, placement, feather, mask)
+        return _paste_affine(base, result, placement, feather, mask, diff)
     h, w = base.shape[:2]
     s0, t0, s1, t1 = placement.square
     sw, sh = s1 - s0, t1 - t0
-    big = np.asarray(Image.fromarray(result).resize((sw, sh), Image.Resampling.LANCZOS),
-                     dtype=np.float32)
+    if diff is None:
+        big = np.asarray(Image.fromarray(result).resize((sw, sh), Image.Resampling.LANCZOS),
+                         dtype=np.float32)
+    else:
+        big = _resize_float(diff, (sw, sh))
     # Alpha over the square, in photo pixels.
     if mask is not None:
         m = np.asarray(mask, dtype=np.float32)
@@ -457,13 +488,15 @@ def paste_back(photo: Image.Image | np.ndarray, result: np.ndarray, placement: P
     out = base.astype(np.float32).copy()
     a = alpha[cy0 - t0: cy1 - t0, cx0 - s0: cx1 - s0, None]
     src = big[cy0 - t0: cy1 - t0, cx0 - s0: cx1 - s0]
+    if diff is not None:
+        src = out[cy0:cy1, cx0:cx1] + src
     out[cy0:cy1, cx0:cx1] = a * src + (1 - a) * out[cy0:cy1, cx0:cx1]
     # Where alpha is 0 the original values come back exactly (integers survive float32).
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 
 def _paste_affine(base: np.ndarray, result: np.ndarray, pl: Placement, feather: float,
-                  mask: np.ndarray | None) -> np.ndarray:
+                  mask: np.ndarray | None, diff: np.ndarray | None = None) -> np.ndarray:
     """paste_back for a general affine placement: the result and its mask are warped into the
     photo's pixels over the placement's (clipped) bounding box with the inverse map."""
     x0, y0, x1, y1 = pl.region
@@ -477,7 +510,11 @@ def _paste_affine(base: np.ndarray, result: np.ndarray, pl: Placement, feather: 
         return np.asarray(img.transform((bw, bh), Image.Transform.AFFINE, data, resample=resample),
                           dtype=np.float32)
 
-    big = warp(Image.fromarray(result), Image.Resampling.BICUBIC)
+    if diff is None:
+        big = warp(Image.fromarray(result), Image.Resampling.BICUBIC)
+    else:
+        big = np.stack([warp(Image.fromarray(np.ascontiguousarray(diff[..., c]), "F"),
+                             Image.Resampling.BICUBIC) for c in range(3)], axis=-1)
     s = pl.size
     inside = warp(Image.fromarray(np.ones((s, s), np.float32), "F"), Image.Resampling.BILINEAR)
     # Bilinear sampling of the ones-square is fractional on its border: keep the fully inside part
@@ -496,5 +533,7 @@ def _paste_affine(base: np.ndarray, result: np.ndarray, pl: Placement, feather: 
         alpha = ramp
     out = base.astype(np.float32).copy()
     a = alpha[..., None]
+    if diff is not None:
+        big = out[y0:y1, x0:x1] + big
     out[y0:y1, x0:x1] = a * big + (1 - a) * out[y0:y1, x0:x1]
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
