@@ -129,3 +129,40 @@ def test_without_the_extra_the_error_names_the_install_command(monkeypatch):
     monkeypatch.setitem(sys.modules, "dlib", None)  # import dlib now raises ImportError
     with pytest.raises(faces.FacesUnavailable, match=r'pip install "stylemapgan\[faces\]"'):
         faces.FaceAligner()
+
+
+# --------------------------------------------------------------------------- stylemapgan align
+def test_align_command_writes_crops_and_their_transforms(tmp_path, photo, capsys):
+    import json
+
+    from stylemapgan.cli import main
+
+    _faces()
+    two = Image.new("RGB", (512, 256), (30, 30, 30))
+    two.paste(photo, (0, 0))
+    two.paste(photo.resize((230, 230), Image.Resampling.LANCZOS), (270, 13))
+    two.save(tmp_path / "two.jpg", quality=95)
+    photo.crop((0, 150, 256, 256)).save(tmp_path / "landscape.png")
+    out = tmp_path / "aligned"
+    assert main(["align", str(FIXTURE), str(tmp_path / "two.jpg"), "--out", str(out),
+                 "--face", "all", "--size", "48"]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["align.json", "astronaut-256_face0.json", "astronaut-256_face0.png",
+                     "two_face0.json", "two_face0.png", "two_face1.json", "two_face1.png"]
+    entry = json.loads((out / "two_face1.json").read_text())
+    pl = Placement.from_dict(entry["placement"])
+    assert pl.fit == "aligned" and pl.size == 48 and entry["photo_size"] == [512, 256]
+    crop = np.asarray(Image.open(out / "two_face1.png"))
+    assert crop.shape == (48, 48, 3)
+    assert np.array_equal(crop, fit_rgb(Image.open(tmp_path / "two.jpg").convert("RGB"), pl))
+    assert pl.to_photo([[24, 24]])[0][0] > 256  # the second face is on the right
+    # A photo without a face stops the run, naming it, unless --skip-bad.
+    assert main(["align", str(tmp_path / "landscape.png"), "--out", str(tmp_path / "x")]) == 2
+    assert "landscape.png: no face found" in capsys.readouterr().err
+    assert main(["align", str(tmp_path / "landscape.png"), str(FIXTURE), "--skip-bad",
+                 "--out", str(tmp_path / "y")]) == 0
+    summary = json.loads((tmp_path / "y" / "align.json").read_text())
+    assert [f["crop"] for f in summary["faces"]] == ["astronaut-256.png"]
+    assert "landscape.png" in summary["skipped"][0]["path"]
+    # Nothing is overwritten without being asked.
+    assert main(["align", str(FIXTURE), "--out", str(tmp_path / "y")]) == 1
