@@ -12,6 +12,7 @@ edit then costs one generator pass per interpolation step.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import secrets
 import time
@@ -27,7 +28,7 @@ from stylemapgan.editing.operations import Space, check_space
 from stylemapgan.editing.record import frame_names, new_record, run_painted, sha256_bytes
 from stylemapgan.errors import InputError
 from stylemapgan.imaging.images import from_uint8, to_uint8
-from stylemapgan.imaging.placement import fit_square
+from stylemapgan.imaging.placement import Placement, fit_rgb, fit_square, paste_back, place
 from stylemapgan.nn.networks import StyleMapGAN
 from stylemapgan.nn.runtime import RuntimeOptions
 from stylemapgan.web.imaging import WEB_PNG_LEVEL, encode_png
@@ -47,6 +48,8 @@ class StoredImage:
     source: str
     pixels: np.ndarray  # [S, S, 3] uint8 at the model's resolution
     png: bytes
+    photo: str | None = None  # id of the full photo it was cut from (see add_photo)
+    placement: Placement | None = None  # where in that photo
 
     @property
     def nbytes(self) -> int:
@@ -54,9 +57,40 @@ class StoredImage:
 
     def describe(self) -> dict[str, Any]:
         size = self.pixels.shape[0]
-        return {"id": self.id, "name": self.name, "source": self.source, "width": size,
-                "height": size, "url": f"/api/images/{self.id}.png",
-                "reconstruction": f"/api/images/{self.id}/reconstruction.png"}
+        d = {"id": self.id, "name": self.name, "source": self.source, "width": size,
+             "height": size, "url": f"/api/images/{self.id}.png",
+             "reconstruction": f"/api/images/{self.id}/reconstruction.png",
+             "error": f"/api/images/{self.id}/error.png"}
+        if self.photo is not None:
+            d["photo"] = self.photo
+        return d
+
+
+#: Longest side of the preview of a full photo the page shows for picking a face or a square.
+PREVIEW_SIDE = 768
+
+
+@dataclass(frozen=True)
+class StoredPhoto:
+    """A full uploaded photo (any shape), kept to cut squares from and to paste edits into."""
+
+    id: str
+    name: str
+    source: str
+    pixels: np.ndarray  # [H, W, 3] uint8, EXIF orientation applied
+    faces: tuple[dict[str, Any], ...]  # detected faces: box, score and their aligned placement
+    preview: bytes  # PNG, at most PREVIEW_SIDE a side
+
+    @property
+    def nbytes(self) -> int:
+        return self.pixels.nbytes + len(self.preview)
+
+    def describe(self) -> dict[str, Any]:
+        h, w = self.pixels.shape[:2]
+        return {"id": self.id, "name": self.name, "source": self.source, "width": w, "height": h,
+                "preview": f"/api/photos/{self.id}/preview.png",
+                "faces": [{"index": i, "box": f["box"], "score": f["score"]}
+                          for i, f in enumerate(self.faces)]}
 
 
 @dataclass(frozen=True)
@@ -89,6 +123,10 @@ class EditResult:
     compute_ms: float
     method: str
     created: float = field(default_factory=time.time)
+    source_photo: str | None = None  # full photo of the original (for paste-back)
+    placement: Placement | None = None
+    paste_mask: np.ndarray | None = None
+    feather: float = 4.0
 
     @property
     def nbytes(self) -> int:
@@ -96,8 +134,12 @@ class EditResult:
             len(x.get("image", "")) for x in self.record.get("inputs", [])) + 4096
 
     def urls(self) -> dict[str, Any]:
-        return {"frames": [f"/api/results/{self.id}/{k}.png" for k in range(len(self.frames))],
-                "record": f"/api/results/{self.id}/record.json"}
+        urls: dict[str, Any] = {
+            "frames": [f"/api/results/{self.id}/{k}.png" for k in range(len(self.frames))],
+            "record": f"/api/results/{self.id}/record.json"}
+        if self.source_photo is not None:
+            urls["full"] = [f"/api/results/{self.id}/{k}/full.png" for k in range(len(self.frames))]
+        return urls
 
 
 def image_id(pixels: np.ndarray) -> str:
@@ -113,7 +155,7 @@ class EditEngine:
     def __init__(self, model: StyleMapGAN, settings: WebSettings | None = None, *,
                  model_name: str = "model", model_sha256: str | None = None,
                  model_path: str | None = None, runtime: RuntimeOptions | None = None,
-                 batch_size: int = 16) -> None:
+                 batch_size: int = 16, align: bool = False) -> None:
         self.settings = settings or WebSettings()
         model = model.eval().requires_grad_(False)
         self.editor = Editor(model, batch_size=batch_size,
@@ -133,7 +175,14 @@ class EditEngine:
         self.reconstructions: ByteLRU[bytes] = ByteLRU(self.settings.image_store_bytes // 4, len)
         self.results: ByteLRU[EditResult] = ByteLRU(self.settings.result_store_bytes,
                                                     lambda v: v.nbytes)
+        self.photos: ByteLRU[StoredPhoto] = ByteLRU(self.settings.image_store_bytes,
+                                                    lambda v: v.nbytes)
+        self.pasted: ByteLRU[bytes] = ByteLRU(self.settings.result_store_bytes // 2, len)
         self.generator_passes = 0
+        self.align = bool(align)
+        self._aligner = None
+        if self.align:  # fail at start-up, not at the first upload, without the faces extra
+            self._face_aligner()
 
     # ------------------------------------------------------------------ views of the editor
     @property
@@ -194,6 +243,102 @@ class EditEngine:
             self.reconstructions.put(iid, png)
         return png
 
+    def error_png(self, iid: str) -> bytes:
+        """|x - G(E(x))| of a stored image as a red overlay PNG (RGBA): opacity = error, full
+        at an error of half the value range; where the model reconstructs well it is clear."""
+        stored = self.image(iid)
+        recon = np.asarray(Image.open(io.BytesIO(self.reconstruction_png(iid, stored))))
+        err = np.abs(stored.pixels.astype(np.float32) - recon[..., :3].astype(np.float32)).mean(-1)
+        rgba = np.zeros((*err.shape, 4), np.uint8)
+        rgba[..., 0] = 255
+        rgba[..., 3] = np.clip(err / 127.5 * 255 * 2, 0, 255).astype(np.uint8)
+        return encode_png(rgba)
+
+    # ------------------------------------------------------------------ full photos
+    def _face_aligner(self):
+        if self._aligner is None:
+            from stylemapgan.imaging.faces import FaceAligner
+
+            self._aligner = FaceAligner()
+        return self._aligner
+
+    def add_photo(self, img: Image.Image, name: str, source: str = "upload") -> StoredPhoto:
+        """Keep a full photo; with ``align`` (a face model, ``serve --align``) detect its faces
+        and their aligned placements. The user then picks a face or draws a square
+        (:meth:`crop_photo`)."""
+        pixels = np.ascontiguousarray(np.asarray(img.convert("RGB"), dtype=np.uint8))
+        pid = image_id(pixels)
+        stored = self.photos.get(pid)
+        if stored is not None:
+            return stored
+        faces: list[dict[str, Any]] = []
+        if self.align:
+            from stylemapgan.imaging.faces import aligned_placement
+
+            h, w = pixels.shape[:2]
+            for f in self._face_aligner().detect(pixels):
+                pl = aligned_placement((w, h), self.size, f.landmarks)
+                faces.append({"box": list(f.box), "score": round(f.score, 3), "placement": pl})
+        preview = img.convert("RGB")
+        if max(preview.size) > PREVIEW_SIDE:
+            preview = preview.copy()
+            preview.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE), Image.Resampling.LANCZOS)
+        stored = StoredPhoto(pid, name, source, pixels, tuple(faces), encode_png(np.asarray(preview)))
+        self.photos.put(pid, stored)
+        return stored
+
+    def photo(self, pid: str) -> StoredPhoto:
+        stored = self.photos.get(pid)
+        if stored is None:
+            raise NotFound(f"unknown photo id {pid[:40]!r}: it was never uploaded or has been "
+                           "dropped from memory; upload it again")
+        return stored
+
+    def crop_photo(self, pid: str, *, face: int | None = None,
+                   box: tuple[float, float, float, float] | None = None) -> StoredImage:
+        """The model's square cut from a stored photo: an aligned face (by index) or a square
+        ``box`` in photo pixels (left, top, right, bottom). Stored like an upload, projected
+        once, and remembered with its placement for pasting edits back."""
+        photo = self.photo(pid)
+        h, w = photo.pixels.shape[:2]
+        if (face is None) == (box is None):
+            raise InputError("give either a face number or a box to cut from the photo")
+        if face is not None:
+            if not 0 <= face < len(photo.faces):
+                raise InputError(f"the photo has {len(photo.faces)} detected face(s); there is "
+                                 f"no face {face}" + ("" if photo.faces else "; draw a square"))
+            pl = photo.faces[face]["placement"]
+        else:
+            pl = place((w, h), self.size, "crop", box, name=photo.name)
+        pixels = fit_rgb(Image.fromarray(photo.pixels), pl)
+        iid = image_id(pixels)
+        stored = StoredImage(iid, photo.name, photo.source, pixels, encode_png(pixels), pid, pl)
+        self.images.put(iid, stored)
+        self.reconstruction_png(iid, stored)
+        return stored
+
+    def full_png(self, rid: str, k: int) -> bytes:
+        """Frame ``k`` of a result pasted back into the full photo its original was cut from:
+        only where the edit can change pixels (its regions, grown by the model's receptive
+        field, feathered); every other pixel of the photo is unchanged."""
+        key = (rid, k)
+        found = self.pasted.get(key)
+        if found is not None:
+            return found
+        res = self.result(rid)
+        if res.source_photo is None:
+            raise InputError("this edit's original was not cut from a full photo (it was "
+                             "uploaded at model size or as a square); there is nothing to paste "
+                             "it back into")
+        if not 0 <= k < len(res.frames):
+            raise NotFound(f"result {rid} has {len(res.frames)} frame(s); there is no frame {k}")
+        photo = self.photo(res.source_photo)
+        frame = np.asarray(Image.open(io.BytesIO(res.frames[k])).convert("RGB"))
+        png = encode_png(paste_back(photo.pixels, frame, res.placement, feather=res.feather,
+                                    mask=res.paste_mask))
+        self.pasted.put(key, png)
+        return png
+
     # ------------------------------------------------------------------ edits
     def validate(self, spec: EditSpec) -> None:
         s = self.settings
@@ -230,8 +375,33 @@ class EditEngine:
         rid = secrets.token_urlsafe(12)
         record = self._record(spec, [spec.regions[i] for i in used], method, frames, rid)
         result = EditResult(rid, frames, record, compute_ms, method)
+        original = self.image(spec.original)
+        if original.photo is not None and original.placement is not None:
+            result.source_photo, result.placement = original.photo, original.placement
+            result.feather = max(2.0, _scale_of(original.placement))
+            result.paste_mask = self._paste_mask([spec.regions[i] for i in used], spec.space)
         self.results.put(rid, result)
         return result
+
+    def _paste_mask(self, regions: list[RegionSpec], space: str) -> np.ndarray:
+        """Where an edit can change pixels: the union of its regions at their new places,
+        grown by the receptive field (:func:`stylemapgan.editing.edit_footprint`)."""
+        from stylemapgan.editing.operations import edit_footprint
+
+        s = self.size
+        union = np.zeros((s, s), np.float32)
+        for r in regions:
+            moved = np.zeros_like(union)
+            ys0, ys1 = max(r.dy, 0), s + min(r.dy, 0)
+            xs0, xs1 = max(r.dx, 0), s + min(r.dx, 0)
+            moved[ys0:ys1, xs0:xs1] = r.mask[ys0 - r.dy: ys1 - r.dy, xs0 - r.dx: xs1 - r.dx]
+            union = np.maximum(union, moved)
+        if not union.any():
+            return union
+        import torch
+
+        grown = edit_footprint(self.config, torch.from_numpy(union)[None, None], space)
+        return grown[0, 0].numpy().astype(np.float32)
 
     def result(self, rid: str) -> EditResult:
         res = self.results.get(rid)
@@ -293,6 +463,12 @@ class EditEngine:
                 "generator_passes": self.generator_passes}
 
 
+def _scale_of(pl: Placement) -> float:
+    """Photo pixels per model pixel (the feather of a paste-back is about one model pixel)."""
+    m = pl.matrix()
+    return float(max(np.hypot(m[0, 0], m[1, 0]), np.hypot(m[0, 1], m[1, 1])))
+
+
 def _data_url(png: bytes) -> str:
     import base64
 
@@ -306,4 +482,4 @@ def _mask_url(mask: np.ndarray) -> str:
 
 
 __all__ = ["EditEngine", "EditResult", "EditSpec", "NotFound", "RegionSpec", "StoredImage",
-           "image_id"]
+           "StoredPhoto", "image_id"]
