@@ -454,7 +454,7 @@ class EditEngine:
                 "precision": self.runtime.describe(),
                 "max_references": self.settings.max_references, "max_steps": self.settings.max_steps,
                 "max_upload_bytes": self.settings.max_upload_bytes,
-                "max_pixels": self.settings.max_pixels}
+                "max_pixels": self.settings.max_pixels, "align": self.align}
 
     def stats(self) -> dict[str, Any]:
         return {"images": self.images.stats(), "projections": self.projections.stats(),

@@ -230,6 +230,20 @@
     requestEdit(true);
   }
 
+  async function isSquare(file) {
+    // Square photos go straight to the model's square; others (and every photo for a face
+    // model, which needs its faces aligned) open the picker. Formats the browser cannot
+    // decode are left to the server (center crop).
+    try {
+      const bmp = await createImageBitmap(file);
+      const square = bmp.width === bmp.height;
+      bmp.close();
+      return square;
+    } catch (err) {
+      return true;
+    }
+  }
+
   async function uploadFiles(files) {
     for (const file of files) {
       if (state.info && file.size > state.info.max_upload_bytes) {
@@ -238,10 +252,28 @@
       }
       const form = new FormData();
       form.append("file", file, file.name);
+      const asPhoto = state.info.align || !(await isSquare(file));
       pendingUploads++;
       updateProgress();
       try {
-        const rec = await api("/api/images", { method: "POST", body: form });
+        let rec;
+        if (asPhoto) {
+          const photo = await api("/api/photos", { method: "POST", body: form });
+          pendingUploads--;
+          updateProgress();
+          const choice = await pickCrop(photo);
+          pendingUploads++;
+          updateProgress();
+          if (!choice) {
+            setStatus(`${photo.name}: not added`);
+            continue;
+          }
+          rec = await api(`/api/photos/${photo.id}/crop`, {
+            method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(choice),
+          });
+        } else {
+          rec = await api("/api/images", { method: "POST", body: form });
+        }
         setStatus(`added ${rec.name}`);
         await addImageRecord(rec);
       } catch (err) {
@@ -251,6 +283,81 @@
         updateProgress();
       }
     }
+  }
+
+  // ------------------------------------------------------------------ picking a face or a square
+  function pickCrop(photo) {
+    // Resolves with {face: i} or {box: [x0, y0, x1, y1]} (photo pixels), or null if cancelled.
+    return new Promise(async (resolve) => {
+      const dialog = $("#picker");
+      const canvas = $("#picker-canvas");
+      const faces = $("#picker-faces");
+      const preview = await loadImage(photo.preview);
+      const k = preview.naturalWidth / photo.width; // preview pixels per photo pixel
+      canvas.width = preview.naturalWidth;
+      canvas.height = preview.naturalHeight;
+      const side0 = Math.min(photo.width, photo.height);
+      let square = [(photo.width - side0) / 2, (photo.height - side0) / 2, side0]; // x, y, side
+      let drag = null;
+      const draw = () => {
+        const ctx = canvas.getContext("2d");
+        ctx.drawImage(preview, 0, 0);
+        ctx.lineWidth = Math.max(2, canvas.width / 300);
+        ctx.strokeStyle = "#34c759";
+        photo.faces.forEach((f) => {
+          const [x0, y0, x1, y1] = f.box;
+          ctx.strokeRect(x0 * k, y0 * k, (x1 - x0) * k, (y1 - y0) * k);
+          ctx.fillStyle = "#34c759";
+          ctx.font = `${Math.max(12, canvas.width / 40)}px sans-serif`;
+          ctx.fillText(String(f.index + 1), x0 * k + 3, y0 * k - 4);
+        });
+        ctx.strokeStyle = "#ff9500";
+        ctx.setLineDash([6, 4]);
+        ctx.strokeRect(square[0] * k, square[1] * k, square[2] * k, square[2] * k);
+        ctx.setLineDash([]);
+      };
+      const toPhoto = (event) => {
+        const r = canvas.getBoundingClientRect();
+        return [(event.clientX - r.left) / r.width * photo.width, (event.clientY - r.top) / r.height * photo.height];
+      };
+      const clampSquare = (a, b) => {
+        let side = Math.max(Math.abs(b[0] - a[0]), Math.abs(b[1] - a[1]), 8);
+        side = Math.min(side, photo.width, photo.height);
+        let x = b[0] < a[0] ? a[0] - side : a[0];
+        let y = b[1] < a[1] ? a[1] - side : a[1];
+        x = Math.max(0, Math.min(x, photo.width - side));
+        y = Math.max(0, Math.min(y, photo.height - side));
+        return [x, y, side];
+      };
+      canvas.onpointerdown = (e) => { drag = toPhoto(e); canvas.setPointerCapture(e.pointerId); };
+      canvas.onpointermove = (e) => { if (drag) { square = clampSquare(drag, toPhoto(e)); draw(); } };
+      canvas.onpointerup = () => { drag = null; };
+      faces.replaceChildren();
+      photo.faces.forEach((f) => {
+        const b = document.createElement("button");
+        b.type = "button";
+        b.className = "face-choice";
+        b.dataset.face = String(f.index);
+        b.textContent = `Face ${f.index + 1}`;
+        b.onclick = () => finish({ face: f.index });
+        faces.append(b);
+      });
+      $("#picker-title").textContent = photo.faces.length
+        ? `${photo.name}: ${photo.faces.length} face(s) found. Choose one (aligned as the model expects), or drag a square.`
+        : `${photo.name}: drag a square on the photo (or use the centre square).`;
+      const finish = (choice) => {
+        dialog.close();
+        resolve(choice);
+      };
+      $("#picker-square").onclick = () => finish({
+        box: [Math.round(square[0]), Math.round(square[1]), Math.round(square[0] + square[2]), Math.round(square[1] + square[2])],
+      });
+      $("#picker-cancel").onclick = () => finish(null);
+      dialog.oncancel = (e) => { e.preventDefault(); finish(null); };
+      draw();
+      dialog.dataset.photo = photo.id;
+      dialog.showModal();
+    });
   }
 
   async function useGalleryItem(item) {
@@ -312,7 +419,7 @@
       if (mySeq < shownSeq) return;
       shownSeq = mySeq;
       const keepEnd = !state.result || state.frame === state.result.frames.length - 1;
-      state.result = { seq: mySeq, frames: data.frames, imgs, record: data.record, method: data.method, timing: data.timing };
+      state.result = { seq: mySeq, frames: data.frames, imgs, record: data.record, method: data.method, timing: data.timing, full: data.full || null };
       state.frame = keepEnd ? imgs.length - 1 : Math.min(state.frame, imgs.length - 1);
       syncResultControls();
       renderResult();
@@ -363,7 +470,17 @@
     const ctx = origCanvas.getContext("2d");
     ctx.clearRect(0, 0, state.size, state.size);
     if (!state.original) return;
-    drawImageFull(ctx, state.images.get(state.original).img);
+    const orig = state.images.get(state.original);
+    drawImageFull(ctx, orig.img);
+    if ($("#show-error").checked) {
+      if (orig.errorImg) {
+        drawImageFull(ctx, orig.errorImg);
+      } else if (orig.error && !orig.errorLoading) {
+        orig.errorLoading = true;
+        loadImage(orig.error).then((img) => { orig.errorImg = img; renderOrig(); })
+          .catch((err) => setStatus(err.message, true));
+      }
+    }
     state.refs.forEach((ref, i) => {
       // The reference's painted pixels, moved by the region's offset: where they will go.
       const ghost = newMask();
@@ -387,6 +504,9 @@
     const json = $("#download-json");
     if (!res) {
       resultCanvas.dataset.result = "";
+      $("#full-row").hidden = true;
+      $("#full-view").hidden = true;
+      $("#download-full").hidden = true;
       for (const a of [png, json]) {
         a.removeAttribute("href");
         a.classList.add("disabled");
@@ -395,6 +515,22 @@
       return;
     }
     drawImageFull(ctx, res.imgs[state.frame]);
+    const full = $("#download-full");
+    const view = $("#full-view");
+    $("#full-row").hidden = !res.full;
+    full.hidden = !res.full;
+    if (res.full) {
+      full.href = res.full[state.frame];
+      full.classList.remove("disabled");
+      full.removeAttribute("aria-disabled");
+      view.hidden = !$("#show-full").checked;
+      if (!view.hidden && view.dataset.src !== res.full[state.frame]) {
+        view.dataset.src = res.full[state.frame];
+        view.src = res.full[state.frame];
+      }
+    } else {
+      view.hidden = true;
+    }
     resultCanvas.dataset.result = res.frames[state.frame];
     resultCanvas.dataset.seq = String(res.seq);
     png.href = res.frames[state.frame];
@@ -608,6 +744,9 @@
   origCanvas.addEventListener("pointercancel", endMove);
 
   // ------------------------------------------------------------------ controls
+  $("#show-error").addEventListener("change", () => renderOrig());
+  $("#show-full").addEventListener("change", () => renderResult());
+
   $("#upload").addEventListener("change", async (event) => {
     const files = Array.from(event.target.files || []);
     event.target.value = "";
