@@ -26,12 +26,21 @@ def register(sub: argparse._SubParsersAction) -> None:
             val_images, val_every, image_every, checkpoint_every, keep_checkpoints, log_every,
             grid_size). A loss weight of 0 disables that term.
 
+            --resume RUN_DIR continues a run from its newest good checkpoint (one with NaN/Inf
+            values is never written), rolling log.jsonl, image grids and TensorBoard events back
+            to it; any training setting except batch_size, seed and val_images may change with
+            --set (lr, amp, loss weights, intervals, ...; each change is recorded in the run's
+            config.json "history"), the model settings may not. A run folder without a
+            checkpoint yet is trained again from step 0. While a process trains into a run
+            folder, a second one is refused.
+
             For several GPUs or machines, launch the same command with torchrun; batch_size is
             the total over all processes.""",
         examples="""
             stylemapgan train --data data/faces-lmdb --preset small-64 --set perceptual=none --outdir runs
             stylemapgan train --data photos/ --preset official-256 --set iterations=200000 --outdir runs
             stylemapgan train --resume runs/00000-small-64
+            stylemapgan train --resume runs/00000-small-64 --set lr=0.0005 --set amp=off
             stylemapgan train --data data/faces-lmdb --preset small-64 --set batch_size=8 --dry-run
             torchrun --standalone --nproc_per_node 4 -m stylemapgan.cli train --data data/faces-lmdb --preset official-256 --outdir runs""",
     )
@@ -44,8 +53,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--outdir", default="runs", help="parent folder of run folders (default: runs)")
     p.add_argument("--name", default=None, help="run name (default: the preset name)")
     p.add_argument("--resume", metavar="RUN_DIR",
-                   help="continue a run from its newest checkpoint (only iterations and the "
-                        "logging/checkpoint intervals may be changed with --set)")
+                   help="continue a run from its newest good checkpoint (or from step 0 if it "
+                        "has none yet); --set may change any training setting except "
+                        "batch_size, seed and val_images, and no model setting")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     p.add_argument("--threads", type=positive_int, default=None,
                    help="CPU threads per process (default: PyTorch's choice; 1 is often faster "
@@ -70,9 +80,12 @@ def _resolve(args: argparse.Namespace):
             raise InputError(f"--resume {run_dir}: no config.json there; give a run folder "
                              "made by `stylemapgan train`")
         saved = json.loads(cfg_path.read_text(encoding="utf-8"))
-        if args.preset or model_changes:
-            raise ConfigError("--resume keeps the run's model; do not pass --preset or model "
-                              "settings with it")
+        if args.preset:
+            raise ConfigError("--resume keeps the run's model; do not pass --preset with it")
+        if model_changes:
+            raise ConfigError(f"--resume keeps the run's model: {', '.join(sorted(model_changes))} "
+                              "cannot change on resume (the model settings define the networks' "
+                              "shapes); start a new run instead")
         model = ModelConfig.from_dict(saved["model"])
         train = TrainConfig.from_dict({**saved["train"], **train_changes})
         data = args.data or saved.get("dataset")
@@ -105,7 +118,28 @@ def _command_line(args: argparse.Namespace) -> str:
     return shlex.join(parts)
 
 
+def _lock_run_dir(stack, run_dir, command: str, dist_info) -> None:
+    """Hold the run folder's lock (rank 0) until ``stack`` closes; every rank raises the
+    FolderBusyError when another live process holds it."""
+    from stylemapgan.errors import InputError
+    from stylemapgan.files import FolderBusyError, folder_lock
+    from stylemapgan.training import broadcast_object
+
+    error = None
+    if dist_info.is_main:
+        try:
+            stack.enter_context(folder_lock(run_dir, command))
+        except InputError as exc:
+            error = exc
+    message = broadcast_object(str(error) if error is not None else None, dist_info)
+    if error is not None:
+        raise error
+    if message is not None:
+        raise FolderBusyError(message)
+
+
 def run(args: argparse.Namespace) -> int:
+    import contextlib
     import json
     import sys
     from pathlib import Path
@@ -137,7 +171,11 @@ def run(args: argparse.Namespace) -> int:
     from stylemapgan.training import build_perceptual, resolve_amp
 
     dist_info = init_distributed(args.device)
+    stack = contextlib.ExitStack()  # the run folder's lock, held until the end
     try:
+        command = _command_line(args)
+        if run_dir is not None:  # resume: refuse at once if another process trains there
+            _lock_run_dir(stack, run_dir, command, dist_info)
         # Settings that depend on the machine fail here, before a run folder is made.
         resolve_amp(train.amp, dist_info.device)
         if train.batch_size % dist_info.world_size:
@@ -152,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
                 run_dir = new_run_dir(args.outdir, args.name or preset)
                 run_dir.mkdir(parents=True)
             run_dir = Path(broadcast_object(str(run_dir) if run_dir else None, dist_info))
-        command = _command_line(args)
+            _lock_run_dir(stack, run_dir, command, dist_info)
         info = {"dataset": str(data_path), "val_dataset": str(val_path) if val_path else None,
                 "dataset_images": len(dataset), "preset": preset,
                 "command": saved.get("command", command),
@@ -172,6 +210,17 @@ def run(args: argparse.Namespace) -> int:
         trainer = Trainer(model, train, dataset, run_dir, dist_info=dist_info,
                           val_dataset=val_dataset, perceptual=percept, resume=bool(args.resume),
                           extra_info=info)
+        if dist_info.is_main and args.resume:
+            if trainer.resumed_from is None:
+                print(f"{run_dir}: no checkpoint was written yet; training it again from step 0 "
+                      "with its recorded config", file=sys.stderr)
+            else:
+                print(f"resuming from {trainer.resumed_from} (step {trainer.step})",
+                      file=sys.stderr)
+            for h in trainer.history:
+                if h["step"] == trainer.step:
+                    print(f"changed at step {h['step']}: {h['key']} {h['old']!r} -> "
+                          f"{h['new']!r}", file=sys.stderr)
         if dist_info.is_main:
             print(f"run folder: {run_dir}  ({len(trainer.train_indices)} training images, "
                   f"{len(trainer.val_data) if trainer.val_data is not None else 0} held out; "
@@ -194,5 +243,6 @@ def run(args: argparse.Namespace) -> int:
             print(f"trained {trainer.step} iterations; checkpoints in {run_dir / 'checkpoints'}; "
                   f"export with: stylemapgan export {run_dir} --out model.safetensors")
     finally:
+        stack.close()
         shutdown_distributed()
     return 0

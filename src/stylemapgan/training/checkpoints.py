@@ -10,12 +10,18 @@ A checkpoint is a tagged safetensors file (format :data:`CHECKPOINT_FORMAT`, ver
 * the metadata key ``state``: JSON with the run's step, images seen, wall time, model and
   training configs, world size and info, plus ``optimizers`` (param groups and non-tensor
   optimizer state), ``rng`` (the Python and NumPy random states) and, with fp16 loss scaling,
-  ``scaler``.
+  ``scaler``; ``verified_finite`` is true when every floating-point tensor was checked to be
+  finite before the file was written (:func:`write_checkpoint` refuses to write one that is
+  not, so a checkpoint is never a diverged state).
 
 * :func:`write_checkpoint` / :func:`restore_checkpoint` — save / load networks, optimizers,
   random states (and the loss scaler) to / from such a file.
 * :func:`list_checkpoints`, :func:`read_checkpoint`, :func:`latest_checkpoint` — find and read
-  the checkpoints of a run; every unreadable file is a :class:`~stylemapgan.errors.ModelFileError`.
+  the checkpoints of a run; every unreadable file is a :class:`~stylemapgan.errors.ModelFileError`
+  (:class:`NoCheckpointError` when there is none at all).
+* :func:`nonfinite_tensors`, :func:`last_good_checkpoint` — which tensors hold NaN / Inf; the
+  newest checkpoint of a run that is readable and entirely finite.
+* :func:`remove_temporary_files` — the leftovers of checkpoint writes that were killed.
 * :func:`model_from_checkpoint` — the (EMA) generator and encoder as a StyleMapGAN model
   (``stylemapgan export``).
 * :func:`flatten_optimizer` / :func:`unflatten_optimizer`, :func:`sub_state` — the mapping
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -43,16 +50,23 @@ from stylemapgan.files import read_tagged, write_tagged
 from stylemapgan.formats.checkpoint import FORMAT_NAME as MODEL_FORMAT_NAME
 from stylemapgan.formats.checkpoint import build_empty, strict_load
 from stylemapgan.nn.networks import StyleMapGAN
+from stylemapgan.training.config import TrainingError
 
 __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_VERSION",
+    "NoCheckpointError",
+    "NonFiniteStateError",
     "checkpoint_path",
+    "describe_names",
     "flatten_optimizer",
+    "last_good_checkpoint",
     "latest_checkpoint",
     "list_checkpoints",
     "model_from_checkpoint",
+    "nonfinite_tensors",
     "read_checkpoint",
+    "remove_temporary_files",
     "restore_checkpoint",
     "sub_state",
     "unflatten_optimizer",
@@ -64,6 +78,22 @@ log = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = "stylemapgan-train-checkpoint"
 CHECKPOINT_VERSION = 1
 _CKPT_RE = re.compile(r"^ckpt-(\d{8,})\.safetensors$")
+#: The temporary files :func:`stylemapgan.files.atomic_write` makes beside a checkpoint
+#: (``.ckpt-STEP.safetensors.RANDOM.tmp``); a kill during the write leaves one behind.
+_CKPT_TMP_RE = re.compile(r"^\.ckpt-\d{8,}\.safetensors\.[^/]*\.tmp$")
+
+
+class NoCheckpointError(ModelFileError):
+    """A run folder (or any folder) holds no checkpoint file at all."""
+
+
+class NonFiniteStateError(TrainingError):
+    """The training state holds NaN or Inf values (``names``: the tensors), so it is not
+    written as a checkpoint."""
+
+    def __init__(self, message: str, names: list[str]) -> None:
+        super().__init__(message)
+        self.names = names
 
 
 def checkpoint_path(run_dir: str | os.PathLike[str], step: int) -> Path:
@@ -116,6 +146,55 @@ def sub_state(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, tor
     return {k[len(pre):]: v for k, v in tensors.items() if k.startswith(pre)}
 
 
+# --------------------------------------------------------------------------- finiteness
+def _unset_marker(name: str) -> bool:
+    # A generator's mean_stylemap is all NaN until it is computed (never during training).
+    return name == "mean_stylemap" or name.endswith(".mean_stylemap")
+
+
+def nonfinite_tensors(tensors: Mapping[str, torch.Tensor]) -> list[str]:
+    """The names of the floating-point tensors that hold NaN or Inf (in ``tensors``' order).
+
+    A generator's ``mean_stylemap`` buffer that is entirely NaN is the "not computed yet"
+    marker, not a diverged value, and passes. One device synchronization per device.
+    """
+    names: dict[torch.device, list[str]] = {}
+    flags: dict[torch.device, list[torch.Tensor]] = {}
+    for name, t in tensors.items():
+        if not isinstance(t, torch.Tensor) or not (t.is_floating_point() or t.is_complex()):
+            continue
+        ok = torch.isfinite(t).all()
+        if _unset_marker(name):
+            ok = ok | torch.isnan(t).all()
+        names.setdefault(t.device, []).append(name)
+        flags.setdefault(t.device, []).append(ok)
+    bad = set()
+    for dev, fl in flags.items():
+        for name, good in zip(names[dev], torch.stack(fl).tolist(), strict=True):
+            if not good:
+                bad.add(name)
+    return [n for n in tensors if n in bad]
+
+
+def _nonfinite_numbers(data: Any, prefix: str) -> list[str]:
+    """Paths of the non-finite floats in JSON-like data (a GradScaler's state dict)."""
+    if isinstance(data, float):
+        return [] if math.isfinite(data) else [prefix]
+    if isinstance(data, Mapping):
+        return [p for k, v in data.items() for p in _nonfinite_numbers(v, f"{prefix}.{k}")]
+    if isinstance(data, (list, tuple)):
+        return [p for i, v in enumerate(data) for p in _nonfinite_numbers(v, f"{prefix}.{i}")]
+    if isinstance(data, torch.Tensor):
+        return nonfinite_tensors({prefix: data})
+    return []
+
+
+def describe_names(names: list[str], limit: int = 4) -> str:
+    """``a, b, c and 7 more``."""
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
 # --------------------------------------------------------------------------- writing
 def write_checkpoint(path: str | os.PathLike[str], *, modules: Mapping[str, nn.Module],
                      optimizers: Mapping[str, torch.optim.Optimizer], state: Mapping[str, Any],
@@ -126,6 +205,10 @@ def write_checkpoint(path: str | os.PathLike[str], *, modules: Mapping[str, nn.M
     ``optim.NAME.*`` plus ``state["optimizers"][NAME]``. The current torch (CPU and CUDA),
     Python and NumPy random states are saved too, and ``scaler_state`` (a GradScaler's state
     dict) when given. ``state`` (the run's facts, JSON-able) is copied, not changed.
+
+    Every floating-point tensor (weights, EMAs, optimizer moments) and the scaler state are
+    checked first: if any holds NaN or Inf, nothing is written and
+    :class:`NonFiniteStateError` names them (a diverged state is never a checkpoint).
     """
     tensors: dict[str, torch.Tensor] = {}
     for prefix, module in modules.items():
@@ -145,6 +228,11 @@ def write_checkpoint(path: str | os.PathLike[str], *, modules: Mapping[str, nn.M
     }
     if scaler_state is not None:
         state["scaler"] = scaler_state
+    bad = nonfinite_tensors(tensors) + _nonfinite_numbers(scaler_state or {}, "scaler")
+    if bad:
+        raise NonFiniteStateError(f"not writing checkpoint {path}: the training state holds "
+                                  f"NaN/Inf values ({describe_names(bad)})", bad)
+    state["verified_finite"] = True
     return write_tagged(path, tensors, fmt=CHECKPOINT_FORMAT, version=CHECKPOINT_VERSION,
                         metadata={"state": json.dumps(state)}, overwrite=True)
 
@@ -180,21 +268,82 @@ def read_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tenso
     return found.tensors, state
 
 
-def latest_checkpoint(run_dir: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any], Path]:
-    """The newest readable checkpoint of a run (a damaged newest one is skipped with a warning)."""
+def _is_run_folder(run_dir: Path) -> bool:
+    return (run_dir / "config.json").is_file()
+
+
+def latest_checkpoint(run_dir: str | os.PathLike[str], *, require_finite: bool = False,
+                      ) -> tuple[dict[str, torch.Tensor], dict[str, Any], Path]:
+    """The newest readable checkpoint of a run (a damaged newest one is skipped with a warning;
+    with ``require_finite`` also one holding NaN / Inf, as written by older versions).
+
+    Raises :class:`NoCheckpointError` when the run has no checkpoint file at all (its message
+    says whether the folder is a run that stopped before its first checkpoint) and
+    :class:`~stylemapgan.errors.ModelFileError` when none is usable.
+    """
+    run_dir = Path(run_dir)
     ckpts = list_checkpoints(run_dir)
     if not ckpts:
-        raise ModelFileError(f"{run_dir}: no checkpoints found (looked in "
-                             f"{Path(run_dir) / 'checkpoints'}); is this a training run folder?")
+        if _is_run_folder(run_dir):
+            raise NoCheckpointError(
+                f"{run_dir}: no checkpoint was written yet (the run stopped before its first "
+                "checkpoint); `stylemapgan train --resume` starts it again from step 0 with its "
+                "recorded config")
+        raise NoCheckpointError(f"{run_dir}: no checkpoints found (looked in "
+                                f"{run_dir / 'checkpoints'}); is this a training run folder?")
     errors = []
     for _, path in reversed(ckpts):
         try:
             tensors, state = read_checkpoint(path)
-            return tensors, state, path
         except ModelFileError as exc:
             log.warning("skipping damaged checkpoint: %s", exc)
             errors.append(str(exc))
-    raise ModelFileError(f"{run_dir}: no readable checkpoint ({errors[0]})")
+            continue
+        bad = nonfinite_tensors(tensors) if require_finite else []
+        if bad:
+            msg = f"{path}: holds NaN/Inf values ({describe_names(bad)})"
+            log.warning("skipping diverged checkpoint: %s", msg)
+            errors.append(msg)
+            continue
+        return tensors, state, path
+    raise ModelFileError(f"{run_dir}: no usable checkpoint ({errors[0]})")
+
+
+def last_good_checkpoint(run_dir: str | os.PathLike[str]) -> tuple[int, Path] | None:
+    """(step, path) of the newest checkpoint of a run that is readable and entirely finite,
+    or None. Files marked ``verified_finite`` when written are trusted from their metadata;
+    others (older versions) are read and checked."""
+    for step, path in reversed(list_checkpoints(run_dir)):
+        try:
+            meta = read_tagged(path, fmt=CHECKPOINT_FORMAT, version=CHECKPOINT_VERSION,
+                               what="training checkpoint", error=ModelFileError,
+                               tensors=False).metadata
+            if json.loads(meta.get("state", "{}")).get("verified_finite") is True:
+                return step, path
+            tensors, _ = read_checkpoint(path)
+        except (ModelFileError, json.JSONDecodeError, AttributeError):
+            continue
+        if not nonfinite_tensors(tensors):
+            return step, path
+    return None
+
+
+def remove_temporary_files(run_dir: str | os.PathLike[str]) -> int:
+    """Delete the temporary files that killed checkpoint writes left in
+    ``run_dir/checkpoints`` (only names of the form ``.ckpt-STEP.safetensors.*.tmp``);
+    returns how many. Call it only while no other process writes the run (the folder lock)."""
+    d = Path(run_dir) / "checkpoints"
+    if not d.is_dir():
+        return 0
+    removed = 0
+    for p in d.iterdir():
+        if _CKPT_TMP_RE.match(p.name) and p.is_file():
+            try:
+                p.unlink()
+                removed += 1
+            except FileNotFoundError:
+                pass
+    return removed
 
 
 # --------------------------------------------------------------------------- loading

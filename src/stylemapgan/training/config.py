@@ -4,7 +4,8 @@
   optimizer, precision, schedule of logs, images and checkpoints), validated on creation.
 * :data:`PERCEPTUAL_CHOICES`, :data:`AMP_CHOICES` — the values ``perceptual`` and ``amp`` take;
   :data:`LOSS_NAMES` — the names of the loss terms a training step reports.
-* :data:`RESUMABLE_CHANGES` — the settings a resumed run may change.
+* :data:`RESUMABLE_CHANGES` / :data:`FIXED_ON_RESUME` — the settings a resumed run may / may
+  not change.
 * :func:`parse_overrides` — ``key=value`` strings into ModelConfig / TrainConfig changes.
 * :class:`TrainingError` — training cannot go on.
 """
@@ -22,6 +23,7 @@ from stylemapgan.errors import ConfigError, StyleMapGANError
 
 __all__ = [
     "AMP_CHOICES",
+    "FIXED_ON_RESUME",
     "LOSS_NAMES",
     "PERCEPTUAL_CHOICES",
     "RESUMABLE_CHANGES",
@@ -143,9 +145,19 @@ class TrainConfig:
         return cls(**data)
 
 
-#: TrainConfig keys that may change when a run is resumed (they do not affect the math).
-RESUMABLE_CHANGES = ("iterations", "workers", "val_every", "image_every", "checkpoint_every",
-                     "keep_checkpoints", "log_every")
+#: TrainConfig keys that stay fixed for the life of a run: ``batch_size`` (step k reads images
+#: [k*B, (k+1)*B) of the seeded data stream, so another B reads other images and breaks
+#: ``images_seen``), ``seed`` (initial weights, noise, data order, validation split) and
+#: ``val_images`` (the train / validation split, hence the data order). The model config
+#: (the networks' shapes) is fixed too.
+FIXED_ON_RESUME = ("batch_size", "seed", "val_images")
+
+#: TrainConfig keys that may change when a run is resumed: everything that does not change the
+#: networks' shapes or the data and noise a step sees (learning rate and betas, loss weights,
+#: R1, EMA decay, precision, augmentation, the perceptual network, workers, iterations and the
+#: log / image / validation / checkpoint schedule). A resume that changes nothing continues
+#: bit for bit; each change is recorded in the run's history (``config.json``).
+RESUMABLE_CHANGES = tuple(f.name for f in fields(TrainConfig) if f.name not in FIXED_ON_RESUME)
 
 
 def _field_types(cls: type) -> dict[str, str]:

@@ -29,6 +29,16 @@ DistributedDataParallel module (:class:`~stylemapgan.training.losses.TrainingSta
 forward runs one stage; the global batch is split evenly across ranks and only rank 0 writes
 files.
 
+Run folder safety (rank 0; the caller holds the folder lock, as ``stylemapgan train`` does):
+leftover temporary files of killed writes are removed when a run starts; a resume rolls the
+folder back to the checkpoint it continues from (``log.jsonl`` lines, image grids and
+TensorBoard events of later steps, through ``SummaryWriter(purge_step=...)``), so every step is
+recorded once; a checkpoint is written only when the whole training state is finite; settings
+that leave the networks' shapes and the data order alone may change on resume
+(:data:`~stylemapgan.training.config.RESUMABLE_CHANGES`), each change recorded in the run's
+``history``; a run folder without any checkpoint yet is started again from step 0. DataLoader
+workers die with the training process (Linux: ``PR_SET_PDEATHSIG``).
+
 Also here: mixed precision (:func:`resolve_amp`, :func:`cpu_has_native_bf16`), the LPIPS
 network (:func:`build_perceptual`), TensorBoard events, and :func:`new_run_dir`.
 """
@@ -40,6 +50,8 @@ import json
 import logging
 import os
 import re
+import signal
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
@@ -56,13 +68,24 @@ from stylemapgan.files import atomic_write
 from stylemapgan.nn.networks import Discriminator, Encoder, Generator
 from stylemapgan.training import losses
 from stylemapgan.training.checkpoints import (
+    NoCheckpointError,
     checkpoint_path,
+    describe_names,
+    last_good_checkpoint,
     latest_checkpoint,
     list_checkpoints,
+    nonfinite_tensors,
+    remove_temporary_files,
     restore_checkpoint,
     write_checkpoint,
 )
-from stylemapgan.training.config import LOSS_NAMES, RESUMABLE_CHANGES, TrainConfig, TrainingError
+from stylemapgan.training.config import (
+    FIXED_ON_RESUME,
+    LOSS_NAMES,
+    RESUMABLE_CHANGES,
+    TrainConfig,
+    TrainingError,
+)
 from stylemapgan.training.distributed import DistInfo
 from stylemapgan.training.sampling import (
     STREAM_FLIP,
@@ -102,12 +125,44 @@ def ema_update(ema: nn.Module, src: nn.Module, decay: float) -> None:
         b_ema.copy_(b)
 
 
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _exit_with_parent(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: on Linux, have the kernel SIGKILL this worker as soon as
+    the process that started it dies (``prctl(PR_SET_PDEATHSIG, SIGKILL)``), so a killed
+    training process leaves no workers behind (PyTorch's own watchdog notices only after
+    seconds). A no-op elsewhere; it draws no random numbers, so seeding is unchanged."""
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
+            return
+    except (OSError, AttributeError):  # pragma: no cover - no prctl in this libc
+        return
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+
+
+# Temporary files of atomic_write (``.NAME.RANDOM.tmp``) for the files of a run folder.
+_RUN_TMP_RE = re.compile(r"^\.(config\.json|log\.jsonl)\.[^/]*\.tmp$")
+_IMAGE_TMP_RE = re.compile(r"^\.(reals|samples-\d{8,}|reconstructions-\d{8,})\.png\.[^/]*\.tmp$")
+_IMAGE_RE = re.compile(r"^(samples|reconstructions)-(\d{8,})\.png$")
+
 
 # --------------------------------------------------------------------------- logging helpers
 class _EventWriter:
-    """TensorBoard scalars and images through torch.utils.tensorboard (rank 0 only)."""
+    """TensorBoard scalars and images through torch.utils.tensorboard (rank 0 only).
 
-    def __init__(self, log_dir: Path) -> None:
+    ``purge_step``: a resumed run's first step past its checkpoint; TensorBoard then hides the
+    events of earlier sessions from that step on (they were logged after the checkpoint and
+    are replayed now)."""
+
+    def __init__(self, log_dir: Path, purge_step: int | None = None) -> None:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:  # tensorboard not installed: JSONL and PNGs still work
@@ -115,7 +170,7 @@ class _EventWriter:
                         "(pip install tensorboard)")
             self._w = None
             return
-        self._w = SummaryWriter(log_dir=str(log_dir))
+        self._w = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         if self._w is not None:
@@ -209,8 +264,16 @@ class Trainer:
     val_dataset: held-out images; by default ``config.val_images`` are split off ``dataset``.
     perceptual: an LPIPS-like module to use instead of building ``config.perceptual``
         (tests inject tiny random networks this way).
-    resume: continue from the newest checkpoint in ``run_dir``.
+    resume: continue from the newest usable checkpoint in ``run_dir`` (readable and finite).
+        ``config`` may differ from the checkpoint's in the settings of
+        :data:`~stylemapgan.training.config.RESUMABLE_CHANGES` (each change is appended to
+        :attr:`history`); a run folder with ``config.json`` but no checkpoint yet is started
+        again from step 0 (:attr:`resumed_from` stays None). The run folder is rolled back to
+        the checkpoint's step (see the module docstring).
     extra_info: JSON-able facts stored in config.json and checkpoints (dataset, command).
+
+    While a Trainer writes ``run_dir`` no other process may: hold
+    ``stylemapgan.files.folder_lock(run_dir)`` around it (``stylemapgan train`` does).
     """
 
     def __init__(self, model_config: ModelConfig, config: TrainConfig,
@@ -271,12 +334,11 @@ class Trainer:
             self.stages_ddp = DDP(self.stages, find_unused_parameters=True,
                                   broadcast_buffers=False, **kw)
 
-        betas = (c.beta1, c.beta2)
-        ratio = c.d_lazy_ratio
-        self.g_opt = torch.optim.Adam(self.generator.parameters(), lr=c.lr, betas=betas)
-        self.e_opt = torch.optim.Adam(self.encoder.parameters(), lr=c.lr, betas=betas)
-        self.d_opt = torch.optim.Adam(self.discriminator.parameters(), lr=c.lr * ratio,
-                                      betas=(c.beta1**ratio, c.beta2**ratio))
+        hp = self._optimizer_settings()
+        self.g_opt = torch.optim.Adam(self.generator.parameters(), lr=hp["g"][0], betas=hp["g"][1])
+        self.e_opt = torch.optim.Adam(self.encoder.parameters(), lr=hp["e"][0], betas=hp["e"][1])
+        self.d_opt = torch.optim.Adam(self.discriminator.parameters(), lr=hp["d"][0],
+                                      betas=hp["d"][1])
         self.scaler = None
         if self.amp_dtype == torch.float16:  # fp16 needs loss scaling; bf16 does not
             scaler_cls = getattr(torch.amp, "GradScaler", None)
@@ -289,12 +351,27 @@ class Trainer:
 
         self.step = 0
         self.wall_time = 0.0  # training seconds over all sessions of this run
+        #: Settings changed on resume: ``{"step", "key", "old", "new"}`` each (step: the
+        #: iterations done when the change took effect); saved in config.json and checkpoints.
+        self.history: list[dict[str, Any]] = []
+        #: The checkpoint a resumed run continues from (None: a new run, or one started again).
+        self.resumed_from: Path | None = None
         self.loader_iter: Iterator | None = None
         self._writer: _EventWriter | None = None
+        self._purge_step: int | None = None
+        if self.run_dir is not None and self.dist.is_main:
+            self._remove_temporary_files()
         if resume:
             self._resume()
 
     # ----------------------------------------------------------------- helpers
+    def _optimizer_settings(self) -> dict[str, tuple[float, tuple[float, float]]]:
+        """(lr, betas) of the G, E and D optimizers; D's are scaled for the lazy R1."""
+        c = self.config
+        ratio = c.d_lazy_ratio
+        return {"g": (c.lr, (c.beta1, c.beta2)), "e": (c.lr, (c.beta1, c.beta2)),
+                "d": (c.lr * ratio, (c.beta1**ratio, c.beta2**ratio))}
+
     def _autocast(self):
         if self.amp_dtype is None:
             return torch.autocast(self.device.type, enabled=False)
@@ -321,6 +398,7 @@ class Trainer:
             self.dataset, batch_sampler=sampler, num_workers=w,
             pin_memory=self.device.type == "cuda", persistent_workers=w > 0,
             prefetch_factor=2 if w > 0 else None,
+            worker_init_fn=_exit_with_parent if w > 0 else None,
         )
         return iter(loader)
 
@@ -462,7 +540,8 @@ class Trainer:
     def _events(self) -> _EventWriter:
         if self._writer is None:
             assert self.run_dir is not None
-            self._writer = _EventWriter(self.run_dir)
+            self._writer = _EventWriter(self.run_dir, purge_step=self._purge_step)
+            self._purge_step = None
         return self._writer
 
     # ----------------------------------------------------------------- checkpoints
@@ -475,6 +554,7 @@ class Trainer:
             "train_config": self.config.to_dict(),
             "world_size": self.dist.world_size,
             "info": self.extra_info,
+            "history": self.history,
         }
 
     def _checkpointed(self) -> tuple[dict[str, nn.Module], dict[str, torch.optim.Optimizer]]:
@@ -483,9 +563,30 @@ class Trainer:
                    "e_ema": self.e_ema}
         return modules, {"g": self.g_opt, "e": self.e_opt, "d": self.d_opt}
 
+    def nonfinite_state(self) -> list[str]:
+        """The tensors of the training state (G, E, D, the EMAs, the optimizers' moments, the
+        loss scaler) that hold NaN or Inf; empty when it can be checkpointed."""
+        modules, optimizers = self._checkpointed()
+        live: dict[str, torch.Tensor] = {}
+        for prefix, module in modules.items():
+            for k, v in module.state_dict().items():
+                live[f"{prefix}.{k}"] = v
+        for name, opt in optimizers.items():
+            for pid, st in opt.state_dict()["state"].items():
+                for k, v in st.items():
+                    if isinstance(v, torch.Tensor):
+                        live[f"optim.{name}.{pid}.{k}"] = v
+        bad = nonfinite_tensors(live)
+        if self.scaler is not None:
+            bad += [f"scaler.{k}" for k, v in self.scaler.state_dict().items()
+                    if isinstance(v, float) and not np.isfinite(v)]
+        return bad
+
     def save_checkpoint(self) -> Path | None:
         """Write ``checkpoints/ckpt-STEP.safetensors`` atomically (rank 0) and keep the newest
-        ``keep_checkpoints``."""
+        ``keep_checkpoints``. Raises
+        :class:`~stylemapgan.training.checkpoints.NonFiniteStateError` (and writes nothing)
+        when the training state holds NaN or Inf."""
         if self.run_dir is None or not self.dist.is_main:
             return None
         modules, optimizers = self._checkpointed()
@@ -498,24 +599,134 @@ class Trainer:
         log.info("saved checkpoint %s", path)
         return path
 
+    def _last_good_hint(self) -> str:
+        """Where to go on after a divergence: the newest checkpoint that is really finite."""
+        good = last_good_checkpoint(self.run_dir) if self.run_dir is not None else None
+        lower = f"{self.config.lr / 10:g}"
+        if good is None:
+            tail = (f"; `stylemapgan train --resume {self.run_dir} --set lr={lower}` starts the "
+                    "run again from step 0" if self.run_dir is not None else "")
+            return "no checkpoint was written before that" + tail
+        step, path = good
+        return (f"the last good checkpoint is {path} (step {step}); resume from it with --resume "
+                f"after lowering lr or changing amp, e.g. `stylemapgan train --resume "
+                f"{self.run_dir} --set lr={lower}`")
+
+    # ----------------------------------------------------------------- resuming
+    def _remove_temporary_files(self) -> None:
+        """Delete what killed atomic writes left in the run folder (only our temp names)."""
+        assert self.run_dir is not None
+        removed = remove_temporary_files(self.run_dir)
+        for folder, pattern in ((self.run_dir, _RUN_TMP_RE),
+                                (self.run_dir / "images", _IMAGE_TMP_RE)):
+            if folder.is_dir():
+                for p in folder.iterdir():
+                    if pattern.match(p.name) and p.is_file():
+                        p.unlink(missing_ok=True)
+                        removed += 1
+        if removed:
+            log.warning("%s: removed %d temporary file(s) left by an interrupted write",
+                        self.run_dir, removed)
+
+    def _config_changes(self, saved: TrainConfig, step: int) -> list[dict[str, Any]]:
+        return [{"step": step, "key": f.name, "old": getattr(saved, f.name),
+                 "new": getattr(self.config, f.name)}
+                for f in fields(TrainConfig) if getattr(saved, f.name) != getattr(self.config, f.name)]
+
     def _resume(self) -> None:
         assert self.run_dir is not None
-        tensors, state, path = latest_checkpoint(self.run_dir)
-        if state["model_config"] != self.model_config.to_dict():
-            raise TrainingError(f"{path}: the checkpoint's model config differs from this run's")
-        saved = TrainConfig.from_dict(state["train_config"])
-        changed = [f.name for f in fields(TrainConfig)
-                   if getattr(saved, f.name) != getattr(self.config, f.name)
-                   and f.name not in RESUMABLE_CHANGES]
-        if changed:
-            raise TrainingError(f"cannot resume with changed settings {', '.join(changed)}; only "
-                                f"{', '.join(RESUMABLE_CHANGES)} may change")
+        try:
+            tensors, state, path = latest_checkpoint(self.run_dir, require_finite=True)
+        except NoCheckpointError:
+            if not (self.run_dir / "config.json").is_file():
+                raise
+            self._restart()
+            return
+        saved_model, mine = state["model_config"], self.model_config.to_dict()
+        if saved_model != mine:
+            keys = sorted(k for k in {*saved_model, *mine} if saved_model.get(k) != mine.get(k))
+            raise TrainingError(f"{path}: cannot resume with a changed model ({', '.join(keys)}): "
+                                "the model settings define the networks' shapes; start a new "
+                                "run instead")
+        step = int(state["step"])
+        changes = self._config_changes(TrainConfig.from_dict(state["train_config"]), step)
+        fixed = [h for h in changes if h["key"] not in RESUMABLE_CHANGES]
+        if fixed:
+            what = ", ".join(f"{h['key']} ({h['old']!r} -> {h['new']!r})" for h in fixed)
+            raise TrainingError(
+                f"cannot resume with changed settings {what}: {', '.join(FIXED_ON_RESUME)} fix "
+                "the data order, the noise and the validation split, so the run would not go on "
+                "as the same run (start a new run instead); every other training setting may "
+                "change on resume")
         modules, optimizers = self._checkpointed()
         restore_checkpoint(tensors, state, modules=modules, optimizers=optimizers,
                            scaler=self.scaler, where=str(path))
-        self.step = int(state["step"])
+        # The optimizers take this run's (possibly changed) learning rates and betas; unchanged
+        # settings give the same numbers, so an unchanged resume stays exact.
+        for name, opt in optimizers.items():
+            lr, betas = self._optimizer_settings()[name]
+            for group in opt.param_groups:
+                group["lr"], group["betas"] = lr, betas
+        self.step = step
         self.wall_time = float(state["wall_time"])
+        self.history = [h for h in state.get("history", []) if int(h.get("step", 0)) < step]
+        self.history += changes
+        self.resumed_from = path
+        if self.dist.is_main:
+            self._roll_back_run_folder(step)
         log.info("resumed from %s at step %d", path, self.step)
+        for h in changes:
+            log.info("changed on resume at step %d: %s %r -> %r", step, h["key"], h["old"], h["new"])
+
+    def _restart(self) -> None:
+        """Resume of a run folder without any checkpoint: train it again from step 0."""
+        assert self.run_dir is not None
+        try:
+            saved = json.loads((self.run_dir / "config.json").read_text(encoding="utf-8"))
+            self.history = self._config_changes(TrainConfig.from_dict(saved["train"]), 0)
+        except (OSError, ValueError, KeyError, TypeError, ConfigError):
+            self.history = []
+        if self.dist.is_main:
+            self._roll_back_run_folder(0)
+        log.info("%s: no checkpoint was written yet; training it again from step 0 with its "
+                 "recorded config", self.run_dir)
+
+    def _roll_back_run_folder(self, step: int) -> None:
+        """Forget what the run folder recorded after ``step`` (the checkpoint resumed from):
+        log.jsonl lines (and a line cut short by a kill), image grids, unusable newer
+        checkpoints (renamed ``*.unusable``) and, through ``purge_step``, TensorBoard events."""
+        assert self.run_dir is not None
+        path = self.run_dir / "log.jsonl"
+        if path.is_file():
+            kept, dropped = [], 0
+            for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    dropped += bool(line.strip())
+                    continue
+                s = record.get("step") if isinstance(record, dict) else None
+                if isinstance(s, int) and s > step:
+                    dropped += 1
+                else:
+                    kept.append(line)
+            if dropped:
+                with atomic_write(path, overwrite=True) as tmp:
+                    tmp.write_text("".join(x + "\n" for x in kept), encoding="utf-8")
+                log.info("%s: dropped %d line(s) logged after step %d", path, dropped, step)
+        img_dir = self.run_dir / "images"
+        if img_dir.is_dir():
+            for p in img_dir.iterdir():
+                m = _IMAGE_RE.match(p.name)
+                if m and int(m.group(2)) > step:
+                    p.unlink(missing_ok=True)
+        for s, p in list_checkpoints(self.run_dir):
+            if s > step:
+                p.replace(p.with_name(p.name + ".unusable"))
+                log.warning("%s is damaged or holds NaN/Inf values; renamed to %s.unusable",
+                            p, p.name)
+        # Events from step+1 on (from 0 when starting again: the step-0 images come again).
+        self._purge_step = step + 1 if step > 0 else 0
 
     def check_ranks_in_sync(self) -> None:
         """Distributed runs: verify that every rank holds the same weights (a float64 checksum
@@ -554,6 +765,7 @@ class Trainer:
         if self.run_dir is None or not self.dist.is_main:
             return
         data = {"model": self.model_config.to_dict(), "train": self.config.to_dict(),
+                "history": self.history,
                 "world_size": self.dist.world_size, "device": str(self.device),
                 "amp": str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "float32",
                 "train_images": len(self.train_indices),
@@ -566,8 +778,10 @@ class Trainer:
     def train(self, progress: Callable[[StepReport], None] | None = None) -> int:
         """Train until ``config.iterations``; returns the final step.
 
-        Raises :class:`TrainingError` if a loss becomes NaN or Inf; the newest checkpoint
-        written before that is left untouched.
+        Raises :class:`TrainingError` if a loss becomes NaN or Inf, or if the training state
+        (weights, EMAs, optimizer moments) holds NaN or Inf when a checkpoint is due (that
+        checkpoint is not written); the message names the newest checkpoint that is entirely
+        finite, which ``--resume`` continues from.
         """
         c = self.config
         main = self.dist.is_main and self.run_dir is not None
@@ -590,13 +804,9 @@ class Trainer:
                 finite = torch.isfinite(vec)
                 if not bool(finite.all()):
                     bad = [n for n, ok in zip(names, finite.tolist(), strict=True) if not ok]
-                    last = list_checkpoints(self.run_dir) if self.run_dir is not None else []
-                    where = (f"the last good checkpoint is {last[-1][1]} (step {last[-1][0]}); "
-                             "resume from it with --resume after lowering lr or changing amp"
-                             if last else "no checkpoint was written before that")
                     raise TrainingError(
                         f"loss {', '.join(bad)} became NaN/Inf in iteration {self.step}; "
-                        f"training stopped; {where}")
+                        f"training stopped; {self._last_good_hint()}")
                 done = torch.tensor([k in values for k in names], dtype=counts.dtype,
                                     device=self.device)
                 sums += vec * done
@@ -636,6 +846,16 @@ class Trainer:
                         self._events().scalars(step, val)
                 if c.checkpoint_every and (step % c.checkpoint_every == 0 or at_end):
                     self.check_ranks_in_sync()
+                    # The losses can be finite while the state is not (e.g. Adam's second
+                    # moments overflowed): such a state is never a checkpoint.
+                    bad = self.nonfinite_state()
+                    flag = self._reduce_mean(torch.tensor([float(bool(bad))], device=self.device))
+                    if bad or bool(flag.item() > 0):
+                        raise TrainingError(
+                            f"the training state holds NaN/Inf values after iteration {step} "
+                            f"although the losses are finite ({describe_names(bad) or 'on another process'}); "
+                            f"its checkpoint was not written; training stopped; "
+                            f"{self._last_good_hint()}")
                     self.save_checkpoint()
                 if main and self._writer is not None:
                     self._writer.flush()
