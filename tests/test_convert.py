@@ -229,3 +229,48 @@ def test_pickle_protocol_objects_inside_train_args_are_refused(tmp_path):
         torch.save(ckpt, f, pickle_module=pickle)
     with pytest.raises(ModelFileError, match="refused for safety"):
         read_reference_checkpoint(src)
+
+
+# --------------------------------------------------------------------------- reliability
+def test_garbage_named_safetensors_is_one_line_naming_the_file(tmp_path, capsys):
+    # torch.load hands any name ending in .safetensors to safetensors, whose SafetensorError
+    # used to escape as a traceback; the file is now read by its content.
+    bad = tmp_path / "x.safetensors"
+    bad.write_bytes(bytes(range(256)) * 3)
+    assert main(["convert", str(bad), str(tmp_path / "out.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {bad} is not a readable PyTorch checkpoint"), err
+    assert "download it again" in err and err.count("\n") == 1
+    assert "Traceback" not in err and "SafetensorError" not in err
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_a_reference_checkpoint_named_safetensors_converts(tmp_path, capsys):
+    ckpt, _ = reference_checkpoint(TINY_REF_ARGS, 16, with_optim=False)
+    src = tmp_path / "ref.safetensors"
+    torch.save(ckpt, src)
+    assert main(["convert", str(src), str(tmp_path / "m.safetensors"), "--preset", "tiny-32"]) == 0
+    assert load_model(tmp_path / "m.safetensors").config.size == 32
+
+
+def test_safetensors_files_given_to_convert_say_what_to_do(tmp_path, tiny_model_file, capsys):
+    assert main(["convert", str(tiny_model_file), str(tmp_path / "m.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert "already a StyleMapGAN model file" in err and "--model" in err and err.count("\n") == 1
+    from safetensors.torch import save_file
+
+    other = tmp_path / "weights.safetensors"
+    save_file({"w": torch.zeros(2)}, str(other))
+    assert main(["convert", str(other), str(tmp_path / "m.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert f"{other} is a safetensors file, not a torch.save checkpoint" in err
+    assert ".pt" in err and err.count("\n") == 1
+    assert main(["convert", str(tmp_path), str(tmp_path / "m.safetensors")]) == 2
+    assert "is a folder" in capsys.readouterr().err
+
+
+def test_random_bytes_are_unreadable_not_unsafe(tmp_path):
+    bad = tmp_path / "noise.pt"
+    bad.write_bytes(bytes(range(256)) * 3)
+    with pytest.raises(ModelFileError, match=r"noise\.pt is not a readable PyTorch checkpoint"):
+        read_reference_checkpoint(bad)

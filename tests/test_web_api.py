@@ -337,6 +337,33 @@ def test_bad_edit_requests_get_4xx(client, two_images, change, status, words):
     assert edit(client, ida, [idb], [], seq=99, session="other").json()["status"] == "done"
 
 
+@pytest.mark.parametrize("side", [(16_000, 16_000), (3000, 10), (10, 1_000_000)])
+def test_a_huge_mask_is_refused_for_its_size_before_decoding(client, two_images, side):
+    """A 16000x16000 mask PNG used to trip Pillow's decompression-bomb check first and be
+    answered 400 "not a readable PNG image"; its header is read before Pillow sees it."""
+    ida, idb, _, _ = two_images
+    url = "data:image/png;base64," + base64.b64encode(png_header_only(*side)).decode()
+    r = client.post("/api/edit", json={"session": "s", "seq": 1, "original": ida,
+                                       "references": [idb], "space": "wplus", "steps": 1,
+                                       "regions": [{"reference": 0, "mask": url}]})
+    assert r.status_code == 413, r.text
+    assert r.json()["detail"] == (f"region 0 mask: {side[0]}x{side[1]} is not a usable mask size "
+                                  "(at most 2048 pixels a side); send the mask at the image's size")
+
+
+def test_decode_mask_reads_the_png_header_itself():
+    from stylemapgan.web.imaging import UploadError, decode_mask, png_header_size
+
+    data = png_header_only(16_000, 16_000)
+    assert png_header_size(data) == (16_000, 16_000)
+    assert png_header_size(b"GIF89a" + bytes(30)) is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # not even a DecompressionBombWarning
+        with pytest.raises(UploadError) as e:
+            decode_mask("data:image/png;base64," + base64.b64encode(data).decode(), 32)
+    assert e.value.status == 413 and "16000x16000" in str(e.value)
+
+
 def test_unknown_results_and_frames_are_404(client, two_images):
     ida, idb, _, _ = two_images
     data = edit(client, ida, [idb], []).json()

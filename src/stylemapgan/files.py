@@ -13,6 +13,7 @@ imports the networks.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -24,9 +25,9 @@ from pathlib import Path
 
 import torch
 
-from stylemapgan.errors import InputError
+from stylemapgan.errors import InputError, StyleMapGANError
 
-__all__ = ["LOCK_NAME", "FolderBusyError", "TaggedFile", "atomic_write", "first_line", "folder_lock",
+__all__ = ["LOCK_NAME", "FolderBusyError", "TaggedFile", "UnwritableError", "atomic_write", "first_line", "folder_lock",
            "read_tagged", "sha256_file", "write_tagged"]
 
 
@@ -39,28 +40,82 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+class UnwritableError(StyleMapGANError, OSError):
+    """An output file that cannot be written (permissions, a read-only or full disk, a path
+    through a file): the message names the user's path, never a temporary file, and the fix."""
+
+    def __str__(self) -> str:  # the message, not OSError's "[Errno N] ..." form
+        return str(self.args[0]) if self.args else ""
+
+
+def _unwritable(path: Path, exc: OSError) -> UnwritableError:
+    reason = exc.strerror or first_line(exc)
+    code = exc.errno
+    if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        fix = "free some disk space or write somewhere else"
+    elif code == errno.ENOTDIR:
+        parent = next((p for p in path.parents if p.exists()), None)
+        where = f"{parent} is a file, not a folder" if parent is not None and not parent.is_dir() \
+            else "a part of the path is a file, not a folder"
+        fix = f"{where}; choose another output path"
+    elif code == errno.EROFS:
+        fix = "the disk is read-only; write somewhere else"
+    elif code in (errno.EACCES, errno.EPERM):
+        fix = f"you may not write into {path.parent}; choose a folder you can write to"
+    elif code == errno.ENOENT:
+        fix = f"{path.parent} cannot be created here; choose another output path"
+    else:
+        fix = "choose another output path"
+    err = UnwritableError(f"cannot write {path} ({reason}); {fix}")
+    err.errno, err.strerror, err.filename = code, exc.strerror, str(path)
+    return err
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike[str], overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it atomically replaces ``path``.
 
     A crash or exception leaves ``path`` untouched (and removes the temporary file). Refuses to
-    replace an existing file unless ``overwrite`` is true.
+    replace an existing file unless ``overwrite`` is true. A file system that refuses the write
+    (permissions, a read-only or full disk, a path through a file) raises an
+    :class:`UnwritableError` (an ``OSError`` too) naming ``path`` and the fix, not the temporary
+    file.
     """
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists; pass --overwrite to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if path.is_dir():
+        raise UnwritableError(f"cannot write {path}: it is a folder; choose a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except FileExistsError as exc:  # mkdir: a file where a folder of the path should be
+        exc.errno = errno.ENOTDIR
+        raise _unwritable(path, exc) from None
+    except OSError as exc:
+        raise _unwritable(path, exc) from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        with open(tmp_path, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
+        try:
+            yield tmp_path
+        except OSError as exc:
+            # The caller's write into the temporary file: say so with the user's path.
+            if isinstance(exc, StyleMapGANError) or not (
+                    exc.filename in (tmp, str(tmp_path))
+                    or exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)):
+                raise
+            raise _unwritable(path, exc) from None
+        try:
+            with open(tmp_path, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp_path, path)
+        except OSError as exc:
+            raise _unwritable(path, exc) from None
     finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+        with contextlib.suppress(OSError):
+            if tmp_path.exists():
+                tmp_path.unlink()
 
 
 def first_line(exc: BaseException) -> str:

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import math
 import os
 import textwrap
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str, help: str, description: str,
@@ -25,9 +30,35 @@ def abspath(text: str) -> str:
     return os.path.abspath(os.path.expanduser(text))
 
 
+def model_file(text: str) -> str:
+    """An argument that names a model file: absolute, and refused at once when it is a folder
+    (with what to pass instead)."""
+    path = abspath(text)
+    if os.path.isdir(path):
+        raise argparse.ArgumentTypeError(_folder_not_model(path))
+    return path
+
+
+def _folder_not_model(path: str) -> str:
+    try:
+        inside = sorted(n for n in os.listdir(path) if n.endswith(".safetensors"))
+    except OSError:
+        inside = []
+    if os.path.isdir(os.path.join(path, "checkpoints")):
+        return (f"{path} is a folder (a training run?), not a model file; pass a model file, "
+                f"e.g. make one with `stylemapgan export {path} --out model.safetensors`")
+    if inside:
+        shown = ", ".join(inside[:3]) + (", ..." if len(inside) > 3 else "")
+        return (f"{path} is a folder, not a model file; pass the .safetensors model file itself "
+                f"(this folder holds {shown})")
+    return (f"{path} is a folder, not a model file; pass a .safetensors model file (made by "
+            "`stylemapgan convert` or `stylemapgan export`), or leave --model out for the "
+            "embedded model")
+
+
 def add_model(p: argparse.ArgumentParser) -> None:
     """--model, optional: commands call :func:`resolve_model` on the value."""
-    p.add_argument("--model", default=None, type=abspath,
+    p.add_argument("--model", default=None, type=model_file,
                    help="model file (.safetensors); default: the embedded 64 px avatar model")
 
 
@@ -50,9 +81,10 @@ def add_overwrite(p: argparse.ArgumentParser) -> None:
                    help="replace existing output files (by default existing files are never touched)")
 
 
-def int_in(lo: int, hi: int | None = None):
+def int_in(lo: int, hi: int | None = None, want: str | None = None):
     """An argparse type: an integer in lo..hi (no upper bound when ``hi`` is None)."""
-    want = f"an integer >= {lo}" if hi is None else f"an integer in {lo}..{hi}"
+    if want is None:
+        want = f"an integer >= {lo}" if hi is None else f"an integer in {lo}..{hi}"
 
     def parse(text: str) -> int:
         try:
@@ -66,21 +98,26 @@ def int_in(lo: int, hi: int | None = None):
     return parse
 
 
-def float_in(lo: float = -math.inf, hi: float = math.inf):
-    """An argparse type: a finite number in [lo, hi]."""
+def float_in(lo: float = -math.inf, hi: float = math.inf, *, lo_open: bool = False,
+             hi_open: bool = False):
+    """An argparse type: a finite number in [lo, hi] (``lo_open``/``hi_open``: that end
+    excluded). NaN and infinities are always refused."""
     if math.isinf(lo) and math.isinf(hi):
         want = "a finite number"
     elif math.isinf(hi):
-        want = f"a number >= {lo:g}"
+        want = f"a number {'>' if lo_open else '>='} {lo:g}"
+    elif math.isinf(lo):
+        want = f"a number {'<' if hi_open else '<='} {hi:g}"
     else:
-        want = f"a number in [{lo:g}, {hi:g}]"
+        want = f"a number in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
 
     def parse(text: str) -> float:
         try:
             v = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}") from None
-        if not math.isfinite(v) or not lo <= v <= hi:
+        inside = (lo < v if lo_open else lo <= v) and (v < hi if hi_open else v <= hi)
+        if not math.isfinite(v) or not inside:
             raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}")
         return v
 
@@ -89,5 +126,95 @@ def float_in(lo: float = -math.inf, hi: float = math.inf):
 
 positive_int = int_in(1)
 nonneg_int = int_in(0)
+#: a seed for torch / numpy generators
+seed_int = int_in(0, 2**63 - 1, want="a non-negative integer below 2**63")
 finite_float = float_in()
 nonneg_float = float_in(0.0)
+positive_float = float_in(0.0, lo_open=True)
+#: a threshold on values in [0, 1]: 0 would select everything
+unit_threshold = float_in(0.0, 1.0, lo_open=True)
+#: a share of something, less than all of it
+fraction = float_in(0.0, 1.0, hi_open=True)
+
+
+# --------------------------------------------------------------------------- writing outputs
+def dump_json(obj: Any, what: str, **kwargs: Any) -> str:
+    """``obj`` as indented JSON text ending in a newline, never with NaN or Infinity (which
+    are not JSON): a non-finite number raises an :class:`~stylemapgan.errors.InputError`
+    naming ``what`` before anything is written."""
+    import json
+
+    from stylemapgan.errors import InputError
+
+    try:
+        return json.dumps(obj, indent=2, allow_nan=False, **kwargs) + "\n"
+    except ValueError as exc:
+        raise InputError(f"{what}: a value is not finite ({exc}); nothing was written") from None
+
+
+def finite_or_none(obj: Any, where: str = "", found: list[str] | None = None) -> Any:
+    """A copy of a JSON-like ``obj`` with every NaN or infinite float replaced by None; the
+    paths of the replaced values are appended to ``found``."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        if found is not None:
+            found.append(where or "value")
+        return None
+    if isinstance(obj, dict):
+        return {k: finite_or_none(v, f"{where}.{k}" if where else str(k), found)
+                for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_none(v, f"{where}[{i}]", found) for i, v in enumerate(obj)]
+    return obj
+
+
+_HELD: set[str] = set()  # output folders this process holds the lock of
+
+
+def _command_line(args: argparse.Namespace, out: str) -> str:
+    words = ["stylemapgan", str(getattr(args, "command", "") or "")]
+    if getattr(args, "operation", None):
+        words.append(str(args.operation))
+    return " ".join([*(w for w in words if w), "--out", out])
+
+
+@contextlib.contextmanager
+def output_folder(folder: str | os.PathLike[str], command: str = "stylemapgan") -> Iterator[Path]:
+    """Hold ``folder``'s lock (:func:`stylemapgan.files.folder_lock`) while a command writes
+    into it. Re-entrant within a process (``edit replay`` runs the recorded edit into the
+    same folder). A folder this call created is removed again when the command fails before
+    writing anything into it."""
+    from stylemapgan.files import folder_lock
+
+    path = Path(folder)
+    key = os.path.realpath(path)
+    if key in _HELD:
+        yield path
+        return
+    created = not path.exists()
+    ok = False
+    try:
+        with folder_lock(path, command):
+            _HELD.add(key)
+            try:
+                yield path
+                ok = True
+            finally:
+                _HELD.discard(key)
+    finally:
+        if created and not ok:
+            with contextlib.suppress(OSError):
+                path.rmdir()  # only if empty
+
+
+def writes_folder(run: Callable[[argparse.Namespace], int], attr: str = "out"):
+    """Wrap a command's ``run(args)`` so that it holds the lock of the output folder
+    ``args.<attr>`` for as long as it runs; a second process writing there is refused at once
+    with a one-line :class:`~stylemapgan.files.FolderBusyError`."""
+
+    @functools.wraps(run)
+    def locked(args: argparse.Namespace) -> int:
+        out = str(getattr(args, attr))
+        with output_folder(out, _command_line(args, out)):
+            return run(args)
+
+    return locked

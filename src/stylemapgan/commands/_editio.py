@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from stylemapgan.commands._common import abspath, nonneg_float
+from stylemapgan.commands._common import abspath, int_in, nonneg_float, unit_threshold
 
 if TYPE_CHECKING:  # heavy imports stay inside functions
     import numpy as np
@@ -46,8 +46,9 @@ def add_mask_args(p: argparse.ArgumentParser, required: bool) -> None:
                    help="units of --mask-box and of transplant boxes/moves: stylemap cells "
                         "(default) or pixels of the model's image")
     g.add_argument("--invert-mask", action="store_true", help="edit everything but the mask")
-    g.add_argument("--mask-threshold", type=float, metavar="T",
-                   help="make a mask image binary: values >= T count as 1")
+    g.add_argument("--mask-threshold", type=unit_threshold, metavar="T",
+                   help="make a mask image binary: values >= T count as 1 (0 < T <= 1, "
+                        "1 = white)")
     g.add_argument("--mask-mode", choices=("area", "max"), default="area",
                    help="how the mask shrinks to each stylemap: area = fraction of the cell "
                         "covered (soft, default), max = any pixel selects the cell (the "
@@ -56,13 +57,12 @@ def add_mask_args(p: argparse.ArgumentParser, required: bool) -> None:
 
 
 def add_output(p: argparse.ArgumentParser) -> None:
-    from stylemapgan.commands._common import positive_int
-
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--gif-ms", type=positive_int, default=80,
-                   help="milliseconds per animation frame (default: 80)")
-    p.add_argument("--batch-size", type=positive_int, default=8,
-                   help="images per generator pass (default: 8)")
+    p.add_argument("--gif-ms", type=int_in(1, 60_000), default=80,
+                   help="milliseconds per animation frame, 1..60000; GIF viewers show at least "
+                        "10 (default: 80)")
+    p.add_argument("--batch-size", type=int_in(1, 1024), default=8,
+                   help="images per generator pass, 1..1024 (default: 8)")
 
 
 def add_paste_back(p: argparse.ArgumentParser) -> None:
@@ -167,7 +167,8 @@ class Session:
         import numpy as np
 
         batch = from_uint8(np.stack([x.pixels for x in todo]))
-        keys = [("image", x.sha256, json.dumps(x.placement.to_dict(), sort_keys=True)) for x in todo]
+        keys = [("image", x.sha256, json.dumps(x.placement.to_dict(), sort_keys=True, allow_nan=False))
+                for x in todo]
         ws = self.editor.project(batch, keys=keys)
         for x, w in zip(todo, ws, strict=True):
             x.w = w[None]

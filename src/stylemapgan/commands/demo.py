@@ -10,6 +10,7 @@ from stylemapgan.commands._common import (
     add_overwrite,
     add_parser,
     resolve_model,
+    writes_folder,
 )
 
 OUTPUTS = ("reconstruction.png", "local_edit.png", "interpolation.png", "interpolation.gif",
@@ -37,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="demo", help="output folder (default: demo)")
     add_device(p)
     add_overwrite(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=writes_folder(run))
 
 
 def run(args: argparse.Namespace) -> int:

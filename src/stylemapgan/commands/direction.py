@@ -10,9 +10,11 @@ from stylemapgan.commands._common import (
     add_model,
     add_overwrite,
     add_parser,
-    nonneg_float,
-    positive_int,
+    fraction,
+    int_in,
+    positive_float,
     resolve_model,
+    seed_int,
 )
 from stylemapgan.commands._editio import add_fit
 
@@ -45,15 +47,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="direction file to write (.safetensors)")
     p.add_argument("--method", choices=("svm", "logistic"), default="svm",
                    help="linear classifier: svm (squared hinge, default) or logistic")
-    p.add_argument("--C", dest="c", type=nonneg_float, default=1.0,
-                   help="inverse regularization strength (default: 1)")
-    p.add_argument("--val-fraction", type=float, default=0.2,
-                   help="share of each class held out to measure accuracy (default: 0.2)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the held-out split (default: 0)")
+    p.add_argument("--C", dest="c", type=positive_float, default=1.0,
+                   help="inverse regularization strength, > 0 (default: 1)")
+    p.add_argument("--val-fraction", type=fraction, default=0.2,
+                   help="share of each class held out to measure accuracy, in [0, 1) (default: 0.2)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the held-out split (default: 0)")
     p.add_argument("--name", help="a name for the attribute (stored in the file)")
     add_fit(p)
     p.add_argument("--recursive", action="store_true", help="also read subfolders")
-    p.add_argument("--batch-size", type=positive_int, default=8, help="images per encoder pass")
+    p.add_argument("--batch-size", type=int_in(1, 1024), default=8,
+                   help="images per encoder pass, 1..1024 (default: 8)")
     add_device(p)
     add_overwrite(p)
     p.set_defaults(func=run)

@@ -16,11 +16,17 @@ from stylemapgan.commands._common import (
     add_model,
     add_overwrite,
     add_parser,
+    dump_json,
     finite_float,
-    positive_int,
+    int_in,
+    model_file,
     resolve_model,
+    writes_folder,
 )
 from stylemapgan.commands._editio import add_fit, add_mask_args, add_output, add_paste_back
+
+#: number of images an edit writes (--steps); every frame is held in memory
+steps_int = int_in(1, 1000)
 
 SPACE_HELP = ("where to blend: wplus = every per-layer stylemap at its own resolution (finer "
               "boundaries, default), w = the stylemap w only")
@@ -65,7 +71,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("source", type=abspath, help="photo or saved stylemap")
     add_paste_back(q)
     _common(q)
-    q.set_defaults(func=run_reconstruct, _parser=q)
+    q.set_defaults(func=writes_folder(run_reconstruct), _parser=q)
 
     q = add_parser(ops, "mix", help="style mixing: some W+ layers from a second image",
                    description="""
@@ -80,7 +86,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--layers", default="coarse", help="coarse, fine, a:b or 1,2,3 (default: coarse)")
     add_paste_back(q)
     _common(q)
-    q.set_defaults(func=run_mix, _parser=q)
+    q.set_defaults(func=writes_folder(run_mix), _parser=q)
 
     q = add_parser(ops, "interpolate", help="interpolation in W or W+, N steps, grid and GIF",
                    description="""
@@ -92,10 +98,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                        stylemapgan edit interpolate a.jpg b.jpg --space wplus --steps 5 --model m.safetensors --out lerp""")
     q.add_argument("source", type=abspath, help="start (photo or stylemap)")
     q.add_argument("reference", type=abspath, help="end (photo or stylemap)")
-    q.add_argument("--steps", type=positive_int, default=8, help="number of images (default: 8)")
+    q.add_argument("--steps", type=steps_int, default=8, help="number of images, 1..1000 (default: 8)")
     q.add_argument("--space", choices=("w", "wplus"), default="w", help="W (default) or W+")
     _common(q, source_box=False)
-    q.set_defaults(func=run_interpolate, _parser=q)
+    q.set_defaults(func=writes_folder(run_interpolate), _parser=q)
 
     q = add_parser(ops, "local", help="local editing: the reference inside a mask",
                    description="""
@@ -111,12 +117,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("source", type=abspath, help="photo or stylemap to edit")
     q.add_argument("reference", type=abspath, help="photo or stylemap to take the masked part from")
     q.add_argument("--space", choices=("w", "wplus"), default="wplus", help=SPACE_HELP)
-    q.add_argument("--steps", type=positive_int, default=1,
-                   help="images from the reconstruction (0) to the full edit (1) (default: 1)")
+    q.add_argument("--steps", type=steps_int, default=1,
+                   help="images from the reconstruction (0) to the full edit (1), 1..1000 "
+                        "(default: 1)")
     add_mask_args(q, required=True)
     add_paste_back(q)
     _common(q)
-    q.set_defaults(func=run_local, _parser=q)
+    q.set_defaults(func=writes_folder(run_local), _parser=q)
 
     q = add_parser(ops, "transplant", help="unaligned transplantation of regions between images",
                    description="""
@@ -139,10 +146,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--units", choices=("cells", "px"), default="cells",
                    help="units of boxes and moves: stylemap cells (default) or model-image pixels")
     q.add_argument("--space", choices=("w", "wplus"), default="wplus", help=SPACE_HELP)
-    q.add_argument("--steps", type=positive_int, default=1, help="interpolation steps (default: 1)")
+    q.add_argument("--steps", type=steps_int, default=1, help="interpolation steps, 1..1000 (default: 1)")
     add_paste_back(q)
     _common(q)
-    q.set_defaults(func=run_transplant, _parser=q)
+    q.set_defaults(func=writes_folder(run_transplant), _parser=q)
 
     q = add_parser(ops, "direction", help="semantic manipulation along a learned direction",
                    description="""
@@ -157,11 +164,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--direction", required=True, type=abspath, help="direction file (.safetensors)")
     q.add_argument("--strength", type=finite_float, default=3.0,
                    help="distance to move in stylemap space; the direction has unit norm (default: 3)")
-    q.add_argument("--steps", type=positive_int, default=1, help="images from strength 0 to --strength")
+    q.add_argument("--steps", type=steps_int, default=1,
+                   help="images from strength 0 to --strength, 1..1000 (default: 1)")
     add_mask_args(q, required=False)
     add_paste_back(q)
     _common(q)
-    q.set_defaults(func=run_direction, _parser=q)
+    q.set_defaults(func=writes_folder(run_direction), _parser=q)
 
     q = add_parser(ops, "replay", help="run the edit a record.json describes again",
                    description="""
@@ -176,7 +184,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("record", type=abspath,
                    help="record.json written by an edit, or a record downloaded from the web editor")
     q.add_argument("--out", required=True, help="output folder for the new run")
-    q.add_argument("--model", type=abspath, default=None,
+    q.add_argument("--model", type=model_file, default=None,
                    help="model file for a web editor record (default: the path it recorded, or "
                         "the embedded default model if its checksum matches)")
     q.add_argument("--device", default=None, help="device to run on (default: the recorded one, "
@@ -185,7 +193,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--strict", action="store_true",
                    help="exit with status 1 if an output differs from the recorded one")
     add_overwrite(q)
-    q.set_defaults(func=run_replay)
+    q.set_defaults(func=writes_folder(run_replay))
 
 
 # --------------------------------------------------------------------------- helpers
@@ -345,12 +353,16 @@ def run_local(args: argparse.Namespace) -> int:
 
 
 def _parse_pair(text: str, what: str) -> tuple[float, float]:
+    import math
+
     from stylemapgan.errors import InputError
 
     try:
         a, b = (float(v) for v in text.split(","))
     except ValueError:
-        raise InputError(f"region {what}={text!r}: expected two numbers X,Y") from None
+        a = b = math.nan
+    if not (math.isfinite(a) and math.isfinite(b)):
+        raise InputError(f"region {what}={text!r}: expected two finite numbers X,Y")
     return a, b
 
 
@@ -615,8 +627,6 @@ def _replay_web(args, path, record) -> int:
     for name, frame in zip(names, frames, strict=True):
         save_png(frame, out / name, overwrite=args.overwrite, compress_level=level)
     with atomic_write(out / "record.json", overwrite=args.overwrite) as tmp:
-        import json
-
-        tmp.write_text(json.dumps(record, indent=2) + "\n")
+        tmp.write_text(dump_json(record, f"{path}: the record"))
     print(f"replay: wrote {len(names)} frame(s) to {out} ({method})")
     return _compare(out, record, args)

@@ -14,9 +14,14 @@ from stylemapgan.commands._common import (
     add_model,
     add_overwrite,
     add_parser,
+    dump_json,
+    finite_or_none,
     float_in,
+    int_in,
     positive_int,
     resolve_model,
+    seed_int,
+    writes_folder,
 )
 
 ALL_METRICS = ("reconstruction", "fid", "fid_lerp", "local_editing", "detectability", "runtime")
@@ -81,14 +86,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="LPIPS backbone for reconstruction (default: vgg, as the paper)")
     p.add_argument("--truncation", type=float_in(0.0, 2.0), default=1.0,
                    help="truncation for FID samples (default: 1 = none)")
-    p.add_argument("--seed", type=int, default=0, help="seed of samples, pairs and splits")
-    p.add_argument("--batch-size", type=positive_int, default=16, help="images per forward pass")
+    p.add_argument("--seed", type=seed_int, default=0,
+                   help="seed of samples, pairs and splits (default: 0)")
+    p.add_argument("--batch-size", type=int_in(1, 1024), default=16,
+                   help="images per forward pass, 1..1024 (default: 16)")
     p.add_argument("--runtime-repeats", type=positive_int, default=10,
                    help="timed repeats for runtime (median reported)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write cached FID statistics")
     add_device(p)
     add_overwrite(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=writes_folder(run))
 
 
 # --------------------------------------------------------------------------- edit triples
@@ -427,10 +434,16 @@ def run(args: argparse.Namespace) -> int:
         result["notes"].append("detectability is a proxy (logistic regression on Inception "
                                "features), not the paper's CNNDetection classifier")
 
+    # A metric that came out NaN or infinite (e.g. FID of a diverged model) is written as
+    # null with a note: metrics.json stays valid JSON and the other results are kept.
+    not_finite: list[str] = []
+    result = finite_or_none(result, found=not_finite)
+    if not_finite:
+        result["notes"].append(f"not finite, written as null: {', '.join(not_finite)}")
     report = markdown_report(result)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_write(out / "metrics.json", overwrite=args.overwrite) as tmp:
-        tmp.write_text(json.dumps(result, indent=2, default=str) + "\n")
+        tmp.write_text(dump_json(result, str(out / "metrics.json"), default=str))
     with atomic_write(out / "metrics.md", overwrite=args.overwrite) as tmp:
         tmp.write_text(report)
     print(report)

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from stylemapgan.commands._common import add_model, add_overwrite, add_parser, resolve_model
+from stylemapgan.commands._common import (
+    add_model,
+    add_overwrite,
+    add_parser,
+    resolve_model,
+    writes_folder,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model(p)
     p.add_argument("--out", required=True, help="output folder")
     add_overwrite(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=writes_folder(run))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -10,8 +10,9 @@ from stylemapgan.commands._common import (
     add_overwrite,
     add_parser,
     float_in,
-    positive_int,
+    int_in,
     resolve_model,
+    writes_folder,
 )
 
 
@@ -30,11 +31,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--truncation", type=float_in(0.0, 2.0), default=1.0,
                    help="pull stylemaps toward the mean: 1 = none, 0.7 = typical (default: 1)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--batch-size", type=positive_int, default=8, help="images per forward pass")
+    p.add_argument("--batch-size", type=int_in(1, 1024), default=8,
+                   help="images per forward pass, 1..1024 (default: 8)")
     p.add_argument("--no-grid", action="store_true", help="do not write grid.png")
     add_device(p)
     add_overwrite(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=writes_folder(run))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 
-from stylemapgan.commands._common import add_parser, resolve_model
+from stylemapgan.commands._common import add_parser, dump_json, model_file, resolve_model
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,7 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             stylemapgan info celeba_hq.safetensors
             stylemapgan info celeba_hq.safetensors --json""",
     )
-    p.add_argument("model", nargs="?", default=None,
+    p.add_argument("model", nargs="?", default=None, type=model_file,
                    help="model file (.safetensors); default: the embedded avatar model")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
@@ -44,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         "provenance": meta["provenance"],
     }
     if args.json:
-        print(json.dumps(info, indent=2, sort_keys=True))
+        print(dump_json(info, str(args.model), sort_keys=True), end="")
         return 0
     print(f"{info['file']}  ({info['bytes'] / 2**20:.1f} MiB, sha256 {info['sha256'][:16]}...)")
     print(f"format version {info['format_version']}")

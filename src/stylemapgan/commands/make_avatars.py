@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from stylemapgan.commands._common import add_overwrite, add_parser, int_in, positive_int
+from stylemapgan.commands._common import (
+    add_overwrite,
+    add_parser,
+    int_in,
+    positive_int,
+    writes_folder,
+)
 
 _size = int_in(16, 512)
 _start = int_in(0, 999_999)
@@ -37,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="explicit seeds instead of --start/--count: 0-7, 1,5,9 or 0-3,10")
     p.add_argument("--no-masks", action="store_true", help="images and manifest only")
     add_overwrite(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=writes_folder(run))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from stylemapgan.commands._common import add_overwrite, add_parser, positive_int
+from stylemapgan.commands._common import add_overwrite, add_parser, int_in, positive_int
 
 
 def _sizes(text: str) -> list[int]:
@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "repeated, as for editing) or stretching")
     p.add_argument("--format", choices=("jpeg", "png"), default="jpeg",
                    help="how images are stored (default: jpeg)")
-    p.add_argument("--quality", type=positive_int, default=95,
+    p.add_argument("--quality", type=int_in(1, 100), default=95,
                    help="JPEG quality 1..100 (default: 95)")
     p.add_argument("--workers", type=positive_int, default=None,
                    help="decoding processes (default: number of CPUs, at most 8)")

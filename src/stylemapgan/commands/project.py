@@ -10,10 +10,13 @@ from stylemapgan.commands._common import (
     add_model,
     add_overwrite,
     add_parser,
+    dump_json,
+    finite_or_none,
+    int_in,
     nonneg_float,
-    nonneg_int,
-    positive_int,
+    positive_float,
     resolve_model,
+    writes_folder,
 )
 from stylemapgan.commands._editio import add_fit
 
@@ -47,16 +50,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--box", metavar="X0,Y0,X1,Y1",
                    help="use only this region of every photo (photo pixels)")
     p.add_argument("--recursive", action="store_true", help="also read images in subfolders")
-    p.add_argument("--batch-size", type=positive_int, default=8, help="images per pass (default: 8)")
+    p.add_argument("--batch-size", type=int_in(1, 1024), default=8,
+                   help="images per pass, 1..1024 (default: 8)")
     p.add_argument("--save-input", action="store_true",
                    help="also write NAME.input.png: the square the model saw")
     p.add_argument("--no-reconstruction", action="store_true", help="do not write NAME.png")
     p.add_argument("--skip-bad", action="store_true",
-                   help="skip unreadable images with a warning instead of stopping")
+                   help="skip unreadable images with a warning instead of stopping (every image "
+                        "is read before anything is written, so without it a bad file stops "
+                        "the run with nothing written)")
     g = p.add_argument_group("optimization (optional)")
-    g.add_argument("--refine", type=nonneg_int, default=0, metavar="N",
+    g.add_argument("--refine", type=int_in(0, 1_000_000), default=0, metavar="N",
                    help="optimize each stylemap for N Adam steps after the encoder (default: 0)")
-    g.add_argument("--lr", type=nonneg_float, default=0.03, help="learning rate of --refine (default: 0.03)")
+    g.add_argument("--lr", type=positive_float, default=0.03,
+                   help="learning rate of --refine, > 0 (default: 0.03)")
     g.add_argument("--mse-weight", type=nonneg_float, default=1.0, help="weight of the pixel MSE (default: 1)")
     g.add_argument("--lpips-weight", type=nonneg_float, default=1.0,
                    help="weight of LPIPS; 0 = MSE only, no weights needed (default: 1)")
@@ -64,7 +71,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="LPIPS backbone (default: vgg, the paper's training loss)")
     add_device(p)
     add_overwrite(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=writes_folder(run))
 
 
 def _names(paths) -> list[str]:
@@ -87,7 +94,6 @@ def _names(paths) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     args.model = resolve_model(args.model)
     import datetime as _dt
-    import json
     import logging
     from pathlib import Path
 
@@ -99,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
     from stylemapgan.editing.editor import Editor
     from stylemapgan.errors import InputError
     from stylemapgan.files import atomic_write, sha256_file
+    from stylemapgan.formats.checkpoint import read_model_metadata
     from stylemapgan.formats.stylemaps import SUFFIX, save_stylemap
     from stylemapgan.imaging.images import (
         check_writable,
@@ -117,6 +124,32 @@ def run(args: argparse.Namespace) -> int:
     paths = list_images(args.images, recursive=args.recursive)
     names = _names(paths)
     out = Path(args.out)
+
+    # Read every image before anything is written: a bad file stops the run with nothing
+    # written (or, with --skip-bad, is left out), never halfway through.
+    size = read_model_metadata(args.model)["config"].size
+    bad: list[tuple[Path, InputError]] = []
+    for path in tqdm(paths, unit="img", desc="check", leave=False, disable=len(paths) < 16):
+        try:
+            load_image(path, size, fit=args.fit, box=box)
+        except InputError as exc:
+            bad.append((path, exc))
+    skipped = []
+    if bad:
+        if not args.skip_bad:
+            path, exc = bad[0]
+            more = f" ({len(bad) - 1} more unreadable file(s))" if len(bad) > 1 else ""
+            raise InputError(f"{exc}{more}; nothing was written: fix or remove the file, or "
+                             "pass --skip-bad to project the others")
+        for path, exc in bad:
+            log.warning("skipped: %s", exc)
+            skipped.append({"path": str(path), "error": str(exc)})
+        bad_paths = {p for p, _ in bad}
+        kept = [(p, n) for p, n in zip(paths, names, strict=True) if p not in bad_paths]
+        if not kept:
+            raise InputError(f"no image could be read ({len(skipped)} skipped; the first: "
+                             f"{skipped[0]['error']})")
+        paths, names = [p for p, _ in kept], [n for _, n in kept]
     targets = [out / "project.json"]
     for n in names:
         targets.append(out / f"{n}{SUFFIX}")
@@ -139,8 +172,7 @@ def run(args: argparse.Namespace) -> int:
         except StyleMapGANError as exc:
             raise type(exc)(f"{exc}; or refine with MSE only: --lpips-weight 0") from None
 
-    entries, skipped = [], []
-    size = editor.size
+    entries = []
     with tqdm(total=len(paths), unit="img", desc="project") as bar:
         for start in range(0, len(paths), args.batch_size):
             chunk = []
@@ -203,8 +235,13 @@ def run(args: argparse.Namespace) -> int:
         "mean_mse": float(np.mean([e["mse"] for e in entries])),
         "images": entries, "skipped": skipped,
     }
+    not_finite: list[str] = []
+    record = finite_or_none(record, found=not_finite)
+    if not_finite:  # a model that renders NaN: say so, and keep the file valid JSON
+        log.warning("project.json: %d value(s) were not finite and are written as null (%s)",
+                    len(not_finite), ", ".join(not_finite[:3]))
     with atomic_write(out / "project.json", overwrite=args.overwrite) as tmp:
-        tmp.write_text(json.dumps(record, indent=2) + "\n")
+        tmp.write_text(dump_json(record, str(out / "project.json")))
     extra = f", {len(skipped)} skipped" if skipped else ""
     how = f"encoder + {args.refine} refine steps" if args.refine else "encoder"
     print(f"projected {len(entries)} image(s) ({how}{extra}) to {out}: mean MSE "

@@ -6,7 +6,7 @@ import argparse
 import os
 from collections.abc import Callable
 
-from stylemapgan.commands._common import add_device, add_parser, int_in, positive_int
+from stylemapgan.commands._common import add_device, add_parser, int_in, model_file, positive_int
 
 PathDefault = str | os.PathLike[str] | Callable[[], str | os.PathLike[str]] | None
 
@@ -54,7 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             stylemapgan serve --model celeba_hq.safetensors --gallery photos/ --port 8080
             stylemapgan serve --model m.safetensors --device cpu --max-upload-mb 10""",
     )
-    p.add_argument("--model", required=DEFAULT_MODEL is None,
+    p.add_argument("--model", required=DEFAULT_MODEL is None, type=model_file,
                    help="model file (.safetensors)" + ("" if DEFAULT_MODEL is None
                                                        else " (default: the packaged model)"))
     p.add_argument("--gallery", metavar="DIR",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from stylemapgan.commands._common import add_parser
+from stylemapgan.commands._common import add_parser, dump_json
 
 
 def _add_home(p: argparse.ArgumentParser) -> None:
@@ -69,7 +69,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
     import sys
     import time
 
@@ -100,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     rows = weights.list_weights(home, verify=args.verify)
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(dump_json(rows, "weights list"), end="")
         return 0
     print(f"weights folder: {weights.weights_dir(home)}")
     for r in rows:

@@ -311,25 +311,90 @@ def _import_network(net: str, module: nn.Module, ref_state: Mapping[str, Any],
     module.load_state_dict(new_state, strict=True)
 
 
+_REFERENCE_FIX = ("reference checkpoints are the torch.save .pt files of naver-ai/StyleMapGAN; "
+                  "download it again if it was cut short")
+
+
+def _safetensors_kind(path: Path) -> str | None:
+    """What a file that is really a safetensors file holds (by its bytes, not its name), or
+    None when it is not one."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+        size = path.stat().st_size
+    except OSError:
+        return None
+    if len(head) < 9 or head[8:9] != b"{" or not 2 <= int.from_bytes(head[:8], "little") <= size - 8:
+        return None
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            tag = (f.metadata() or {}).get("format")
+    except Exception:  # a damaged safetensors file: still not a torch.save checkpoint
+        tag = None
+    return "model" if tag == FORMAT_NAME else "other"
+
+
+def _unpickling_detail(exc: BaseException) -> str:
+    """The informative part of a weights-only unpickling error (torch puts it last), up to
+    its first sentence."""
+    text = str(exc).strip()
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1].strip()
+    line = text.splitlines()[0].strip() if text else type(exc).__name__
+    return line.split(". ", 1)[0]
+
+
+def _load_error_detail(exc: BaseException) -> str:
+    """A short reason for a failed ``torch.load`` of a damaged or foreign file."""
+    if isinstance(exc, EOFError):
+        return "the file ends too early"
+    text = str(exc).strip()
+    line = text.splitlines()[0].split(". ", 1)[0] if text else ""
+    if isinstance(exc, (KeyError, IndexError)) or len(line) < 8:
+        return f"{type(exc).__name__} {line}".strip()
+    return line
+
+
 def read_reference_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Load a reference ``torch.save`` checkpoint on the CPU, unpickling only safe types."""
+    """Load a reference ``torch.save`` checkpoint on the CPU, unpickling only safe types.
+
+    The file is read by its content, whatever its name: torch would hand a name ending in
+    ``.safetensors`` to the safetensors reader instead. Every failure is one
+    :class:`~stylemapgan.errors.ModelFileError` naming the file and what to do.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise ModelFileError(f"{path} is a folder, not a reference checkpoint; pass the .pt "
+                             "file itself")
     if not path.is_file():
         raise ModelFileError(f"reference checkpoint {path} not found")
+    kind = _safetensors_kind(path)
+    if kind == "model":
+        raise ModelFileError(f"{path} is already a StyleMapGAN model file: it needs no "
+                             "conversion, pass it to --model as it is")
+    if kind == "other":
+        raise ModelFileError(f"{path} is a safetensors file, not a torch.save checkpoint; "
+                             f"convert reads the original .pt checkpoint ({_REFERENCE_FIX})")
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
+        with open(path, "rb") as f, torch.serialization.safe_globals([argparse.Namespace]):
+            ckpt = torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelFileError(
-            f"{path} holds objects other than tensors and training arguments, refused for "
-            f"safety ({first[:200]})"
-        ) from None
+        detail = _unpickling_detail(exc)
+        if "Unsupported global" in detail or "GLOBAL" in detail:
+            raise ModelFileError(
+                f"{path} holds objects other than tensors and training arguments, refused for "
+                f"safety ({detail[:200]})"
+            ) from None
+        raise ModelFileError(f"{path} is not a readable PyTorch checkpoint ({detail[:200]}); it "
+                             f"may be truncated or corrupt, or not a checkpoint at all; "
+                             f"{_REFERENCE_FIX}") from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, AttributeError,
             TypeError, IndexError, KeyError) as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelFileError(f"{path} is not a readable PyTorch checkpoint ({msg[:200]}); "
-                             "it may be truncated or corrupt") from None
+        raise ModelFileError(f"{path} is not a readable PyTorch checkpoint "
+                             f"({_load_error_detail(exc)[:200]}); it may be truncated or "
+                             f"corrupt; {_REFERENCE_FIX}") from None
     if not isinstance(ckpt, dict):
         raise ModelFileError(f"{path} is not a StyleMapGAN reference checkpoint "
                              f"(top level is {type(ckpt).__name__}, not a dict)")

@@ -41,6 +41,7 @@ from pydantic import BaseModel, Field
 
 from stylemapgan.editing.cache import ByteLRU
 from stylemapgan.editing.operations import Space
+from stylemapgan.editing.record import dumps as dumps_record
 from stylemapgan.errors import InputError, StyleMapGANError
 from stylemapgan.imaging.images import load_rgb
 from stylemapgan.web.engine import EditEngine, EditSpec, NotFound, RegionSpec
@@ -287,7 +288,8 @@ def create_app(engine: EditEngine, gallery: Gallery | None = None) -> FastAPI:
     @app.get("/api/results/{rid}/record.json")
     def result_record(rid: Annotated[str, PathParam(pattern=RESULT_ID)]) -> Response:
         record = engine.result(rid).record
-        return Response(json.dumps(record, indent=2), media_type="application/json",
+        # Never NaN or Infinity, which are not JSON (an InputError, answered 400, instead).
+        return Response(dumps_record(record), media_type="application/json",
                         headers={"content-disposition": 'attachment; filename="stylemapgan-edit.json"'})
 
     @app.get("/api/results/{rid}/{k}.png")

@@ -39,6 +39,17 @@ def display_name(name: str | None, limit: int = 80) -> str:
     return name or "image"
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG's IHDR chunk, read from the bytes alone (no Pillow, so no
+    decompression-bomb check can fire first); None when the bytes do not start like a PNG."""
+    if len(data) < 24 or not data.startswith(PNG_SIGNATURE) or data[12:16] != b"IHDR":
+        return None
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
 def decode_image(data: bytes, name: str, *, max_bytes: int, max_pixels: int) -> Image.Image:
     """Bytes of an uploaded file -> RGB image, or :class:`UploadError` with a fitting status."""
     if not data:
@@ -54,8 +65,8 @@ def decode_image(data: bytes, name: str, *, max_bytes: int, max_pixels: int) -> 
         raise UploadError(f"{name}: not an image; upload a PNG, JPEG, WebP, BMP, GIF or TIFF file",
                           415) from None
     except Image.DecompressionBombError:
-        raise UploadError(f"{name}: refused as a decompression bomb (far too many pixels)",
-                          413) from None
+        raise UploadError(f"{name}: far more pixels than the limit of {max_pixels:,} (refused "
+                          "as a decompression bomb); resize it first", 413) from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise UploadError(f"{name}: cannot read the image ({exc})", 422) from None
     w, h = img.size
@@ -77,6 +88,12 @@ def encode_png(array: np.ndarray, compress_level: int = WEB_PNG_LEVEL) -> bytes:
     return images.encode_png(array, compress_level)
 
 
+def _check_mask_size(w: int, h: int, what: str) -> None:
+    if w > MAX_MASK_SIDE or h > MAX_MASK_SIDE or w < 1 or h < 1:
+        raise UploadError(f"{what}: {w}x{h} is not a usable mask size (at most "
+                          f"{MAX_MASK_SIDE} pixels a side); send the mask at the image's size", 413)
+
+
 def decode_mask(data_url: str, size: int, what: str = "mask") -> np.ndarray:
     """A PNG data URL -> float32 [size, size] mask in [0, 1].
 
@@ -89,12 +106,14 @@ def decode_mask(data_url: str, size: int, what: str = "mask") -> np.ndarray:
         raw = images.decode_png_data_url(data_url, what)
     except InputError as exc:
         raise UploadError(str(exc), 400) from None
+    # The side lengths come from the PNG header before Pillow sees the bytes: a huge mask is
+    # refused for its size (413), not by Pillow's decompression-bomb check as unreadable.
+    dims = png_header_size(raw)
+    if dims is not None:
+        _check_mask_size(*dims, what)
     try:
         img = Image.open(io.BytesIO(raw), formats=("PNG",))
-        w, h = img.size
-        if w > MAX_MASK_SIDE or h > MAX_MASK_SIDE or w < 1 or h < 1:
-            raise UploadError(f"{what}: {w}x{h} is not a usable mask size (at most "
-                              f"{MAX_MASK_SIDE} a side)", 413)
+        _check_mask_size(*img.size, what)
         img.load()
     except UploadError:
         raise
