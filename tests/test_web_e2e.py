@@ -65,12 +65,10 @@ def _free_port():
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tiny_model_file, tmp_path_factory):
+def _serve(tiny_model_file, tmp, extra=()):
     """`stylemapgan serve` (with a one-image gallery) in a subprocess on a free port; yields
     its base URL."""
-    tmp = tmp_path_factory.mktemp("serve")
-    (tmp / "gallery").mkdir()
+    (tmp / "gallery").mkdir(exist_ok=True)
     Image.fromarray(_smooth(9)).save(tmp / "gallery" / "gallery-one.png")
     port = _free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"}
@@ -78,7 +76,7 @@ def server(tiny_model_file, tmp_path_factory):
     with open(tmp / "server.log", "w+") as log:
         proc = subprocess.Popen([sys.executable, "-m", "stylemapgan.cli", "serve", "--model",
                                  str(tiny_model_file), "--gallery", str(tmp / "gallery"),
-                                 "--port", str(port), "--device", "cpu"],
+                                 "--port", str(port), "--device", "cpu", *extra],
                                 stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
             deadline = time.time() + 90
@@ -102,6 +100,18 @@ def server(tiny_model_file, tmp_path_factory):
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_file, tmp_path_factory):
+    yield from _serve(tiny_model_file, tmp_path_factory.mktemp("serve"))
+
+
+@pytest.fixture(scope="module")
+def align_server(tiny_model_file, tmp_path_factory):
+    """The editor with face alignment (serve --align): needs the faces extra."""
+    pytest.importorskip("dlib", reason='needs the faces extra: pip install -e ".[faces]"')
+    yield from _serve(tiny_model_file, tmp_path_factory.mktemp("serve-align"), ["--align"])
 
 
 def _smooth(seed, size=32, cells=4):
@@ -313,3 +323,66 @@ def test_box_from_the_gallery_moved_in_w_with_steps_undo_and_redo(server, tmp_pa
     assert np.abs(last_frame - want).max() <= 1
     assert np.abs(first_frame - recon).max() <= 1  # t = 0 is the reconstruction
     assert np.abs(last_frame - recon).mean() > 1
+
+
+def test_a_face_is_picked_from_a_photo_edited_and_pasted_back_into_it(align_server, tmp_path):
+    """A real photo (the public-domain astronaut): the server finds the face, the user picks
+    it, paints a region on a reference, and gets the whole photo back with only the region's
+    footprint changed."""
+    executable = _browser_or_skip()
+    from playwright.sync_api import sync_playwright
+
+    photo_path = Path(__file__).parent / "fixtures" / "photos" / "astronaut-256.jpg"
+    photo = np.asarray(Image.open(photo_path).convert("RGB")).astype(int)
+    with sync_playwright() as p:
+        context = _open_browser(p, executable, tmp_path)
+        try:
+            page = context.new_page()
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(align_server + "/")
+            page.wait_for_selector("body[data-ready=true]", timeout=30_000)
+            page.set_input_files("#upload", [str(photo_path)])
+            # The picker shows the photo with the detected face; pick it.
+            page.wait_for_selector("#picker[open] button.face-choice", timeout=60_000)
+            assert page.locator("button.face-choice").count() == 1
+            page.click("button.face-choice")
+            page.wait_for_selector("#library .card.original", timeout=30_000)
+            # A reference from the gallery (model size: no picker).
+            page.click("#gallery button.thumb")
+            page.wait_for_selector("#library .card.reference", timeout=30_000)
+            box = page.locator("#ref-canvas").bounding_box()
+            scale = box["width"] / 32
+
+            def at(x, y):
+                return box["x"] + x * scale, box["y"] + y * scale
+
+            page.locator("#brush-size").fill("4")
+            page.mouse.move(*at(10, 18))
+            page.mouse.down()
+            page.mouse.move(*at(22, 18), steps=8)
+            page.mouse.move(*at(22, 22), steps=2)
+            page.mouse.up()
+            _wait_idle(page, "document.querySelector('#status').textContent.includes('local edit')")
+            page.wait_for_selector("#download-full:not(.disabled)")
+            page.check("#show-full")
+            page.wait_for_selector("#full-view:not([hidden])")
+            with page.expect_download() as full_download:
+                page.click("#download-full")
+            full = np.asarray(Image.open(full_download.value.path()).convert("RGB")).astype(int)
+            page.check("#show-error")  # the error overlay draws without errors
+            page.wait_for_timeout(300)
+            assert not errors, errors
+        finally:
+            context.close()
+
+    assert full.shape == photo.shape
+    changed = np.abs(full - photo).max(-1) > 0
+    ys, xs = np.nonzero(changed)
+    # The face is at (88..132, 41..84) in the photo: the edit stays in and around it.
+    assert changed.sum() > 50
+    assert xs.min() > 88 - 30 and xs.max() < 132 + 30 and ys.min() > 41 - 40 and ys.max() < 84 + 40
+    far = np.ones_like(changed)
+    far[0:130, 40:180] = False
+    assert not changed[far].any()  # the rest of the photo is exactly the photo
+    print(f"full photo: {int(changed.sum())} of {changed.size} pixels changed")

@@ -97,3 +97,42 @@ def test_the_error_overlay_is_an_rgba_map(tiny_model):
     a = engine.add_image(Image.new("RGB", (32, 32), (200, 30, 30)), "a")
     err = np.asarray(Image.open(io.BytesIO(engine.error_png(a.id))))
     assert err.shape == (32, 32, 4) and (err[..., 0] == 255).all() and err[..., 3].max() > 0
+
+
+def test_photo_routes_upload_crop_edit_and_full_photo(tiny_model, wide_photo):
+    from fastapi.testclient import TestClient
+
+    from stylemapgan.web.app import create_app
+
+    engine = EditEngine(tiny_model, SETTINGS)
+    buf = io.BytesIO()
+    wide_photo.save(buf, format="PNG")
+    with TestClient(create_app(engine)) as client:
+        r = client.post("/api/photos", files={"file": ("wide.png", buf.getvalue(), "image/png")})
+        assert r.status_code == 201, r.text
+        photo = r.json()
+        assert (photo["width"], photo["height"], photo["faces"]) == (180, 120, [])
+        preview = client.get(photo["preview"])
+        assert preview.status_code == 200 and _png(preview.content).shape == (120, 180, 3)
+        bad = client.post(f"/api/photos/{photo['id']}/crop", json={})
+        assert bad.status_code == 400 and "face" in bad.json()["detail"]
+        outside = client.post(f"/api/photos/{photo['id']}/crop", json={"box": [100, 0, 300, 100]})
+        assert outside.status_code == 400 and "not inside" in outside.json()["detail"]
+        src = client.post(f"/api/photos/{photo['id']}/crop", json={"box": [40, 10, 136, 106]}).json()
+        assert src["photo"] == photo["id"]
+        assert _png(client.get(src["error"]).content).shape == (32, 32, 3)  # RGBA read as RGB
+        mask = np.zeros((32, 32), np.uint8)
+        mask[4:12, 4:12] = 255
+        mbuf = io.BytesIO()
+        Image.fromarray(mask).save(mbuf, format="PNG")
+        import base64
+
+        url = "data:image/png;base64," + base64.b64encode(mbuf.getvalue()).decode()
+        data = client.post("/api/edit", json={
+            "session": "s", "seq": 1, "original": src["id"], "references": [src["id"]],
+            "regions": [{"reference": 0, "mask": url, "dx": 6, "dy": 0}]}).json()
+        assert data["status"] == "done" and len(data["full"]) == 1
+        full = _png(client.get(data["full"][0]).content)
+        assert full.shape == (120, 180, 3)
+        assert client.get(data["full"][0].replace("/0/", "/3/")).status_code == 404
+        assert client.get("/api/photos/" + "0" * 32 + "/preview.png").status_code == 404

@@ -69,6 +69,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "device supports it (bfloat16 on CPUs with AMX/AVX512-BF16, bf16/fp16 on "
                         "GPUs): about 5x faster official-256 edits on an AMX CPU, PSNR about "
                         "41 dB against float32")
+    p.add_argument("--align", dest="align", action="store_true", default=None,
+                   help="detect and align faces in uploaded photos (the FFHQ recipe; needs the "
+                        "faces extra). Default: on for face models (CelebA-HQ, FFHQ), off otherwise")
+    p.add_argument("--no-align", dest="align", action="store_false",
+                   help="never align: the user draws the square on every photo")
     p.add_argument("--max-upload-mb", type=positive_int, default=20,
                    help="largest accepted upload in MiB (default: 20)")
     p.add_argument("--max-megapixels", type=positive_int, default=40,
@@ -118,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     model = args.model or resolve_default(DEFAULT_MODEL)
     gallery_dir = args.gallery or resolve_default(DEFAULT_GALLERY)
     app = create_app_from_file(model, gallery=gallery_dir, device=args.device, settings=settings,
-                              fast=args.fast)
+                              fast=args.fast, align=args.align)
     engine = app.state.engine
     if not is_loopback(args.host):
         print(f"warning: listening on {args.host}: anyone who can reach this address can use the "

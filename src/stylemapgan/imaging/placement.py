@@ -52,6 +52,7 @@ Matrix = tuple[float, float, float, float, float, float]
 
 __all__ = [
     "FITS",
+    "PASTE_MODES",
     "Fit",
     "Placement",
     "affine_placement",
@@ -60,7 +61,6 @@ __all__ = [
     "fit_square",
     "load_image",
     "parse_box",
-    "PASTE_MODES",
     "paste_back",
     "place",
 ]

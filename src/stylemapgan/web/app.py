@@ -15,6 +15,8 @@ Routes (all JSON unless noted; errors are ``{"detail": "one-line message"}`` wit
 - ``GET /api/results/{rid}/{k}.png``: frame ``k`` of a result; ``GET
   /api/results/{rid}/record.json``: the edit record (download).
 - ``GET /api/stats``: cache and queue counters.
+- Full photos (upload any shape, pick a face or a square, results pasted back into the whole
+  photo, the reconstruction-error overlay): :mod:`stylemapgan.web.photos`.
 
 No request value is ever used as a file path: images, results and gallery entries are looked up
 by id in server-side tables, and results are served from memory.
@@ -47,6 +49,7 @@ from stylemapgan.imaging.images import load_rgb
 from stylemapgan.web.engine import EditEngine, EditSpec, NotFound, RegionSpec
 from stylemapgan.web.gallery import Gallery
 from stylemapgan.web.imaging import UploadError, decode_image, decode_mask, display_name
+from stylemapgan.web.photos import add_photo_routes
 from stylemapgan.web.queue import LatestWinsQueue
 from stylemapgan.web.settings import MiB, WebSettings
 
@@ -300,13 +303,22 @@ def create_app(engine: EditEngine, gallery: Gallery | None = None) -> FastAPI:
             raise NotFound(f"result {rid} has {len(res.frames)} frame(s); there is no frame {k}")
         return png(res.frames[k])
 
+    add_photo_routes(app, engine)
     return app
+
+
+def is_face_model(provenance: dict[str, Any]) -> bool:
+    """True for models trained on aligned faces (the reference's CelebA-HQ and FFHQ), whose
+    photos should be aligned: by the dataset name their provenance records."""
+    text = " ".join(str(provenance.get(k, "")) for k in ("train_dataset", "dataset")).lower()
+    return any(word in text for word in ("celeba", "ffhq", "face"))
 
 
 def create_app_from_file(model_path: str | os.PathLike[str], *, gallery: str | os.PathLike[str] | None = None,
                          device: str = "auto", settings: WebSettings | None = None,
-                         fast: bool = False) -> FastAPI:
-    """Load a model file (and list a gallery folder) and build the app."""
+                         fast: bool = False, align: bool | None = None) -> FastAPI:
+    """Load a model file (and list a gallery folder) and build the app. ``align``: detect and
+    align faces in uploaded photos (default: for face models, see :func:`is_face_model`)."""
     from stylemapgan.files import sha256_file
     from stylemapgan.formats.checkpoint import load_model
     from stylemapgan.nn.runtime import RuntimeOptions
@@ -319,8 +331,10 @@ def create_app_from_file(model_path: str | os.PathLike[str], *, gallery: str | o
     engine = EditEngine(model, settings, model_name=Path(model_path).name,
                         model_sha256=sha256_file(model_path),
                         model_path=str(Path(model_path).resolve()),
-                        runtime=RuntimeOptions.fastest(dev) if fast else None)
+                        runtime=RuntimeOptions.fastest(dev) if fast else None,
+                        align=is_face_model(getattr(model, "provenance", {}) or {})
+                        if align is None else align)
     return create_app(engine, listing)
 
 
-__all__ = ["EditIn", "RegionIn", "create_app", "create_app_from_file"]
+__all__ = ["EditIn", "RegionIn", "create_app", "create_app_from_file", "is_face_model"]
