@@ -166,3 +166,54 @@ def test_align_command_writes_crops_and_their_transforms(tmp_path, photo, capsys
     assert "landscape.png" in summary["skipped"][0]["path"]
     # Nothing is overwritten without being asked.
     assert main(["align", str(FIXTURE), "--out", str(tmp_path / "y")]) == 1
+
+
+def test_edit_with_align_pastes_back_into_the_full_photo(tmp_path, tiny_model_file):
+    import json
+
+    from stylemapgan.cli import main
+    from stylemapgan.formats.stylemaps import load_stylemap
+
+    _faces()
+    photo = np.asarray(Image.open(FIXTURE).convert("RGB")).astype(int)
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp_path / "empty.png")
+    common = ["--model", str(tiny_model_file), "--device", "cpu", "--align", "--paste-back"]
+    # An empty mask: the full photo comes back pixel for pixel.
+    out = tmp_path / "empty"
+    assert main(["edit", "local", str(FIXTURE), str(FIXTURE), "--mask", str(tmp_path / "empty.png"),
+                 "--out", str(out), *common]) == 0
+    assert np.array_equal(np.asarray(Image.open(out / "pasted.png")).astype(int), photo)
+    record = json.loads((out / "record.json").read_text())
+    src = record["inputs"][0]
+    assert src["placement"]["fit"] == "aligned" and len(src["sha256"]) == 64
+    # A local edit changes only pixels of the aligned square that the grown mask reaches.
+    ImageOps.mirror(Image.open(FIXTURE)).rotate(8).save(tmp_path / "other.png")
+    for mode in ("replace", "residual"):
+        d = tmp_path / mode
+        assert main(["edit", "local", str(FIXTURE), str(tmp_path / "other.png"),
+                     "--mask-box", "2,5,6,7", "--paste-mode", mode, "--feather", "2",
+                     "--out", str(d), *common]) == 0
+        pasted = np.asarray(Image.open(d / "pasted.png")).astype(int)
+        assert pasted.shape == photo.shape
+        changed = np.abs(pasted - photo).max(-1) > 0
+        ys, xs = np.nonzero(changed)
+        # Only pixels of the aligned square change (the tiny test model's receptive field
+        # covers most of its 32 px square), nothing outside it.
+        pl = Placement.from_dict(json.loads((d / "record.json").read_text())["inputs"][0]["placement"])
+        inside = pl.from_photo(np.stack([xs + 0.5, ys + 0.5], 1))
+        assert changed.any() and inside.min() > -3 and inside.max() < 35
+        print(f"{mode} paste-back: {int(changed.sum())} of {changed.size} photo pixels changed")
+    # Project with --align keeps the placement and the photo's checksum in the stylemap file.
+    proj = tmp_path / "proj"
+    assert main(["project", str(FIXTURE), "--align", "--model", str(tiny_model_file),
+                 "--device", "cpu", "--out", str(proj)]) == 0
+    saved = load_stylemap(next(proj.glob("*.stylemap.safetensors")))
+    assert saved.placement.fit == "aligned" and saved.source_sha256 and len(saved.source_sha256) == 64
+    # Without a mask the whole aligned square goes back, and nothing outside it changes.
+    assert main(["edit", "reconstruct", str(FIXTURE), "--align", "--paste-back", "--model",
+                 str(tiny_model_file), "--device", "cpu", "--out", str(tmp_path / "rec")]) == 0
+    rec = np.asarray(Image.open(tmp_path / "rec" / "pasted.png")).astype(int)
+    changed = np.abs(rec - photo).max(-1) > 0
+    ys, xs = np.nonzero(changed)
+    assert changed.any() and xs.min() > 40 and xs.max() < 185 and ys.max() < 140
+    print(f"reconstruct --align --paste-back: {int(changed.sum())} of {changed.size} pixels changed")

@@ -29,6 +29,46 @@ def add_fit(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fit", choices=("crop", "pad", "stretch"), default="crop",
                    help="how a photo that is not square becomes the model's square: crop the "
                         "center (default), pad it (edge pixels repeated) or stretch it")
+    p.add_argument("--align", action="store_true",
+                   help="find the face in each photo and align it as the face models were trained "
+                        "(FFHQ recipe; needs the faces extra); the crop-to-photo map is kept, so "
+                        "--paste-back puts the edit back into the full photo")
+    p.add_argument("--face", default="largest", metavar="WHICH",
+                   help="with --align: largest (default) or a face number (0 = largest)")
+
+
+def align_choice(args: argparse.Namespace) -> str | None:
+    """The face to align (``largest`` or a number), or None without --align."""
+    from stylemapgan.errors import InputError
+
+    if not getattr(args, "align", False):
+        return None
+    face = str(getattr(args, "face", "largest"))
+    if face != "largest" and not face.isdigit():
+        raise InputError(f"--face {face!r}: use largest or a face number (0 = largest); to cut "
+                         "every face use `stylemapgan align --face all`")
+    return face
+
+
+def load_photo(path, size: int, *, fit: str = "crop", box=None, align: str | None = None,
+               aligner=None):
+    """A photo fitted to the model, or with ``align`` its face aligned: (pixels, placement,
+    the RGB photo)."""
+    from stylemapgan.imaging.placement import load_image
+
+    if align is None:
+        return load_image(path, size, fit=fit, box=box)
+    import numpy as np
+
+    from stylemapgan.errors import InputError
+    from stylemapgan.imaging.images import load_rgb
+    from stylemapgan.imaging.placement import fit_rgb
+
+    if box is not None:
+        raise InputError("--align finds the face itself; give --align or a box, not both")
+    img = load_rgb(path)
+    ((_, placement),) = aligner.align(np.asarray(img), size, align, name=str(path))
+    return fit_rgb(img, placement), placement, img
 
 
 def add_mask_args(p: argparse.ArgumentParser, required: bool) -> None:
@@ -68,7 +108,15 @@ def add_output(p: argparse.ArgumentParser) -> None:
 def add_paste_back(p: argparse.ArgumentParser) -> None:
     p.add_argument("--paste-back", action="store_true",
                    help="also write pasted.png: the result put back into the full source photo "
-                        "(only the edited area, with a feathered seam)")
+                        "(only where the edit can change pixels: its mask grown by the model's "
+                        "receptive field, with a feathered seam)")
+    p.add_argument("--paste-area", choices=("footprint", "mask"), default="footprint",
+                   help="where the result goes back: footprint (default) = the mask grown by the "
+                        "model's receptive field, everything the edit can change; mask = the mask "
+                        "itself (grown by --feather only)")
+    p.add_argument("--paste-mode", choices=("replace", "residual"), default="replace",
+                   help="replace (default): paste the result's pixels; residual: add only the "
+                        "edit's change G(w_edit) - G(w_src), keeping the photo's own detail")
     p.add_argument("--feather", type=nonneg_float, default=8.0,
                    help="width of the paste-back seam in photo pixels (default: 8)")
 
@@ -123,7 +171,8 @@ class Input:
 class Session:
     """A loaded model plus the bookkeeping every edit command needs."""
 
-    def __init__(self, model_path: str, device: str, batch_size: int = 8) -> None:
+    def __init__(self, model_path: str, device: str, batch_size: int = 8,
+                 align: str | None = None) -> None:
         from stylemapgan.editing.editor import Editor
         from stylemapgan.files import sha256_file
         from stylemapgan.utils import resolve_device
@@ -134,6 +183,12 @@ class Session:
         self.model_sha256 = sha256_file(model_path)
         self.size = self.editor.size
         self.config = self.editor.config
+        self.align = align
+        self.aligner = None
+        if align is not None:
+            from stylemapgan.imaging.faces import FaceAligner
+
+            self.aligner = FaceAligner()
 
     def read(self, path: str | os.PathLike[str], fit: str = "crop",
              box: tuple[float, float, float, float] | None = None) -> Input:
@@ -141,8 +196,6 @@ class Session:
         from stylemapgan.errors import InputError
         from stylemapgan.files import sha256_file
         from stylemapgan.formats.stylemaps import is_stylemap_file, load_stylemap
-        from stylemapgan.imaging.placement import load_image
-
         p = Path(path)
         if not p.is_file():
             raise InputError(f"{p}: no such file" if not p.is_dir() else
@@ -154,7 +207,8 @@ class Session:
             saved = load_stylemap(p, self.config, self.model_sha256)
             self.editor.remember(("file", digest), saved.w)
             return Input(p, "stylemap", digest, placement=saved.placement, w=saved.w.to(self.device))
-        pixels, placement, photo = load_image(p, self.size, fit=fit, box=box)
+        pixels, placement, photo = load_photo(p, self.size, fit=fit, box=box, align=self.align,
+                                              aligner=self.aligner)
         return Input(p, "image", digest, pixels=pixels, placement=placement, photo=photo)
 
     def project(self, inputs: Sequence[Input]) -> None:

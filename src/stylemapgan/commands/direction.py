@@ -16,7 +16,7 @@ from stylemapgan.commands._common import (
     resolve_model,
     seed_int,
 )
-from stylemapgan.commands._editio import add_fit
+from stylemapgan.commands._editio import add_fit, align_choice, load_photo
 
 TRUE = {"1", "+1", "true", "yes", "y", "pos", "positive"}
 FALSE = {"0", "-1", "false", "no", "n", "neg", "negative"}
@@ -113,7 +113,6 @@ def run(args: argparse.Namespace) -> int:
         from_uint8,
         list_images,
     )
-    from stylemapgan.imaging.placement import load_image
     from stylemapgan.utils import resolve_device
 
     if not 0 <= args.val_fraction < 1:
@@ -139,6 +138,12 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     editor = Editor.load(args.model, device, batch_size=args.batch_size)
     model_sha = sha256_file(args.model)
+    align = align_choice(args)
+    aligner = None
+    if align is not None:
+        from stylemapgan.imaging.faces import FaceAligner
+
+        aligner = FaceAligner()
     digests = hashlib.sha256()
 
     def stylemaps(paths: list[Path], what: str) -> torch.Tensor:
@@ -152,7 +157,8 @@ def run(args: argparse.Namespace) -> int:
                     if is_stylemap_file(path):
                         ws.append(load_stylemap(path, editor.config, model_sha).w.to(device))
                     else:
-                        pixels.append(load_image(path, editor.size, fit=args.fit)[0])
+                        pixels.append(load_photo(path, editor.size, fit=args.fit,
+                                                 align=align, aligner=aligner)[0])
                 if pixels:
                     ws.append(editor.project(from_uint8(np.stack(pixels)).to(device)))
                 bar.update(len(chunk))

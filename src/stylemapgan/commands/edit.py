@@ -247,7 +247,21 @@ def _paste(args, src, frame, mask=None):
     if src.photo is None or src.placement is None:
         raise InputError(f"--paste-back needs the source photo: give the image {src.path.name} "
                          "was projected from instead of the stylemap")
-    return paste_back(src.photo, frame, src.placement, feather=args.feather, mask=mask)
+    ses = args._session
+    if mask is not None and args.paste_area == "footprint":  # all the edit can change
+        from stylemapgan.editing.operations import edit_footprint
+        from stylemapgan.imaging.masks import as_tensor
+
+        mode = getattr(args, "mask_mode", "area")
+        space = getattr(args, "space", None) or "w"  # direction edits w itself
+        mask = edit_footprint(ses.config, as_tensor(mask), space, mode)[0, 0].numpy().astype("float32")
+    recon = None
+    if args.paste_mode == "residual":
+        from stylemapgan.imaging.images import to_uint8
+
+        recon = to_uint8(ses.editor.reconstruct(src.w))[0]
+    return paste_back(src.photo, frame, src.placement, feather=args.feather, mask=mask,
+                      mode=args.paste_mode, reconstruction=recon)
 
 
 def _check_paste_source(args, path: str) -> None:
@@ -268,8 +282,12 @@ def _begin(args, k: int):
     out = Path(args.out)
     check_writable(planned_outputs(out, k, paste=bool(getattr(args, "paste_back", False))),
                    args.overwrite)
+    from stylemapgan.commands._editio import align_choice
+
     args.model = resolve_model(args.model)
-    return out, Session(args.model, args.device, args.batch_size)
+    ses = Session(args.model, args.device, args.batch_size, align=align_choice(args))
+    args._session = ses
+    return out, ses
 
 
 def _mask(args, ses, src):

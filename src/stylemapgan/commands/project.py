@@ -18,7 +18,7 @@ from stylemapgan.commands._common import (
     resolve_model,
     writes_folder,
 )
-from stylemapgan.commands._editio import add_fit
+from stylemapgan.commands._editio import add_fit, align_choice, load_photo
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -128,10 +128,19 @@ def run(args: argparse.Namespace) -> int:
     # Read every image before anything is written: a bad file stops the run with nothing
     # written (or, with --skip-bad, is left out), never halfway through.
     size = read_model_metadata(args.model)["config"].size
+    align = align_choice(args)
+    aligner = None
+    if align is not None:
+        from stylemapgan.imaging.faces import FaceAligner
+
+        aligner = FaceAligner()
+    aligned: dict[Path, tuple] = {}  # with --align: the faces found while checking, kept
     bad: list[tuple[Path, InputError]] = []
     for path in tqdm(paths, unit="img", desc="check", leave=False, disable=len(paths) < 16):
         try:
-            load_image(path, size, fit=args.fit, box=box)
+            found = load_photo(path, size, fit=args.fit, box=box, align=align, aligner=aligner)
+            if align is not None:
+                aligned[path] = found[:2]
         except InputError as exc:
             bad.append((path, exc))
     skipped = []
@@ -179,7 +188,10 @@ def run(args: argparse.Namespace) -> int:
             for path, name in zip(paths[start: start + args.batch_size],
                                   names[start: start + args.batch_size], strict=True):
                 try:
-                    pixels, placement, _ = load_image(path, size, fit=args.fit, box=box)
+                    if path in aligned:
+                        pixels, placement = aligned[path]
+                    else:
+                        pixels, placement, _ = load_image(path, size, fit=args.fit, box=box)
                 except InputError as exc:
                     if not args.skip_bad:
                         raise
