@@ -376,3 +376,25 @@ def test_help_has_examples(capsys):
             main([*cmd, "--help"])
         assert e.value.code == 0
         assert "examples:" in capsys.readouterr().out
+
+
+def test_project_error_map_and_the_outside_warning(tmp_path, capsys):
+    """The default model's file records its usual reconstruction error; a photo far above it
+    (a real photo for the avatar model) gets a warning naming it, avatars do not."""
+    from pathlib import Path
+
+    from stylemapgan.data.avatars import gallery_dir
+
+    photo = Path(__file__).parent / "fixtures" / "photos" / "astronaut-256.jpg"
+    avatar = sorted((gallery_dir() / "test").glob("*.png"))[0]
+    out = tmp_path / "p"
+    assert main(["project", str(photo), str(avatar), "--error-map", "--device", "cpu",
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    warnings = [ln for ln in printed.splitlines() if ln.startswith("warning:")]
+    assert len(warnings) == 1 and "astronaut-256.jpg" in warnings[0] and "--refine" in warnings[0]
+    err = np.asarray(Image.open(out / "astronaut-256.error.png"))
+    recon = np.asarray(Image.open(out / "astronaut-256.png").convert("RGB")).astype(float)
+    assert err.shape == (64, 64) and err.dtype == np.uint8 and err.mean() > 10
+    assert np.asarray(Image.open(out / f"{avatar.stem}.error.png")).mean() < err.mean()
+    assert recon.shape == (64, 64, 3)

@@ -20,6 +20,9 @@ from stylemapgan.commands._common import (
 )
 from stylemapgan.commands._editio import add_fit, align_choice, load_photo
 
+#: A photo whose reconstruction MSE is this many times the model's usual one gets a warning.
+OUTSIDE_FACTOR = 3.0
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = add_parser(
@@ -52,6 +55,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--recursive", action="store_true", help="also read images in subfolders")
     p.add_argument("--batch-size", type=int_in(1, 1024), default=8,
                    help="images per pass, 1..1024 (default: 8)")
+    p.add_argument("--error-map", action="store_true",
+                   help="also write NAME.error.png: |x - G(E(x))| per pixel (white = the model "
+                        "misses half the value range), to see where the model does not know the photo")
     p.add_argument("--save-input", action="store_true",
                    help="also write NAME.input.png: the square the model saw")
     p.add_argument("--no-reconstruction", action="store_true", help="do not write NAME.png")
@@ -166,6 +172,8 @@ def run(args: argparse.Namespace) -> int:
             targets.append(out / f"{n}.png")
         if args.save_input:
             targets.append(out / f"{n}.input.png")
+        if args.error_map:
+            targets.append(out / f"{n}.error.png")
     check_writable(targets, args.overwrite)
 
     device = resolve_device(args.device)
@@ -182,6 +190,12 @@ def run(args: argparse.Namespace) -> int:
             raise type(exc)(f"{exc}; or refine with MSE only: --lpips-weight 0") from None
 
     entries = []
+    # The model's usual reconstruction error (its file records it when known, e.g. from
+    # evaluate on a test split): photos far above it are outside what the model knows.
+    recon_info = read_model_metadata(args.model)["provenance"].get("reconstruction") or {}
+    typical = recon_info.get("mse") if isinstance(recon_info, dict) else None
+    typical = float(typical) if isinstance(typical, (int, float)) and typical > 0 else None
+    outside: list[tuple[Path, float]] = []
     with tqdm(total=len(paths), unit="img", desc="project") as bar:
         for start in range(0, len(paths), args.batch_size):
             chunk = []
@@ -231,6 +245,12 @@ def run(args: argparse.Namespace) -> int:
                     save_png(recon_u8[i], out / f"{name}.png", overwrite=args.overwrite)
                 if args.save_input:
                     save_png(pixels, out / f"{name}.input.png", overwrite=args.overwrite)
+                if args.error_map:
+                    err = np.abs(recon_u8[i].astype(np.float32) - pixels.astype(np.float32)).mean(-1)
+                    save_png(np.clip(err * 2, 0, 255).astype(np.uint8), out / f"{name}.error.png",
+                             overwrite=args.overwrite)
+                if typical and mse[i] > OUTSIDE_FACTOR * typical:
+                    outside.append((path, mse[i]))
                 entries.append({"name": name, "source": str(path), "sha256": digest,
                                 "placement": placement.to_dict(), **projection})
             bar.update(len(chunk))
@@ -254,6 +274,11 @@ def run(args: argparse.Namespace) -> int:
                     len(not_finite), ", ".join(not_finite[:3]))
     with atomic_write(out / "project.json", overwrite=args.overwrite) as tmp:
         tmp.write_text(dump_json(record, str(out / "project.json")))
+    for path, value in outside:
+        print(f"warning: {path}: reconstruction MSE {value:.3f} is {value / typical:.1f}x this "
+              f"model's usual {typical:.3f}: the photo is outside what the model knows; try "
+              "--refine N" + ("" if args.align else ", or --align for faces")
+              + " (see --error-map for where)")
     extra = f", {len(skipped)} skipped" if skipped else ""
     how = f"encoder + {args.refine} refine steps" if args.refine else "encoder"
     print(f"projected {len(entries)} image(s) ({how}{extra}) to {out}: mean MSE "
