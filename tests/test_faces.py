@@ -217,3 +217,25 @@ def test_edit_with_align_pastes_back_into_the_full_photo(tmp_path, tiny_model_fi
     ys, xs = np.nonzero(changed)
     assert changed.any() and xs.min() > 40 and xs.max() < 185 and ys.max() < 140
     print(f"reconstruct --align --paste-back: {int(changed.sum())} of {changed.size} pixels changed")
+
+
+def test_exif_rotated_photo_is_aligned_and_pasted_back_upright(tmp_path, tiny_model_file):
+    """A phone photo stored sideways with an EXIF orientation tag: faces are found in the
+    upright picture and the pasted photo comes back upright at its displayed size."""
+    from stylemapgan.cli import main
+
+    _faces()
+    upright = Image.open(FIXTURE).convert("RGB")
+    sideways = upright.transpose(Image.Transpose.ROTATE_90)  # what the sensor stored
+    exif = Image.Exif()
+    exif[0x0112] = 6  # display rotated 90 degrees clockwise = upright
+    sideways.save(tmp_path / "phone.jpg", quality=95, exif=exif)
+    out = tmp_path / "rec"
+    assert main(["edit", "reconstruct", str(tmp_path / "phone.jpg"), "--align", "--paste-back",
+                 "--model", str(tiny_model_file), "--device", "cpu", "--out", str(out)]) == 0
+    pasted = np.asarray(Image.open(out / "pasted.png")).astype(int)
+    base = np.asarray(upright).astype(int)
+    assert pasted.shape == base.shape
+    far = np.ones(base.shape[:2], bool)
+    far[0:140, 40:185] = False  # around the face
+    assert np.abs(pasted[far] - base[far]).mean() < 3  # upright: matches the upright photo

@@ -48,7 +48,7 @@ from stylemapgan.errors import InputError, StyleMapGANError
 from stylemapgan.imaging.images import load_rgb
 from stylemapgan.web.engine import EditEngine, EditSpec, NotFound, RegionSpec
 from stylemapgan.web.gallery import Gallery
-from stylemapgan.web.imaging import UploadError, decode_image, decode_mask, display_name
+from stylemapgan.web.imaging import UploadError, decode_mask, display_name, read_upload
 from stylemapgan.web.photos import add_photo_routes
 from stylemapgan.web.queue import LatestWinsQueue
 from stylemapgan.web.settings import MiB, WebSettings
@@ -201,10 +201,7 @@ def create_app(engine: EditEngine, gallery: Gallery | None = None) -> FastAPI:
     # ---------------------------------------------------------------- images
     @app.post("/api/images", status_code=201)
     def upload(file: Annotated[UploadFile, File()]) -> dict[str, Any]:
-        name = display_name(file.filename)
-        data = file.file.read(settings.max_upload_bytes + 1)
-        img = decode_image(data, name, max_bytes=settings.max_upload_bytes,
-                           max_pixels=settings.max_pixels)
+        name, img = read_upload(file, settings)
         return engine.add_image(img, name, "upload").describe()
 
     @app.get("/api/images/{iid}.png")

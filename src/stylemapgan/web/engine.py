@@ -217,11 +217,7 @@ class EditEngine:
         return stored
 
     def image(self, iid: str) -> StoredImage:
-        stored = self.images.get(iid)
-        if stored is None:
-            raise NotFound(f"unknown image id {iid[:40]!r}: it was never uploaded or has been "
-                           "dropped from memory; upload it again")
-        return stored
+        return _lookup(self.images, iid, "image")
 
     def projection(self, iid: str, stored: StoredImage | None = None) -> Projection:
         """The image's projection, from the editor's cache or made now."""
@@ -288,11 +284,7 @@ class EditEngine:
         return stored
 
     def photo(self, pid: str) -> StoredPhoto:
-        stored = self.photos.get(pid)
-        if stored is None:
-            raise NotFound(f"unknown photo id {pid[:40]!r}: it was never uploaded or has been "
-                           "dropped from memory; upload it again")
-        return stored
+        return _lookup(self.photos, pid, "photo")
 
     def crop_photo(self, pid: str, *, face: int | None = None,
                    box: tuple[float, float, float, float] | None = None) -> StoredImage:
@@ -461,6 +453,14 @@ class EditEngine:
                 "reconstructions": self.reconstructions.stats(),
                 "results": self.results.stats(), "projection_count": self.projection_count,
                 "generator_passes": self.generator_passes}
+
+
+def _lookup(store: ByteLRU, key: str, what: str):
+    found = store.get(key)
+    if found is None:
+        raise NotFound(f"unknown {what} id {key[:40]!r}: it was never uploaded or has been "
+                       "dropped from memory; upload it again")
+    return found
 
 
 def _scale_of(pl: Placement) -> float:

@@ -123,3 +123,12 @@ def decode_mask(data_url: str, size: int, what: str = "mask") -> np.ndarray:
         return mask_from_png(raw, size, what)
     except InputError as exc:
         raise UploadError(str(exc), 400) from None
+
+
+def read_upload(file, settings) -> tuple[str, Image.Image]:
+    """A multipart upload (FastAPI ``UploadFile``) -> (safe display name, RGB image), with the
+    size and pixel limits of ``settings`` checked before decoding."""
+    name = display_name(file.filename)
+    data = file.file.read(settings.max_upload_bytes + 1)
+    return name, decode_image(data, name, max_bytes=settings.max_upload_bytes,
+                              max_pixels=settings.max_pixels)

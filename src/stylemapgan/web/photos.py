@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 
 from stylemapgan.errors import InputError
 from stylemapgan.web.engine import EditEngine
-from stylemapgan.web.imaging import decode_image, display_name
+from stylemapgan.web.imaging import read_upload
 
 # The ids of stylemapgan.web.app (a photo id is an image id: 32 hex digits of a SHA-256).
 PHOTO_ID = IMAGE_ID = r"^[0-9a-f]{32}$"
@@ -44,10 +44,7 @@ def add_photo_routes(app: FastAPI, engine: EditEngine) -> None:
 
     @app.post("/api/photos", status_code=201)
     def upload_photo(file: Annotated[UploadFile, File()]) -> dict[str, Any]:
-        name = display_name(file.filename)
-        data = file.file.read(settings.max_upload_bytes + 1)
-        img = decode_image(data, name, max_bytes=settings.max_upload_bytes,
-                           max_pixels=settings.max_pixels)
+        name, img = read_upload(file, settings)
         return engine.add_photo(img, name, "upload").describe()
 
     @app.get("/api/photos/{pid}/preview.png")
