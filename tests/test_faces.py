@@ -239,3 +239,24 @@ def test_exif_rotated_photo_is_aligned_and_pasted_back_upright(tmp_path, tiny_mo
     far = np.ones(base.shape[:2], bool)
     far[0:140, 40:185] = False  # around the face
     assert np.abs(pasted[far] - base[far]).mean() < 3  # upright: matches the upright photo
+
+
+def test_paste_back_keeps_the_photos_mode(tmp_path, tiny_model_file):
+    """A grayscale photo comes back grayscale, a photo with transparency keeps its alpha."""
+    from stylemapgan.cli import main
+
+    _faces()
+    upright = Image.open(FIXTURE).convert("RGB")
+    upright.convert("L").save(tmp_path / "gray.png")
+    rgba = upright.convert("RGBA")
+    alpha = np.full((256, 256), 255, np.uint8)
+    alpha[:, :20] = 0
+    rgba.putalpha(Image.fromarray(alpha))
+    rgba.save(tmp_path / "cut.png")
+    for name, mode in (("gray.png", "L"), ("cut.png", "RGBA")):
+        out = tmp_path / name.split(".")[0]
+        assert main(["edit", "reconstruct", str(tmp_path / name), "--align", "--paste-back",
+                     "--model", str(tiny_model_file), "--device", "cpu", "--out", str(out)]) == 0
+        pasted = Image.open(out / "pasted.png")
+        assert pasted.mode == mode and pasted.size == (256, 256)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "cut" / "pasted.png"))[..., 3], alpha)

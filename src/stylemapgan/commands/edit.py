@@ -260,8 +260,25 @@ def _paste(args, src, frame, mask=None):
         from stylemapgan.imaging.images import to_uint8
 
         recon = to_uint8(ses.editor.reconstruct(src.w))[0]
-    return paste_back(src.photo, frame, src.placement, feather=args.feather, mask=mask,
-                      mode=args.paste_mode, reconstruction=recon)
+    pasted = paste_back(src.photo, frame, src.placement, feather=args.feather, mask=mask,
+                        mode=args.paste_mode, reconstruction=recon)
+    return _in_photo_mode(pasted, src.path)
+
+
+def _in_photo_mode(pasted, path):
+    """The pasted photo in its file's kind of pixels: grayscale stays grayscale, and a photo
+    with transparency keeps its own alpha channel (EXIF orientation applied, as on reading)."""
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as im:
+        mode = im.mode
+        if mode in ("L", "I", "I;16", "I;16B", "I;16L", "F", "1"):
+            return np.asarray(Image.fromarray(pasted).convert("L"))
+        if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info):
+            alpha = np.asarray(ImageOps.exif_transpose(im).convert("RGBA").getchannel("A"))
+            return np.dstack([pasted, alpha])
+    return pasted
 
 
 def _check_paste_source(args, path: str) -> None:
