@@ -164,8 +164,11 @@ def test_align_command_writes_crops_and_their_transforms(tmp_path, photo, capsys
     summary = json.loads((tmp_path / "y" / "align.json").read_text())
     assert [f["crop"] for f in summary["faces"]] == ["astronaut-256.png"]
     assert "landscape.png" in summary["skipped"][0]["path"]
-    # Nothing is overwritten without being asked.
+    # Nothing is overwritten without being asked, and a photo that fails leaves nothing behind.
     assert main(["align", str(FIXTURE), "--out", str(tmp_path / "y")]) == 1
+    z = tmp_path / "z"
+    assert main(["align", str(FIXTURE), str(tmp_path / "landscape.png"), "--out", str(z)]) == 2
+    assert not z.exists() or sorted(p.name for p in z.iterdir()) == []
 
 
 def test_edit_with_align_pastes_back_into_the_full_photo(tmp_path, tiny_model_file):

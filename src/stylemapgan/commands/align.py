@@ -97,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
         if (out / "align.json").exists() and not args.overwrite:
             raise FileExistsError(f"{out / 'align.json'} already exists; pass --overwrite to replace")
         stems: dict[str, int] = {}
+        pending: list[tuple[tuple[Path, Path], np.ndarray, dict]] = []
         for path in tqdm(paths, desc="align", unit="photo", disable=len(paths) < 2):
             t0 = time.perf_counter()
             try:
@@ -118,29 +119,32 @@ def run(args: argparse.Namespace) -> int:
             t2 = time.perf_counter()
             timings["read"] += t1 - t0
             timings["detect"] += t2 - t1
-            order = sorted(faces, key=lambda f: (-f.area, -f.score))
             stem = path.stem
             stems[stem] = stems.get(stem, 0) + 1
             if stems[stem] > 1:  # two photos with one name in different folders
                 stem = f"{stem}-{stems[stem]}"
             digest = sha256_file(path)
             for face in chosen:
-                k = next(i for i, f in enumerate(order) if f is face)
+                k = next(i for i, f in enumerate(faces) if f is face)  # detect sorts them
                 name = stem if args.face == "largest" else f"{stem}_face{k}"
-                targets = [out / f"{name}.png", out / f"{name}.json"]
-                check_writable(targets, args.overwrite)
+                targets = (out / f"{name}.png", out / f"{name}.json")
                 placement = aligned_placement(img.size, size, face.landmarks)
                 t3 = time.perf_counter()
                 crop = fit_rgb(img, placement)
                 timings["crop"] += time.perf_counter() - t3
-                save_png(crop, targets[0], overwrite=args.overwrite)
                 entry = {"format": ALIGNMENT_FORMAT, "version": ALIGNMENT_VERSION,
                          "crop": targets[0].name, "source": str(path), "source_sha256": digest,
                          "photo_size": list(img.size), "face_index": k, "face": face.to_dict(),
                          "placement": placement.to_dict()}
-                with atomic_write(targets[1], overwrite=args.overwrite) as tmp:
-                    tmp.write_text(json.dumps(entry, indent=2, allow_nan=False) + "\n")
-                entries.append(entry)
+                pending.append((targets, crop, entry))
+        # Every photo is read and every face found before anything is written: a bad photo or
+        # an existing file stops the run with the folder as it was.
+        check_writable([p for targets, _, _ in pending for p in targets], args.overwrite)
+        for (png_path, json_path), crop, entry in pending:
+            save_png(crop, png_path, overwrite=args.overwrite)
+            with atomic_write(json_path, overwrite=args.overwrite) as tmp:
+                tmp.write_text(json.dumps(entry, indent=2, allow_nan=False) + "\n")
+            entries.append(entry)
         summary = {"format": ALIGNMENT_FORMAT + "-list", "version": ALIGNMENT_VERSION,
                    "size": size, "faces": [{k: e[k] for k in ("crop", "source", "face_index")}
                                            for e in entries],
