@@ -7,6 +7,13 @@ images held in memory, so the numbers measure the networks, not the disk.
     python benchmarks/train_throughput.py --preset small-64 --batch 16 --perceptual random:tiny
     python benchmarks/train_throughput.py --preset official-256 --batch 16 --device cuda --amp bf16
     python benchmarks/train_throughput.py --preset small-64 --set lambda_d_rec=0 --json
+    python benchmarks/train_throughput.py --preset small-64 --set channel_cap=64 \
+        --perceptual random:alex --compare      # the default model's step, old vs new
+
+``--baseline`` times the previous step code path (G(E(x)) computed separately in the
+discriminator and reconstruction phases, as before the two shared it); ``--compare`` times
+both in one run, alternating an iteration of each so that a busy machine slows both alike,
+and prints the speedup. Both give the same losses and weights (tests/test_training.py).
 
 ``--perceptual random:vgg`` / ``random:alex`` time LPIPS with randomly initialized weights (the
 cost of the real networks, without needing the downloaded weights); ``vgg`` / ``alex`` load
@@ -21,6 +28,7 @@ import platform
 import resource
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -46,6 +54,17 @@ class RandomImages(torch.utils.data.Dataset):
         return self.x[i]
 
 
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux), for printing beside every timing."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="small-64")
@@ -61,7 +80,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="model or training setting, as in `stylemapgan train --set`")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--baseline", action="store_true",
+                       help="time the previous step code path (G(E(x)) computed twice)")
+    which.add_argument("--compare", action="store_true",
+                       help="time the previous and the current step side by side in one run")
     args = p.parse_args(argv)
+    if args.iters < 1 or args.warmup < 0 or args.batch < 1:
+        p.error("--iters and --batch must be >= 1 and --warmup >= 0")
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -72,57 +98,84 @@ def main(argv: list[str] | None = None) -> int:
         model = model.replace(**model_changes)
     cfg = TrainConfig(**{"batch_size": args.batch, "perceptual": args.perceptual, "amp": args.amp,
                          "workers": 0, "val_images": 0, **train_changes})
-    trainer = Trainer(model, cfg, RandomImages(max(cfg.batch_size * 4, 64), model.size), None,
-                      dist_info=DistInfo(device=device))
+    data = RandomImages(max(cfg.batch_size * 4, 64), model.size)
+    variants = (["baseline", "current"] if args.compare else
+                ["baseline"] if args.baseline else ["current"])
+    trainers = {}
+    for name in variants:
+        # The same seed, so both variants train the same networks on the same data.
+        trainers[name] = Trainer(model, cfg, data, None, dist_info=DistInfo(device=device))
+        trainers[name].share_reconstruction = name == "current"
 
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
     for _ in range(args.warmup):
-        trainer.train_step()
+        for trainer in trainers.values():
+            trainer.train_step()
     sync()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    times = []
-    cpu0 = time.process_time()
+    times: dict[str, list[float]] = {name: [] for name in trainers}
+    cpu: dict[str, float] = dict.fromkeys(trainers, 0.0)
+    peaks: dict[str, float] = {}
+    for name in trainers:  # the peak memory of each variant alone, before the timing
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            trainers[name].train_step()
+            sync()
+            peaks[name] = torch.cuda.max_memory_allocated(device) / 2**20
     for _ in range(args.iters):
-        t0 = time.perf_counter()
-        trainer.train_step()
-        sync()
-        times.append(time.perf_counter() - t0)
-    cpu = time.process_time() - cpu0
-    total = sum(times)
+        for name, trainer in trainers.items():
+            c0, t0 = time.process_time(), time.perf_counter()
+            trainer.train_step()
+            sync()
+            times[name].append(time.perf_counter() - t0)
+            cpu[name] += time.process_time() - c0
     if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(device) / 2**20
         peak_what = "peak CUDA memory allocated"
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-        peak_what = "peak process RSS"
+        # One process: the peak RSS covers every variant it ran.
+        peak_what = "peak process RSS" + (" (both variants)" if len(trainers) > 1 else "")
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+        peaks = dict.fromkeys(trainers, rss)
+    some = next(iter(trainers.values()))
+    results = {}
+    for name in trainers:
+        total = sum(times[name])
+        results[name] = {
+            "sec_per_iter": total / args.iters, "iters_per_sec": args.iters / total,
+            "images_per_sec": args.iters * cfg.batch_size / total,
+            "fastest_sec_per_iter": min(times[name]), "cpu_sec_per_iter": cpu[name] / args.iters,
+            "peak_memory_mib": round(peaks[name], 1),
+        }
     result = {
-        "preset": args.preset, "batch": cfg.batch_size, "perceptual": cfg.perceptual,
-        "precision": str(trainer.amp_dtype or torch.float32).replace("torch.", ""),
+        "preset": args.preset, "overrides": args.overrides, "batch": cfg.batch_size,
+        "perceptual": cfg.perceptual,
+        "precision": str(some.amp_dtype or torch.float32).replace("torch.", ""),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else
-        f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
-        "iterations": args.iters, "sec_per_iter": total / args.iters,
-        "iters_per_sec": args.iters / total, "images_per_sec": args.iters * cfg.batch_size / total,
-        "fastest_sec_per_iter": min(times), "cpu_sec_per_iter": cpu / args.iters,
-        "peak_memory_mib": round(peak, 1),
-        "torch": torch.__version__,
+        f"cpu ({cpu_model()}, {torch.get_num_threads()} threads)",
+        "iterations": args.iters, "torch": torch.__version__, "peak_memory": peak_what,
+        **({"variants": results} if len(results) > 1 else results[variants[0]]),
     }
+    if len(results) > 1:
+        result["speedup"] = (results["current"]["iters_per_sec"]
+                             / results["baseline"]["iters_per_sec"])
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(f"{result['preset']}  batch {result['batch']}  perceptual {result['perceptual']}  "
+    extra = f"  {' '.join(args.overrides)}" if args.overrides else ""
+    print(f"{result['preset']}{extra}  batch {result['batch']}  perceptual {result['perceptual']}  "
           f"precision {result['precision']}  on {result['device']}  (torch {result['torch']})")
-    print(f"  {result['sec_per_iter']:.3f} s/iter  {result['iters_per_sec']:.3f} it/s  "
-          f"{result['images_per_sec']:.1f} images/s  (mean of {args.iters}; fastest "
-          f"{result['fastest_sec_per_iter']:.3f} s)")
-    if device.type == "cpu":
-        # On a shared machine wall time includes waiting for the cores; process CPU time per
-        # iteration (all threads) is what an idle machine would need with one thread.
-        print(f"  process CPU time {result['cpu_sec_per_iter']:.3f} s/iter")
-    print(f"  {peak_what}: {result['peak_memory_mib']:.0f} MiB")
+    for name, r in results.items():
+        label = f"{name:<9}" if len(results) > 1 else ""
+        print(f"  {label}{r['sec_per_iter']:.3f} s/iter  {r['iters_per_sec']:.3f} it/s  "
+              f"{r['images_per_sec']:.1f} images/s  (mean of {args.iters}; fastest "
+              f"{r['fastest_sec_per_iter']:.3f} s)  process CPU {r['cpu_sec_per_iter']:.3f} s/iter"
+              f"  {peak_what} {r['peak_memory_mib']:.0f} MiB")
+    if "speedup" in result:
+        print(f"  speedup of the current step over the previous one: {result['speedup']:.3f}x")
     return 0
 
 

@@ -25,3 +25,21 @@ def test_inference_benchmark_runs_and_reports(tmp_path):
     assert stage["gflops"] > 0 and stage["best_s"] <= stage["median_s"]
     assert len(result["paired_rounds"]) == 2
     assert result["fraction_of_roofline"] > 0 and result["fraction_of_peak"] > 0
+
+
+def test_train_throughput_compare_runs_both_steps(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "train_throughput.py"), "--preset", "tiny-32",
+         "--batch", "4", "--iters", "2", "--threads", "1", "--perceptual", "random:tiny",
+         "--compare", "--json"],
+        capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert set(result["variants"]) == {"baseline", "current"}
+    for r in result["variants"].values():
+        assert r["sec_per_iter"] > 0 and r["images_per_sec"] > 0 and r["peak_memory_mib"] > 0
+    assert result["speedup"] > 0 and result["device"].startswith("cpu (")
+    bad = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "train_throughput.py"), "--iters", "0"],
+        capture_output=True, text=True, timeout=120, check=False)
+    assert bad.returncode == 2 and "--iters" in bad.stderr

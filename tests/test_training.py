@@ -1,3 +1,4 @@
+import itertools
 import json
 import os
 import subprocess
@@ -18,6 +19,7 @@ from stylemapgan.training import (
     TrainConfig,
     Trainer,
     TrainingError,
+    ema_decay_at,
     latest_checkpoint,
     list_checkpoints,
     losses,
@@ -101,6 +103,7 @@ def test_parse_overrides_errors(item, msg):
     (dict(lambda_adv=-1.0), "lambda_adv must be >= 0"),
     (dict(beta2=1.0), "beta2"),
     (dict(ema_decay=1.0), "ema_decay"),
+    (dict(ema_rampup=-0.1), "ema_rampup must be >= 0"),
     (dict(perceptual="resnet"), "perceptual must be one of"),
     (dict(amp="fp8"), "amp must be one of"),
     (dict(iterations=2.5), "iterations must be an integer"),
@@ -182,7 +185,7 @@ def test_first_step_losses_are_the_documented_terms():
 
 def test_all_losses_with_perceptual_change_weights_and_ema():
     lp = _tiny_lpips()
-    tr = make_trainer(perceptual=lp, iterations=3, r1_interval=2, ema_decay=0.5)
+    tr = make_trainer(perceptual=lp, iterations=3, r1_interval=2, ema_decay=0.5, ema_rampup=0.0)
     g0 = _params(tr.g_ema)
     seen = set()
     for _ in range(3):
@@ -210,6 +213,71 @@ def test_zero_weight_disables_terms(zeroed, frozen, absent):
     after = _params(module)
     assert all(torch.equal(before[k], after[k]) for k in before), f"{frozen} changed"
     assert not absent & set(values)
+
+
+def test_shared_reconstruction_gives_the_same_step_as_two_forwards():
+    # Phases 3 and 5 share one G(E(x)) forward; the step must equal the one that computes it
+    # twice (the previous code path, still used under DistributedDataParallel).
+    runs = []
+    for share in (False, True):
+        tr = make_trainer(perceptual=_tiny_lpips(), r1_interval=2, iterations=3)
+        tr.share_reconstruction = share
+        runs.append((tr, [tr.train_step() for _ in range(3)]))
+    (old, old_losses), (new, new_losses) = runs
+    for a, b in zip(old_losses, new_losses, strict=True):
+        assert a.keys() == b.keys() and "d_rec" in a and "perceptual" in a
+        for k in a:
+            torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=k)
+    sa, sb = _state_of(old), _state_of(new)
+    for k in sa:
+        torch.testing.assert_close(sb[k], sa[k], rtol=1e-4, atol=1e-6, equal_nan=True, msg=k)
+
+
+def _ema_decay_reference(step, batch, decay, rampup):
+    # StyleGAN2-ADA's rule in float64: half-life (in images) = min(the decay's, rampup * seen).
+    import math
+
+    limit = batch * math.log(0.5) / math.log(decay)
+    half_life = min(limit, rampup * (step + 1) * batch) if rampup > 0 else limit
+    return 0.5 ** (batch / half_life)
+
+
+@pytest.mark.parametrize("step, batch", [(0, 16), (99, 16), (999, 16), (4999, 16),
+                                         (13_855, 16), (20_000, 16), (10, 1), (500, 64)])
+def test_ema_decay_warms_up_to_the_configured_limit(step, batch):
+    got = ema_decay_at(step, batch, 0.999, 0.05)
+    assert got == pytest.approx(_ema_decay_reference(step, batch, 0.999, 0.05), rel=1e-12)
+    assert got <= 0.999
+    assert ema_decay_at(step, batch, 0.999, 0.0) == 0.999  # rampup 0: fixed decay
+    assert ema_decay_at(step, batch, 0.0, 0.05) == 0.0
+
+
+def test_ema_decay_ramp_is_monotone_and_reaches_the_limit():
+    d = [ema_decay_at(s, 16, 0.999, 0.05) for s in range(0, 20_000, 50)]
+    assert all(b >= a for a, b in itertools.pairwise(d))
+    assert d[0] < 1e-3 and ema_decay_at(13_856, 16, 0.999, 0.05) == 0.999
+    assert ema_decay_at(13_854, 16, 0.999, 0.05) < 0.999
+
+
+def test_ema_starts_from_the_trained_weights_not_the_initialization():
+    k = "synthesis.conv0.weight"
+    warm = make_trainer()
+    init = _params(warm.g_ema)[k]
+    warm.train_step()
+    raw = warm.generator.state_dict()[k]
+    # Decay ~1e-6 at step 0: the EMA is (nearly) the stepped weights.
+    torch.testing.assert_close(warm.g_ema.state_dict()[k], raw, rtol=0, atol=1e-5)
+    fixed = make_trainer(ema_rampup=0.0)
+    fixed.train_step()
+    expected = 0.999 * init + 0.001 * fixed.generator.state_dict()[k]
+    torch.testing.assert_close(fixed.g_ema.state_dict()[k], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_saved_configs_from_before_the_warm_up_resume_without_it():
+    saved = TrainConfig().to_dict()
+    del saved["ema_rampup"]
+    assert TrainConfig.from_dict(saved).ema_rampup == 0.0
+    assert TrainConfig.from_dict(TrainConfig().to_dict()).ema_rampup == 0.05
 
 
 def test_bf16_autocast_on_cpu_runs():

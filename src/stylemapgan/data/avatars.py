@@ -66,7 +66,8 @@ def tool_dir() -> Path:
             raise ConfigError(f"{TOOL_ENV}={env} has no render.mjs; point it at the "
                               "tools/avatars folder of a stylemapgan checkout")
         return path
-    path = Path(__file__).resolve().parents[2] / "tools" / "avatars"
+    # src/stylemapgan/data/avatars.py -> the checkout root is three folders above data/.
+    path = Path(__file__).resolve().parents[3] / "tools" / "avatars"
     if not (path / "render.mjs").is_file():
         raise ConfigError("the avatar renderer (tools/avatars/render.mjs) is not installed with "
                           "the package; run from a checkout of the stylemapgan repository or set "

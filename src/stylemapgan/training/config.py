@@ -51,6 +51,12 @@ class TrainConfig:
     ``lambda_d_rec`` D's domain-guided term (reconstructions as fakes); ``r1_gamma`` the R1
     penalty weight; ``lambda_x_rec`` image MSE of reconstructions; ``lambda_perceptual`` LPIPS
     of reconstructions; ``lambda_e_adv`` the adversarial loss on reconstructions for E and G.
+
+    EMA of G and E: ``ema_decay`` is the limit of the per-step decay (0.999, the reference's);
+    ``ema_rampup`` warms it up as StyleGAN2-ADA does: the EMA's half-life, in images, is at
+    most ``ema_rampup`` times the images seen so far, so early EMA weights forget the random
+    initialization (see :func:`~stylemapgan.training.loop.ema_decay_at`); 0 keeps the decay
+    fixed from the first step.
     """
 
     iterations: int = 312_500  # 5M images at batch 16, as the paper's models
@@ -68,6 +74,7 @@ class TrainConfig:
     r1_gamma: float = 10.0
     r1_interval: int = 16
     ema_decay: float = 0.999
+    ema_rampup: float = 0.05
     flip: bool = True
     perceptual: str = "vgg"
     amp: str = "auto"
@@ -118,6 +125,8 @@ class TrainConfig:
                 raise bad(f"{name} must be >= 0 (0 disables the term), got {getattr(self, name)}")
         if not 0 <= self.ema_decay < 1:
             raise bad(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.ema_rampup < 0:
+            raise bad(f"ema_rampup must be >= 0 (0 turns the warm-up off), got {self.ema_rampup}")
         if self.perceptual not in PERCEPTUAL_CHOICES:
             raise bad(f"perceptual must be one of {', '.join(PERCEPTUAL_CHOICES)}, "
                       f"got {self.perceptual!r}")
@@ -139,6 +148,10 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """A saved config (``config.json``, a checkpoint). Configs written before the EMA
+        warm-up existed trained without it, so a missing ``ema_rampup`` reads as 0 and their
+        resume stays exact."""
+        data = {"ema_rampup": 0.0, **data}
         unknown = sorted(set(data) - {f.name for f in fields(cls)})
         if unknown:
             raise ConfigError(f"invalid train config: unknown key(s) {', '.join(unknown)}")

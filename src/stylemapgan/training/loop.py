@@ -12,7 +12,8 @@ One iteration (all weights settable in :class:`~stylemapgan.training.config.Trai
 4. Lazy R1 on reals every ``r1_interval`` iterations (gamma/2 * penalty * interval) -> step D.
 5. E and G jointly: MSE(x, G(E(x))) + LPIPS(x, G(E(x))) + non-saturating loss on G(E(x))
    -> step E and G.
-6. EMA of G and E (:func:`ema_update`).
+6. EMA of G and E (:func:`ema_update`), its decay warmed up over the first images
+   (:func:`ema_decay_at`).
 
 Adam with betas (0, 0.99) for G and E; D's learning rate and betas are scaled by
 interval/(interval+1) for the lazy R1 (as in StyleGAN2).
@@ -102,6 +103,7 @@ __all__ = [
     "Trainer",
     "build_perceptual",
     "cpu_has_native_bf16",
+    "ema_decay_at",
     "ema_update",
     "new_run_dir",
     "resolve_amp",
@@ -123,6 +125,22 @@ def ema_update(ema: nn.Module, src: nn.Module, decay: float) -> None:
     torch._foreach_lerp_(ema_params, src_params, 1.0 - decay)
     for b_ema, b in zip(ema.buffers(), src.buffers(), strict=True):
         b_ema.copy_(b)
+
+
+def ema_decay_at(step: int, batch_size: int, decay: float, rampup: float) -> float:
+    """The EMA decay of training step ``step`` (0-based), warmed up as in StyleGAN2-ADA.
+
+    ``decay`` per step of ``batch_size`` images means a half-life of
+    ``batch_size * ln(0.5) / ln(decay)`` images (0.999 at batch 16: 11,085 images, 693 steps).
+    With ``rampup > 0`` the half-life is also at most ``rampup`` times the images seen after
+    this step, so the EMA starts as a copy of the networks and lags at most that fraction of
+    training behind: at batch 16 and rampup 0.05 the decay is 0.87 at step 100, 0.986 at step
+    1,000, 0.9972 at step 5,000 and the full 0.999 from step 13,856 on.
+    """
+    if rampup <= 0 or decay <= 0:
+        return decay
+    half_life = rampup * (step + 1) * batch_size
+    return min(decay, 0.5 ** (batch_size / half_life))
 
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
@@ -327,6 +345,11 @@ class Trainer:
         self.e_ema = copy.deepcopy(self.encoder).eval().requires_grad_(False)
         self.stages = losses.TrainingStages(self.generator, self.encoder, self.discriminator)
         self.stages_ddp: nn.Module = self.stages
+        #: Compute G(E(real)) once per iteration for phases 3 and 5 (the same tensor, so the
+        #: same results; one generator and encoder forward fewer). Off under
+        #: DistributedDataParallel, which needs each backward to follow exactly one forward;
+        #: ``benchmarks/train_throughput.py --baseline`` turns it off to time the old step.
+        self.share_reconstruction = not self.dist.distributed
         if self.dist.distributed:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -449,12 +472,25 @@ class Trainer:
             self._backward_step(phase.loss, self.e_opt)
         del fake, w
 
-        # 3. D: reals vs samples, plus reconstructions as fakes (domain-guided).
+        # 3. D: reals vs samples, plus reconstructions as fakes (domain-guided). The
+        # reconstructions G(E(x)) are the ones phase 5 learns from (D's steps in between leave
+        # E and G alone), so they are computed once, with their graph, when both phases run.
+        use_p = self.percept is not None and c.lambda_perceptual > 0
+        reconstruct = c.lambda_x_rec > 0 or use_p or c.lambda_e_adv > 0
+        shared_rec = None
         _set_requires_grad(d, True)
         if c.lambda_d > 0 or c.lambda_d_rec > 0:
             with torch.no_grad(), self._autocast():
                 fake2 = g(g.mapping(self._z(step, STREAM_Z2)))
-                rec = g(e(real)) if c.lambda_d_rec > 0 else None
+            if c.lambda_d_rec > 0 and reconstruct and self.share_reconstruction:
+                with self._autocast():
+                    shared_rec = stages("reconstruct_image", real)
+                rec = shared_rec.detach()
+            elif c.lambda_d_rec > 0:
+                with torch.no_grad(), self._autocast():
+                    rec = g(e(real))
+            else:
+                rec = None
             phase = losses.discriminator_phase(stages, real, fake2, rec, lambda_d=c.lambda_d,
                                                lambda_d_rec=c.lambda_d_rec,
                                                autocast=self._autocast)
@@ -472,19 +508,20 @@ class Trainer:
         _set_requires_grad(d, False)
 
         # 5. E and G reconstruct reals: pixels, perception, realism.
-        use_p = self.percept is not None and c.lambda_perceptual > 0
-        if c.lambda_x_rec > 0 or use_p or c.lambda_e_adv > 0:
+        if reconstruct:
             phase = losses.reconstruction_phase(
                 stages, real, self.percept if use_p else None, lambda_x_rec=c.lambda_x_rec,
                 lambda_perceptual=c.lambda_perceptual, lambda_e_adv=c.lambda_e_adv,
-                autocast=self._autocast)
+                autocast=self._autocast, rec=shared_rec)
             out.update(phase.terms)
             self._backward_step(phase.loss, self.e_opt, self.g_opt)
+        del shared_rec
         _set_requires_grad(d, True)
 
-        # 6. EMA.
-        ema_update(self.g_ema, g, c.ema_decay)
-        ema_update(self.e_ema, e, c.ema_decay)
+        # 6. EMA, warmed up over the first images.
+        decay = ema_decay_at(self.step, c.batch_size, c.ema_decay, c.ema_rampup)
+        ema_update(self.g_ema, g, decay)
+        ema_update(self.e_ema, e, decay)
         self.step += 1
         return {k: v.detach() for k, v in out.items()}
 

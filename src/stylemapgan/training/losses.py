@@ -106,6 +106,12 @@ class TrainingStages(nn.Module):
             (real,) = args
             rec = g(e(real))
             return rec, d(rec)
+        if stage == "reconstruct_image":  # reals -> G(E(x)) (its D logits come later)
+            (real,) = args
+            return g(e(real))
+        if stage == "judge":  # images -> D(images)
+            (images,) = args
+            return d(images)
         raise ValueError(f"unknown stage {stage!r}")
 
 
@@ -176,13 +182,22 @@ def reconstruction_phase(stages: nn.Module, real: torch.Tensor,
                          percept: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
                          *, lambda_x_rec: float = 1.0, lambda_perceptual: float = 1.0,
                          lambda_e_adv: float = 1.0,
-                         autocast: Autocast = contextlib.nullcontext) -> PhaseLoss:
+                         autocast: Autocast = contextlib.nullcontext,
+                         rec: torch.Tensor | None = None) -> PhaseLoss:
     """Phase 5: E and G reconstruct reals, x -> G(E(x)): pixel MSE (term ``x_rec``), LPIPS
     distance with ``percept`` when given (``perceptual``, run under ``autocast``) and the
-    non-saturating loss on D(G(E(x))) (``e_adv``). D must be frozen by the caller."""
+    non-saturating loss on D(G(E(x))) (``e_adv``). D must be frozen by the caller.
+
+    ``rec``: G(E(real)) already computed with its graph by the current E and G (the loop
+    computes it once for phases 3 and 5, as D's steps in between leave E and G alone); only
+    D(rec) is computed then. None computes both here (one forward of ``stages``, as
+    DistributedDataParallel needs)."""
     terms: dict[str, torch.Tensor] = {}
     with autocast():
-        rec, rec_pred = stages("reconstruct", real)
+        if rec is None:
+            rec, rec_pred = stages("reconstruct", real)
+        else:
+            rec_pred = stages("judge", rec)
         if percept is not None:
             terms["perceptual"] = percept(real, rec).float().mean()
     terms["x_rec"] = mse(rec, real)
