@@ -1,10 +1,11 @@
 """Take docs/editor.png: the web editor in headless Chromium (Debian's /usr/bin/chromium).
 
-    python docs/editor_screenshot.py [--out docs/editor.png] [--preset small-64]
+    python docs/editor_screenshot.py [--out docs/editor.png] [--model FILE]
 
-Uses a model with random weights (no trained model ships yet), so the reconstructions and the
-result show the layout of the editor, not the quality of an edit. The gallery is the avatar
-gallery shipped in the package.
+Serves the embedded default model (or ``--model``) with the avatar gallery shipped in the
+package, then does a real edit as a user would: picks an original and a reference, paints a
+region over the reference's hair, drags the region on the original to transplant it a little
+lower, runs three steps of the interpolation and takes the page.
 """
 
 from __future__ import annotations
@@ -21,9 +22,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from stylemapgan.config import get_preset
 from stylemapgan.data.avatars import gallery_dir
-from stylemapgan.nn.networks import StyleMapGAN
+from stylemapgan.formats.checkpoint import default_model_path, load_model
 from stylemapgan.web.app import create_app
 from stylemapgan.web.engine import EditEngine
 from stylemapgan.web.gallery import Gallery
@@ -35,7 +35,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="docs/editor.png")
-    ap.add_argument("--preset", default="small-64")
+    ap.add_argument("--model", default=None, help="model file (default: the embedded model)")
     ap.add_argument("--chromium", default="/usr/bin/chromium")
     args = ap.parse_args()
 
@@ -43,8 +43,9 @@ def main() -> None:
     from playwright.sync_api import sync_playwright
 
     torch.manual_seed(0)
-    model = StyleMapGAN(get_preset(args.preset)).eval()
-    engine = EditEngine(model, model_name=f"{args.preset} (random weights)")
+    path = Path(args.model) if args.model else default_model_path()
+    model = load_model(path)
+    engine = EditEngine(model, model_name=path.name)
     gallery = Gallery(gallery_dir() / "test")
     size = engine.size
     with socket.socket() as s:

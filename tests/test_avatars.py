@@ -162,6 +162,15 @@ def test_make_avatars_tool_location_errors(tmp_path, monkeypatch, capsys):
     assert "npm ci --prefix" in capsys.readouterr().err
 
 
+def test_tool_dir_finds_the_renderer_of_this_checkout(monkeypatch):
+    # An editable install from a checkout finds tools/avatars without TOOL_ENV (the renderer
+    # tests below skipped silently while this looked one folder too low).
+    monkeypatch.delenv(avatars.TOOL_ENV, raising=False)
+    root = Path(__file__).resolve().parents[1]
+    assert Path(avatars.__file__).resolve().is_relative_to(root / "src"), "not a checkout install"
+    assert avatars.tool_dir() == root / "tools" / "avatars"
+
+
 @pytest.mark.parametrize("argv", [["--size", "8"], ["--size", "1024"], ["--count", "0"],
                                   ["--start", "-1"], ["--start", "x"]])
 def test_make_avatars_bad_arguments(tmp_path, argv):
