@@ -25,7 +25,6 @@ import base64
 import functools
 import io
 import json
-import platform
 import socket
 import statistics
 import threading
@@ -38,7 +37,7 @@ from PIL import Image
 from stylemapgan.config import get_preset
 from stylemapgan.formats.checkpoint import build_empty, load_model
 from stylemapgan.nn.networks import StyleMapGAN
-from stylemapgan.utils import resolve_device
+from stylemapgan.utils import cpu_name, resolve_device
 from stylemapgan.web.engine import EditEngine, EditSpec, RegionSpec
 
 
@@ -216,7 +215,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     print(f"device {device} | torch {torch.__version__} | threads {torch.get_num_threads()} | "
-          f"{platform.processor() or platform.machine()}")
+          f"{cpu_name()}")
     results = {}
     targets = [("file " + args.model, None)] if args.model else [(p, p) for p in args.presets.split(",")]
     for label, preset in targets:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -34,17 +33,7 @@ from stylemapgan.training import (
     ema_update,
     parse_overrides,
 )
-from stylemapgan.utils import resolve_device
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from stylemapgan.utils import cpu_name, resolve_device
 
 
 @torch.no_grad()
@@ -89,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     g_fixed, e_fixed = copy.deepcopy(trainer.g_ema), copy.deepcopy(trainer.e_ema)
 
     print(f"{args.preset} {' '.join(args.overrides)}  batch {cfg.batch_size}  ema_decay "
-          f"{cfg.ema_decay}  on {device} ({cpu_model()}, {torch.get_num_threads()} threads), "
+          f"{cfg.ema_decay}  on {device} ({cpu_name()}, {torch.get_num_threads()} threads), "
           f"torch {torch.__version__}; validation MSE of {len(images)} held-out images")
     header = f"{'step':>6} {'fixed decay':>12} {'warm-up':>12} {'raw networks':>13} {'decay':>8}"
     print(header)

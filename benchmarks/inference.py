@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
-import platform
 import statistics
 import sys
 import time
@@ -37,7 +36,7 @@ from stylemapgan.editing.operations import local_edit_wplus
 from stylemapgan.formats.checkpoint import load_model
 from stylemapgan.nn.networks import StyleMapGAN
 from stylemapgan.nn.runtime import RuntimeOptions, prepare, psnr
-from stylemapgan.utils import resolve_device
+from stylemapgan.utils import cpu_name, resolve_device
 
 
 def keep_freed_memory() -> bool:
@@ -193,7 +192,7 @@ def main(argv=None) -> int:
                              compile=args.compile, cuda_graphs=args.cuda_graphs)
     runner = prepare(model, device, options)
 
-    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
+    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     print(f"device: {device} ({dev_name}), torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"malloc: {malloc}")
     print(f"model: {args.model or args.preset} ({cfg.size}px, {cfg.stylemap_size}x{cfg.stylemap_size}), "

@@ -24,11 +24,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import sys
 import time
-from pathlib import Path
 
 import torch
 
@@ -40,7 +38,7 @@ from stylemapgan.training import (
     Trainer,
     parse_overrides,
 )
-from stylemapgan.utils import resolve_device
+from stylemapgan.utils import cpu_name, resolve_device
 
 
 class RandomImages(torch.utils.data.Dataset):
@@ -52,17 +50,6 @@ class RandomImages(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> torch.Tensor:
         return self.x[i]
-
-
-def cpu_model() -> str:
-    """The CPU's model name (/proc/cpuinfo on Linux), for printing beside every timing."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         "perceptual": cfg.perceptual,
         "precision": str(some.amp_dtype or torch.float32).replace("torch.", ""),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else
-        f"cpu ({cpu_model()}, {torch.get_num_threads()} threads)",
+        f"cpu ({cpu_name()}, {torch.get_num_threads()} threads)",
         "iterations": args.iters, "torch": torch.__version__, "peak_memory": peak_what,
         **({"variants": results} if len(results) > 1 else results[variants[0]]),
     }

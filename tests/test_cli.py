@@ -8,7 +8,7 @@ from PIL import Image
 from stylemapgan.cli import main
 from stylemapgan.errors import ConfigError, InputError
 from stylemapgan.formats.checkpoint import load_model
-from stylemapgan.utils import parse_seeds, resolve_device
+from stylemapgan.utils import cpu_name, parse_seeds, resolve_device
 
 
 def test_help_lists_commands_with_examples(capsys):
@@ -107,6 +107,19 @@ def test_parse_seeds_and_devices():
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="no CUDA"):
             resolve_device("cuda")
+
+
+def test_cpu_name_is_the_model_name(tmp_path, monkeypatch):
+    import stylemapgan.utils as utils
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: X\nmodel name\t: Example CPU 9000\n")
+    real_path = utils.Path
+    monkeypatch.setattr(utils, "Path", lambda p: real_path(cpuinfo) if p == "/proc/cpuinfo"
+                        else real_path(p))
+    assert cpu_name() == "Example CPU 9000"
+    monkeypatch.setattr(utils, "Path", lambda p: real_path(tmp_path / "missing"))
+    assert cpu_name()  # falls back to what platform knows, never empty
 
 
 def test_installed_console_script(tmp_path, tiny_model_file):

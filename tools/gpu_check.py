@@ -83,15 +83,9 @@ def _environment(device: str) -> dict:
                     memory_gib=round(torch.cuda.get_device_properties(device).total_memory
                                      / 2**30, 1))
     else:
-        name = platform.processor() or platform.machine()
-        try:
-            for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-                if line.lower().startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
-        except OSError:
-            pass
-        info.update(name=name, threads=torch.get_num_threads())
+        from stylemapgan.utils import cpu_name
+
+        info.update(name=cpu_name(), threads=torch.get_num_threads())
     return info
 
 

@@ -1,6 +1,9 @@
-"""Small helpers shared by the library and the interfaces: devices, seed lists."""
+"""Small helpers shared by the library and the interfaces: devices, seed lists, the CPU's name."""
 
 from __future__ import annotations
+
+import platform
+from pathlib import Path
 
 import torch
 
@@ -31,6 +34,18 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     elif dev.type != "cpu":
         raise ConfigError(f"unsupported device {name!r}; use auto, cpu, cuda or cuda:N")
     return dev
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``model name`` in /proc/cpuinfo on Linux, else what ``platform``
+    knows), for printing beside timings: machines of one kind can differ by 4x."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 def parse_seeds(text: str, limit: int = 100_000) -> list[int]:
