@@ -157,9 +157,13 @@ class Runner:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
-    @staticmethod
-    def _out(x: torch.Tensor) -> torch.Tensor:
-        return x.float().contiguous()
+    def _out(self, x: torch.Tensor) -> torch.Tensor:
+        y = x.float().contiguous()
+        if self.options.cuda_graphs and y.data_ptr() == x.data_ptr():
+            # A CUDA graph's outputs live in its static memory, which the next replay
+            # overwrites: a float32 result must be copied out (other dtypes already are).
+            y = y.clone()
+        return y
 
     def project(self, images: torch.Tensor) -> torch.Tensor:
         """Images [N, 3, R, R] in [-1, 1] -> stylemaps w (float32)."""
