@@ -406,6 +406,7 @@ def test_second_training_process_on_the_same_run_folder_is_refused(tmp_path, cap
         err = capsys.readouterr().err.strip().splitlines()[-1]
         assert err.startswith(f"error: {run} is in use by another stylemapgan process "
                               f"(pid {proc.pid}, `stylemapgan train --data"), err
+        assert "--outdir" in err and "--out " not in err, err
         assert took < 10, took
         assert (run / "config.json").read_text() == log_before
         assert proc.poll() is None  # the first one trains on

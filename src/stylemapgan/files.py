@@ -261,14 +261,16 @@ def _lock_owner(fd: int) -> dict:
 
 
 @contextlib.contextmanager
-def folder_lock(folder: str | os.PathLike[str], command: str = "stylemapgan") -> Iterator[Path]:
+def folder_lock(folder: str | os.PathLike[str], command: str = "stylemapgan", *,
+                elsewhere: str = "write somewhere else with --out") -> Iterator[Path]:
     """Hold an exclusive lock on an output folder while writing into it.
 
     The lock is ``FOLDER/.stylemapgan.lock``, a file holding the owner's pid, host and command,
     locked with ``flock``: the kernel releases it when the owner exits in any way (even
     ``kill -9``), so a lock is never stale. A second process asking for the same folder gets a
-    :class:`FolderBusyError` naming the owner, at once. The folder is created if needed; the
-    lock file is removed on release. Yields the folder.
+    :class:`FolderBusyError` naming the owner, at once; ``elsewhere`` ends its message (the
+    option that picks another folder). The folder is created if needed; the lock file is
+    removed on release. Yields the folder.
     """
     import datetime as _dt
     import socket
@@ -303,7 +305,7 @@ def folder_lock(folder: str | os.PathLike[str], command: str = "stylemapgan") ->
             if owner.get("started"):
                 who += f", since {owner['started']}"
             raise FolderBusyError(f"{folder} is in use by another stylemapgan process ({who}); "
-                                  "wait for it to finish or write somewhere else with --out") from None
+                                  f"wait for it to finish or {elsewhere}") from None
         # The file may have been removed by its previous owner between our open and our lock:
         # then we hold a lock on a file nobody else can see, so try again.
         try:

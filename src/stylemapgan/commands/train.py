@@ -128,7 +128,9 @@ def _lock_run_dir(stack, run_dir, command: str, dist_info) -> None:
     error = None
     if dist_info.is_main:
         try:
-            stack.enter_context(folder_lock(run_dir, command))
+            stack.enter_context(folder_lock(
+                run_dir, command, elsewhere="start a new run (--outdir, --name): two trainings "
+                "cannot share a run folder"))
         except InputError as exc:
             error = exc
     message = broadcast_object(str(error) if error is not None else None, dist_info)
