@@ -25,6 +25,8 @@ import torch
 
 from stylemapgan.config import get_preset
 from stylemapgan.data import open_dataset
+from stylemapgan.errors import StyleMapGANError
+from stylemapgan.files import atomic_write
 from stylemapgan.training import (
     DistInfo,
     TrainConfig,
@@ -62,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.iterations < 1 or args.val_every < 1 or args.val_images < 1 or args.rampup <= 0:
         p.error("--iterations, --val-every and --val-images must be >= 1 and --rampup > 0")
+    if args.json and Path(args.json).exists():
+        p.error(f"--json {args.json} already exists; give a new file (nothing is overwritten)")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -100,10 +104,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{row['step']:>6} {row['fixed']:>12.4f} {row['warmup']:>12.4f} "
                   f"{row['raw']:>13.4f} {row['decay']:>8.5f}", flush=True)
     if args.json:
-        Path(args.json).write_text(json.dumps({"settings": vars(args), "rows": rows}, indent=2),
-                                   encoding="utf-8")
+        with atomic_write(args.json) as tmp:
+            tmp.write_text(json.dumps({"settings": vars(args), "rows": rows}, indent=2),
+                           encoding="utf-8")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except StyleMapGANError as exc:  # bad settings or data: one line, not a traceback
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

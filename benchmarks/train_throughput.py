@@ -31,6 +31,7 @@ import time
 import torch
 
 from stylemapgan.config import get_preset
+from stylemapgan.errors import StyleMapGANError
 from stylemapgan.training import (
     PERCEPTUAL_CHOICES,
     DistInfo,
@@ -167,4 +168,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except StyleMapGANError as exc:  # bad settings or data: one line, not a traceback
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

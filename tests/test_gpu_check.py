@@ -49,3 +49,20 @@ def test_gpu_check_refuses_a_missing_cuda_device(tmp_path):
                           env={**os.environ, "PYTHON": sys.executable}, capture_output=True,
                           text=True, timeout=120, check=False)
     assert proc.returncode != 0 and "no CUDA device" in proc.stderr and "--device cpu" in proc.stderr
+
+
+def test_a_hung_step_is_killed_and_the_check_goes_on(tmp_path):
+    import importlib.util
+    import time
+
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "tools" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    check = gpu_check.Check(tmp_path, sys.executable)
+    t0 = time.monotonic()
+    hung = check.run("hung", [sys.executable, "-c", "import time; print('started'); time.sleep(60)"],
+                     timeout=2)
+    assert hung["rc"] == 124 and time.monotonic() - t0 < 30
+    assert "started" in (tmp_path / "hung.log").read_text()
+    ok = check.run("quick", [sys.executable, "-c", "print('done')"], timeout=30)
+    assert ok["rc"] == 0 and [s["name"] for s in check.steps] == ["hung", "quick"]

@@ -14,7 +14,7 @@ Steps (each one's output is kept in ``--out``; a failed step does not stop the l
    ``stylemapgan export`` of the result.
 
 ``--quick`` shrinks every step to the tiny 32 px preset and a few iterations (the CPU run of
-the test suite); the full check is sized to finish in about five minutes on one recent GPU.
+the test suite); the full check is sized (estimated, not yet run on a GPU) to finish in about five minutes on one recent GPU.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import os
 import platform
 import subprocess
 import sys
+import threading
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -43,19 +44,24 @@ class Check:
         log = self.out / f"{name}.log"
         print(f"\n=== {name}: {' '.join(args)}", flush=True)
         t0 = time.perf_counter()
-        try:
-            with log.open("w", encoding="utf-8") as f:
-                proc = subprocess.Popen(args, cwd=ROOT, env={**os.environ, **(env or {})},
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                        text=True)
+        with log.open("w", encoding="utf-8") as f:
+            proc = subprocess.Popen(args, cwd=ROOT, env={**os.environ, **(env or {})},
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            # A hung step is killed after ``timeout`` s, so the later steps and the summary run.
+            watchdog = threading.Timer(timeout, proc.kill)
+            watchdog.start()
+            try:
                 assert proc.stdout is not None
                 for line in proc.stdout:
                     sys.stdout.write(line)
                     f.write(line)
-                rc = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+                rc = proc.wait()
+            finally:
+                timed_out = not watchdog.is_alive()
+                watchdog.cancel()
+        if timed_out:
             rc = 124
+            print(f"=== {name}: killed after {timeout:.0f} s", flush=True)
         step = {"name": name, "rc": rc, "seconds": round(time.perf_counter() - t0, 1),
                 "log": str(log)}
         self.steps.append(step)
@@ -135,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--device must be cuda, cuda:N or cpu, got {args.device!r}")
     out = Path(args.out or (Path(os.environ["OUT"]) / "gpu_check" if os.environ.get("OUT")
                             else "gpu_check_out"))
+    if out.exists() and not out.is_dir():
+        p.error(f"--out {out} is a file; give a new folder")
     if out.exists() and any(out.iterdir()):
         p.error(f"--out {out} is not empty; give a new folder (nothing there is overwritten)")
     t_start = time.perf_counter()

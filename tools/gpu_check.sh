@@ -2,7 +2,7 @@
 # One-command device check: the gpu tests, inference at batch 1 and 32, training throughput and
 # a short `stylemapgan train` run (resumed once, exported), then one summary.
 #
-#   tools/gpu_check.sh                       # on CUDA (a GPU machine), about five minutes
+#   tools/gpu_check.sh                       # on CUDA (a GPU machine), about five minutes (estimated)
 #   tools/gpu_check.sh --device cpu --quick  # the same steps, tiny, on the CPU (the test suite)
 #   tools/gpu_check.sh --out results/        # where the logs and JSON results go
 #
