@@ -60,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
         "run": run_dir.name,
         "checkpoint": ckpt.name,
         "train_config": state["train_config"],
+        "init_from": {k: v for k, v in (info.get("init_from") or {}).items() if k != "file"}
+        or None,
     }
     save_model(model, out, provenance={k: v for k, v in provenance.items() if v is not None},
                overwrite=args.overwrite)

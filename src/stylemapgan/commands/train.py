@@ -34,6 +34,16 @@ def register(sub: argparse._SubParsersAction) -> None:
             checkpoint yet is trained again from step 0. While a process trains into a run
             folder, a second one is refused.
 
+            --init-from FILE starts a new run from trained networks (fine-tuning): a model file
+            of this package (G and E; their EMA copies start equal to them; D is fresh), a
+            training checkpoint or run folder of this package (all five networks), or a
+            published reference checkpoint (.pt of naver-ai/StyleMapGAN, read like `convert`
+            reads it). Optimizers and step count start afresh; the EMA warm-up is off
+            (ema_rampup=0: the weights are already trained) unless --set asks for it. The
+            architecture is the file's; --preset or model --set values that differ from it are
+            refused, naming each setting. The file's name and SHA-256 go into config.json and the exported
+            model's provenance, and a checkpoint of the initial weights is written at step 0.
+
             For several GPUs or machines, launch the same command with torchrun; batch_size is
             the total over all processes.""",
         examples="""
@@ -42,6 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             stylemapgan train --resume runs/00000-small-64
             stylemapgan train --resume runs/00000-small-64 --set lr=0.0005 --set amp=off
             stylemapgan train --data data/faces-lmdb --preset small-64 --set batch_size=8 --dry-run
+            stylemapgan train --data my_faces/ --init-from celeba_hq_256_8x8.pt --set lr=0.0005 --set iterations=20000 --outdir runs
+            stylemapgan train --data data/avatars64/train --init-from avatars64.safetensors --set perceptual=alex --threads 1
             torchrun --standalone --nproc_per_node 4 -m stylemapgan.cli train --data data/faces-lmdb --preset official-256 --outdir runs""",
     )
     p.add_argument("--data", help="training images: LMDB folder, image folder or .zip")
@@ -56,6 +68,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="continue a run from its newest good checkpoint (or from step 0 if it "
                         "has none yet); --set may change any training setting except "
                         "batch_size, seed and val_images, and no model setting")
+    p.add_argument("--init-from", metavar="FILE",
+                   help="start a new run from the networks of a model file, a training "
+                        "checkpoint or run folder, or a reference .pt checkpoint (fine-tuning)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     p.add_argument("--threads", type=positive_int, default=None,
                    help="CPU threads per process (default: PyTorch's choice; 1 is often faster "
@@ -73,6 +88,9 @@ def _resolve(args: argparse.Namespace):
     from stylemapgan.training import TrainConfig, parse_overrides
 
     model_changes, train_changes = parse_overrides(args.overrides)
+    if args.resume and args.init_from:
+        raise ConfigError("--init-from starts a new run and --resume continues one; pass one "
+                          "of them (a resumed run keeps the weights it started from)")
     if args.resume:
         run_dir = Path(args.resume)
         cfg_path = run_dir / "config.json"
@@ -94,12 +112,26 @@ def _resolve(args: argparse.Namespace):
     if not args.data:
         raise ConfigError("--data is required (an LMDB from `stylemapgan prepare-data`, a folder "
                           "of images or a .zip); or use --resume RUN_DIR")
-    preset = args.preset or "official-256"
-    model = get_preset(preset)
-    if model_changes:
-        model = model.replace(**model_changes)
+    init = None
+    if args.init_from:
+        from stylemapgan.training.init import check_architecture, read_initial_weights
+
+        init = read_initial_weights(args.init_from)
+        model = get_preset(args.preset) if args.preset else init.config
+        if model_changes:
+            model = model.replace(**model_changes)
+        check_architecture(model, init.config, args.init_from)
+        preset = args.preset or "finetune"
+        # Trained weights need no EMA warm-up (it exists to forget a random start), as
+        # StyleGAN2-ADA turns it off when resuming from a network; --set may still ask for it.
+        train_changes.setdefault("ema_rampup", 0.0)
+    else:
+        preset = args.preset or "official-256"
+        model = get_preset(preset)
+        if model_changes:
+            model = model.replace(**model_changes)
     train = TrainConfig(**train_changes)
-    return model, train, args.data, args.val_data, None, {"preset": preset}
+    return model, train, args.data, args.val_data, None, {"preset": preset, "init": init}
 
 
 def _command_line(args: argparse.Namespace) -> str:
@@ -109,6 +141,7 @@ def _command_line(args: argparse.Namespace) -> str:
     parts = ["stylemapgan", "train"]
     for flag, value in (("--data", args.data), ("--val-data", args.val_data),
                         ("--preset", args.preset), ("--resume", args.resume),
+                        ("--init-from", args.init_from),
                         ("--outdir", None if args.resume else args.outdir), ("--name", args.name),
                         ("--device", args.device), ("--threads", args.threads)):
         if value is not None:
@@ -157,9 +190,11 @@ def run(args: argparse.Namespace) -> int:
     model, train, data_path, val_path, run_dir, saved = _resolve(args)
     preset = saved.get("preset") or "run"
     if args.dry_run:
+        init = saved.get("init")
         print(json.dumps({"model": model.to_dict(), "train": train.to_dict(),
                           "dataset": data_path, "val_dataset": val_path,
-                          "resume": str(run_dir) if run_dir else None}, indent=2))
+                          "resume": str(run_dir) if run_dir else None,
+                          "init_from": init.source if init is not None else None}, indent=2))
         return 0
 
     import torch
@@ -199,6 +234,8 @@ def run(args: argparse.Namespace) -> int:
                 "skipped_files": len(getattr(dataset, "skipped", []))}
         if args.resume:
             info["resumed_with"] = [*saved.get("resumed_with", []), command]
+            if saved.get("init_from"):
+                info["init_from"] = saved["init_from"]
             if saved.get("dataset_images") not in (None, len(dataset)):
                 raise ConfigError(
                     f"the dataset {data_path} now has {len(dataset)} images, the run started with "
@@ -211,7 +248,13 @@ def run(args: argparse.Namespace) -> int:
                   f"{run_dir / 'skipped.txt'}", file=sys.stderr)
         trainer = Trainer(model, train, dataset, run_dir, dist_info=dist_info,
                           val_dataset=val_dataset, perceptual=percept, resume=bool(args.resume),
-                          extra_info=info)
+                          extra_info=info, init_weights=saved.get("init"))
+        if dist_info.is_main and trainer.init_source is not None:
+            src = trainer.init_source
+            fresh = src.get("fresh") or []
+            print(f"starting from {src['file']} ({src['kind']}, SHA-256 {src['sha256'][:12]}...)"
+                  + (f"; {', '.join(fresh)} fresh (not in that file)" if fresh else ""),
+                  file=sys.stderr)
         if dist_info.is_main and args.resume:
             if trainer.resumed_from is None:
                 print(f"{run_dir}: no checkpoint was written yet; training it again from step 0 "
@@ -223,6 +266,12 @@ def run(args: argparse.Namespace) -> int:
                 if h["step"] == trainer.step:
                     print(f"changed at step {h['step']}: {h['key']} {h['old']!r} -> "
                           f"{h['new']!r}", file=sys.stderr)
+        held = len(trainer.val_data) if trainer.val_data is not None else 0
+        if dist_info.is_main and val_dataset is None and held < train.val_images:
+            print(f"warning: {data_path} has {len(dataset)} images, so {held} of "
+                  f"val_images={train.val_images} are held out for validation (a tenth of a "
+                  "small dataset, at least one); pass --val-data to validate on separate "
+                  "images", file=sys.stderr)
         if dist_info.is_main:
             print(f"run folder: {run_dir}  ({len(trainer.train_indices)} training images, "
                   f"{len(trainer.val_data) if trainer.val_data is not None else 0} held out; "

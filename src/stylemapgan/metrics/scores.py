@@ -295,23 +295,43 @@ def dataset_stats(make_batches: Callable[[], Batches], extractor: torch.nn.Modul
 
 # --------------------------------------------------------------------------- reconstruction
 @torch.no_grad()
+def colour_errors(real: torch.Tensor, rec: torch.Tensor) -> dict[str, Any]:
+    """How far reconstructions ``rec`` are from ``real`` ([N, C, H, W], same range), in float64:
+    ``mse`` (mean per-image MSE), ``signed`` (the mean signed error of each channel over all
+    images: a colour cast; negative = darker) and ``drift`` (the mean over images and channels
+    of the absolute per-image, per-channel mean error: how far each image's colours shift)."""
+    if real.shape != rec.shape or real.dim() != 4:
+        raise InputError(f"colour_errors: shapes {tuple(real.shape)} and {tuple(rec.shape)} "
+                         "must be equal [N, C, H, W]")
+    diff = rec.double() - real.double()
+    per_image = diff.mean(dim=(2, 3))  # [N, C]
+    return {"mse": float(diff.square().mean(dim=(1, 2, 3)).mean()),
+            "signed": [float(v) for v in per_image.mean(0)],
+            "drift": float(per_image.abs().mean())}
+
+
 def reconstruction(model: torch.nn.Module, batches: Batches, lpips: torch.nn.Module | None = None,
                    device: torch.device | str = "cpu", progress: Progress = None) -> dict[str, Any]:
-    """Mean per-image MSE (values in [-1, 1]) and LPIPS between x and G(E(x))."""
+    """Mean per-image MSE (values in [-1, 1]) and LPIPS between x and G(E(x)), and the colour
+    drift of the reconstructions (see :func:`colour_errors`: ``drift``, ``signed_rgb``)."""
     mse: list[torch.Tensor] = []
     lp: list[torch.Tensor] = []
+    shift: list[torch.Tensor] = []
     for x in batches:
         x = _check_batch(x, "reconstruction").to(device)
         y = model.generator(model.encoder(x)).to(x.dtype).clamp(-1, 1)
         mse.append((y - x).square().mean(dim=(1, 2, 3)).double().cpu())
+        shift.append((y.double() - x.double()).mean(dim=(2, 3)).cpu())
         if lpips is not None:
             lp.append(lpips(x, y).double().cpu())
         _tick(progress, x.shape[0])
     if not mse:
         raise InputError("reconstruction: no images")
     m = torch.cat(mse)
+    per_image = torch.cat(shift)
     out: dict[str, Any] = {"mse": float(m.mean()), "mse_std": float(m.std()) if len(m) > 1 else 0.0,
-                           "count": len(m)}
+                           "count": len(m), "drift": float(per_image.abs().mean()),
+                           "signed_rgb": [float(v) for v in per_image.mean(0)]}
     if lpips is not None:
         l_ = torch.cat(lp)
         out.update(lpips=float(l_.mean()), lpips_std=float(l_.std()) if len(l_) > 1 else 0.0)
@@ -620,7 +640,7 @@ def runtime(model: torch.nn.Module, image: torch.Tensor, *, repeats: int = 10, w
 
 __all__ = [
     "Batches", "EditBatch", "GaussianStats", "Progress", "StatsAccumulator", "average_precision",
-    "content_hash", "dataset_stats", "detectability", "device_name", "edit_images",
+    "colour_errors", "content_hash", "dataset_stats", "detectability", "device_name", "edit_images",
     "extract_features", "extractor_id", "features_stats", "fid_generation", "fid_lerp",
     "frechet_distance", "gaussian_stats", "generated_batches", "lerp_batches", "local_editing",
     "logistic_regression", "masked_errors", "project_all", "reconstruction", "runtime",

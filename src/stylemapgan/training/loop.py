@@ -88,6 +88,7 @@ from stylemapgan.training.config import (
     TrainingError,
 )
 from stylemapgan.training.distributed import DistInfo
+from stylemapgan.training.init import InitialWeights, check_architecture
 from stylemapgan.training.sampling import (
     STREAM_FLIP,
     STREAM_GRID,
@@ -299,7 +300,8 @@ class Trainer:
                  dist_info: DistInfo | None = None,
                  val_dataset: torch.utils.data.Dataset | None = None,
                  perceptual: nn.Module | None = None, resume: bool = False,
-                 extra_info: dict[str, Any] | None = None) -> None:
+                 extra_info: dict[str, Any] | None = None,
+                 init_weights: InitialWeights | None = None) -> None:
         self.model_config, self.config = model_config, config
         self.dist = dist_info or DistInfo()
         self.device = self.dist.device
@@ -343,6 +345,20 @@ class Trainer:
                 m.to(memory_format=torch.channels_last)
         self.g_ema = copy.deepcopy(self.generator).eval().requires_grad_(False)
         self.e_ema = copy.deepcopy(self.encoder).eval().requires_grad_(False)
+        #: Where the initial weights came from (``--init-from``), or None for a fresh start.
+        self.init_source: dict[str, Any] | None = None
+        if init_weights is not None and not resume:
+            check_architecture(model_config, init_weights.config,
+                               str(init_weights.source.get("file", "")))
+            fresh = init_weights.apply({"generator": self.generator, "encoder": self.encoder,
+                                        "discriminator": self.discriminator,
+                                        "g_ema": self.g_ema, "e_ema": self.e_ema})
+            self.init_source = dict(init_weights.source)
+            self.extra_info["init_from"] = self.init_source
+            log.info("started from %s (%s)%s", self.init_source.get("file"),
+                     self.init_source.get("kind"),
+                     f"; fresh {', '.join(fresh)} (not in that file)" if fresh else "")
+            self.init_source["fresh"] = fresh
         self.stages = losses.TrainingStages(self.generator, self.encoder, self.discriminator)
         self.stages_ddp: nn.Module = self.stages
         #: Compute G(E(real)) once per iteration for phases 3 and 5 (the same tensor, so the
@@ -528,20 +544,23 @@ class Trainer:
     # ----------------------------------------------------------------- validation and images
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """Reconstruction MSE (and LPIPS when a perceptual network is loaded) of the EMA
+        """Reconstruction MSE, colour drift (the mean absolute per-image, per-channel error of
+        the clamped reconstructions) and LPIPS (when a perceptual network is loaded) of the EMA
         networks on the held-out images."""
         if self.val_data is None:
             return {}
-        mse_sum, lp_sum, n = 0.0, 0.0, 0
+        mse_sum, lp_sum, drift_sum, n = 0.0, 0.0, 0.0, 0
         loader = torch.utils.data.DataLoader(self.val_data, batch_size=self.local_batch)
         for x in loader:
             x = x.to(self.device)
             rec = self.g_ema(self.e_ema(x)).float()
             mse_sum += (rec - x).square().flatten(1).mean(1).sum().item()
+            # Colour drift: the per-image, per-channel mean error, absolute, averaged.
+            drift_sum += (rec.clamp(-1, 1) - x).mean(dim=(2, 3)).abs().mean(1).sum().item()
             if self.percept is not None:
                 lp_sum += self.percept(x, rec).float().sum().item()
             n += x.shape[0]
-        res = {"val/mse": mse_sum / n}
+        res = {"val/mse": mse_sum / n, "val/drift": drift_sum / n}
         if self.percept is not None:
             res["val/lpips"] = lp_sum / n
         return res
@@ -827,6 +846,15 @@ class Trainer:
             self.write_run_config()
             if self.step == 0:
                 self.write_images(write_reals=True)
+            if self.step == 0 and self.init_source is not None:
+                # The starting point of the curve, and a checkpoint that holds the initial
+                # weights: a resume never needs the --init-from file again.
+                val = self.validate() if c.val_every else {}
+                if val:
+                    self._log_line({"step": 0, "validation": val})
+                    self._events().scalars(0, val)
+        if self.step == 0 and self.init_source is not None and c.checkpoint_every:
+            self.save_checkpoint()
         names = list(LOSS_NAMES)
         sums = torch.zeros(len(names), device=self.device)
         counts = torch.zeros(len(names), device=self.device)

@@ -50,13 +50,13 @@ STREAM_Z, STREAM_Z2, STREAM_FLIP, STREAM_EPOCH, STREAM_SPLIT, STREAM_GRID = rang
 
 
 def split_indices(n: int, val_images: int, seed: int) -> tuple[list[int], list[int]]:
-    """Hold out ``val_images`` images (a seeded random choice) for validation."""
-    if val_images <= 0:
+    """Hold out ``val_images`` images (a seeded random choice) for validation.
+
+    A dataset of fewer than ``2 * val_images`` images gives up a tenth of itself instead, and
+    at least one image (none only when it has fewer than two)."""
+    if val_images <= 0 or n < 2:
         return list(range(n)), []
-    if n < 2:
-        return list(range(n)), []
-    val_count = min(val_images, n // 10) if n < 2 * val_images else val_images
-    val_count = max(val_count, 1) if n >= 10 else 0
+    val_count = val_images if n >= 2 * val_images else max(1, min(val_images, n // 10))
     perm = torch.randperm(n, generator=seeded_generator(seed, STREAM_SPLIT)).tolist()
     val = sorted(perm[:val_count])
     held = set(val)
