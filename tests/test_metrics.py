@@ -254,3 +254,19 @@ def test_gaussian_stats_files(tmp_path):
     save_file({"mu": a.mu}, str(old), metadata={"count": "12"})
     with pytest.raises(InputError, match="damaged FID statistics file"):
         metrics.GaussianStats.load(old)
+
+
+def test_colour_errors_measure_casts_and_per_image_drift():
+    from stylemapgan.metrics import colour_errors
+
+    g = torch.Generator().manual_seed(0)
+    real = torch.rand(4, 3, 8, 8, generator=g) * 2 - 1
+    shift = torch.tensor([[0.1, -0.2, 0.0], [-0.1, 0.2, 0.3], [0.0, 0.0, 0.0], [0.2, 0.2, -0.3]])
+    rec = real + shift[:, :, None, None]
+    out = colour_errors(real, rec)
+    # Image-wise opposite casts cancel in the signed mean, not in the drift.
+    assert out["signed"] == pytest.approx(shift.double().mean(0).tolist(), abs=1e-6)
+    assert out["drift"] == pytest.approx(shift.double().abs().mean().item(), abs=1e-6)
+    assert out["mse"] == pytest.approx(shift.double().square().mean(1).mean().item(), abs=1e-6)
+    with pytest.raises(Exception, match="shapes"):
+        colour_errors(real, rec[:2])

@@ -26,7 +26,7 @@ from stylemapgan.training import (
     parse_overrides,
     read_checkpoint,
 )
-from stylemapgan.training.sampling import STREAM_Z, seeded_generator
+from stylemapgan.training.sampling import STREAM_Z, seeded_generator, split_indices
 
 TINY = PRESETS["tiny-32"]
 
@@ -479,3 +479,29 @@ def test_missing_lpips_weights_fail_before_the_run_starts(tmp_path, monkeypatch,
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error:") and "stylemapgan weights fetch" in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_train_help_lists_every_setting(capsys):
+    from dataclasses import fields
+
+    from stylemapgan.config import ModelConfig
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for f in (*fields(ModelConfig), *fields(TrainConfig)):
+        assert f.name in text, f.name
+
+
+def test_small_dataset_holds_out_a_tenth_with_a_warning(tmp_path, capsys):
+    data = write_images(tmp_path / "imgs", n=8, size=32)
+    args = ["train", "--data", str(data), "--preset", "tiny-32", "--outdir", str(tmp_path / "runs"),
+            "--device", "cpu", "--set", "iterations=1", "--set", "batch_size=2",
+            "--set", "perceptual=none", "--set", "workers=0", "--set", "image_every=0",
+            "--set", "checkpoint_every=0", "--set", "val_every=1"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "has 8 images, so 1 of val_images=64 are held out" in err
+    assert "7 training images, 1 held out" in err
+    assert split_indices(8, 64, 0)[1] and split_indices(1, 64, 0) == ([0], [])
+    assert len(split_indices(100, 64, 0)[1]) == 10 and len(split_indices(200, 64, 0)[1]) == 64

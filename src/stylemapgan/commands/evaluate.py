@@ -90,8 +90,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="seed of samples, pairs and splits (default: 0)")
     p.add_argument("--batch-size", type=int_in(1, 1024), default=16,
                    help="images per forward pass, 1..1024 (default: 16)")
-    p.add_argument("--runtime-repeats", type=positive_int, default=10,
-                   help="timed repeats for runtime (median reported)")
+    p.add_argument("--runtime-repeats", type=int_in(1, 1000), default=10,
+                   help="timed repeats for runtime, 1..1000 (median reported)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write cached FID statistics")
     add_device(p)
     add_overwrite(p)
@@ -250,6 +250,10 @@ def markdown_report(result: dict[str, Any]) -> str:
     if rec:
         lines.append(f"- Reconstruction: {rec['count']} images; LPIPS backbone "
                      f"{result['settings']['lpips']}.")
+        if "drift" in rec:
+            signed = ", ".join(f"{v:+.3f}" for v in rec["signed_rgb"])
+            lines.append(f"- Colour drift (mean absolute per-image, per-channel error): "
+                         f"{_fmt(rec['drift'])}; mean signed error R, G, B: {signed}.")
     if fid:
         lines.append(f"- FID: {fid['num_samples']} generated (truncation {fid['truncation']}) vs "
                      f"{fid['num_real']} reference images.")
@@ -318,7 +322,9 @@ def run(args: argparse.Namespace) -> int:
     chosen = _parse_metrics(args.metrics, args.edit_triples is not None)
     out = Path(args.out)
     targets = [out / "metrics.json", out / "metrics.md"]
-    check_writable(targets, args.overwrite)
+    check_writable(targets, args.overwrite,
+                   inputs=[f for f in (args.data, args.fid_data, args.edit_triples,
+                                       getattr(args, "model", None)) if f and Path(f).is_file()])
     device = resolve_device(args.device)
     config = read_model_metadata(args.model)["config"]
     size = config.size

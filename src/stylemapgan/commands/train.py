@@ -3,8 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import textwrap
 
 from stylemapgan.commands._common import add_device, add_parser, positive_int
+
+
+def _settings_text() -> str:
+    """The --set paragraph of the help, from the configs' own fields (so it cannot drift)."""
+    from dataclasses import fields
+
+    from stylemapgan.config import ModelConfig
+    from stylemapgan.training.config import AMP_CHOICES, PERCEPTUAL_CHOICES, TrainConfig
+
+    shown = {"perceptual": f"perceptual={'|'.join(PERCEPTUAL_CHOICES)}",
+             "amp": f"amp={'|'.join(AMP_CHOICES)}", "channels_last": "channels_last=auto|on|off"}
+    model = ", ".join(f.name for f in fields(ModelConfig))
+    train = ", ".join(shown.get(f.name, f.name) for f in fields(TrainConfig))
+    text = (f"--set changes any model setting ({model}) or training setting ({train}). A loss "
+            "weight of 0 disables that term; the README's table gives each default.")
+    return textwrap.fill(text, 96, initial_indent=" " * 12, subsequent_indent=" " * 12,
+                         break_on_hyphens=False)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,14 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             a folder of images or a zip. Each run gets a folder OUTDIR/NNNNN-NAME with
             config.json, log.jsonl, TensorBoard events, image grids and checkpoints.
 
-            --set changes any model setting (size, stylemap_size, stylemap_channels,
-            mapping_layers, channel_multiplier, channel_cap, light, normalization, ...) or
-            training setting (iterations, batch_size, lr, lambda_adv, lambda_w_rec, lambda_d,
-            lambda_d_rec, lambda_x_rec, lambda_perceptual, lambda_e_adv, r1_gamma, r1_interval,
-            ema_decay, flip, perceptual=vgg|alex|none, amp=auto|off|bf16|fp16,
-            channels_last=auto|on|off, seed, workers,
-            val_images, val_every, image_every, checkpoint_every, keep_checkpoints, log_every,
-            grid_size). A loss weight of 0 disables that term.
+            {settings}
 
             --resume RUN_DIR continues a run from its newest good checkpoint (one with NaN/Inf
             values is never written), rolling log.jsonl, image grids and TensorBoard events back
@@ -45,7 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             model's provenance, and a checkpoint of the initial weights is written at step 0.
 
             For several GPUs or machines, launch the same command with torchrun; batch_size is
-            the total over all processes.""",
+            the total over all processes.""".replace("            {settings}", _settings_text()),
         examples="""
             stylemapgan train --data data/faces-lmdb --preset small-64 --set perceptual=none --outdir runs
             stylemapgan train --data photos/ --preset official-256 --set iterations=200000 --outdir runs

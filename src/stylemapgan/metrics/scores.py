@@ -310,6 +310,7 @@ def colour_errors(real: torch.Tensor, rec: torch.Tensor) -> dict[str, Any]:
             "drift": float(per_image.abs().mean())}
 
 
+@torch.no_grad()
 def reconstruction(model: torch.nn.Module, batches: Batches, lpips: torch.nn.Module | None = None,
                    device: torch.device | str = "cpu", progress: Progress = None) -> dict[str, Any]:
     """Mean per-image MSE (values in [-1, 1]) and LPIPS between x and G(E(x)), and the colour

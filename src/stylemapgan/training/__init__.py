@@ -14,50 +14,47 @@
 * :mod:`.loop` — :class:`Trainer` (the loop, mixed precision, EMA, logs, images) and
   :func:`new_run_dir`.
 
-The names below are re-exported here; the loss functions are used as
-``stylemapgan.training.losses``.
+The names below are re-exported here (each loads its module on first use); the loss functions
+are used as ``stylemapgan.training.losses``.
 """
 
-from stylemapgan.training import losses
-from stylemapgan.training.checkpoints import (
-    CHECKPOINT_FORMAT,
-    CHECKPOINT_VERSION,
-    NoCheckpointError,
-    NonFiniteStateError,
-    last_good_checkpoint,
-    latest_checkpoint,
-    list_checkpoints,
-    model_from_checkpoint,
-    nonfinite_tensors,
-    read_checkpoint,
-)
-from stylemapgan.training.config import (
-    AMP_CHOICES,
-    FIXED_ON_RESUME,
-    LOSS_NAMES,
-    PERCEPTUAL_CHOICES,
-    RESUMABLE_CHANGES,
-    TrainConfig,
-    TrainingError,
-    parse_overrides,
-)
-from stylemapgan.training.distributed import (
-    DistInfo,
-    broadcast_object,
-    init_distributed,
-    shutdown_distributed,
-)
-from stylemapgan.training.loop import (
-    StepReport,
-    Trainer,
-    build_perceptual,
-    cpu_has_native_bf16,
-    ema_decay_at,
-    ema_update,
-    new_run_dir,
-    resolve_amp,
-)
-from stylemapgan.training.sampling import StepBatchSampler, split_indices
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# The names below load their module on first use (PEP 562), so that importing the light
+# ``stylemapgan.training.config`` (the command line's --help lists its settings) does not
+# import PyTorch.
+_HOMES = {
+    "losses": None,
+    **dict.fromkeys(("CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "NoCheckpointError",
+                     "NonFiniteStateError", "last_good_checkpoint", "latest_checkpoint",
+                     "list_checkpoints", "model_from_checkpoint", "nonfinite_tensors",
+                     "read_checkpoint"), "checkpoints"),
+    **dict.fromkeys(("AMP_CHOICES", "FIXED_ON_RESUME", "LOSS_NAMES", "PERCEPTUAL_CHOICES",
+                     "RESUMABLE_CHANGES", "TrainConfig", "TrainingError", "parse_overrides"),
+                    "config"),
+    **dict.fromkeys(("DistInfo", "broadcast_object", "init_distributed",
+                     "shutdown_distributed"), "distributed"),
+    **dict.fromkeys(("StepReport", "Trainer", "build_perceptual", "cpu_has_native_bf16",
+                     "ema_decay_at", "ema_update", "new_run_dir", "resolve_amp"), "loop"),
+    **dict.fromkeys(("StepBatchSampler", "split_indices"), "sampling"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    home = _HOMES[name]
+    if home is None:
+        return importlib.import_module(f"{__name__}.{name}")
+    return getattr(importlib.import_module(f"{__name__}.{home}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __all__ = [
     "AMP_CHOICES",
