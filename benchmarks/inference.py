@@ -15,6 +15,11 @@ neighbours) moves both alike; they are medians over the rounds.
     python benchmarks/inference.py --compare                        # float32 vs the fast path, PSNR
 
 Weights are random (the speed does not depend on them); pass --model to time a real file.
+
+The default run (official-256) takes minutes on a CPU: one projection + generation takes
+1.8 s or more on 2 CPU cores (1.84 s on an Intel Xeon with AMX in the README's table; more on
+slower or busy CPUs), and the run makes about 35 such passes (about 58 with --compare). It
+prints its estimate after the first pass; --preset small-64 is a quick look.
 """
 
 from __future__ import annotations
@@ -154,6 +159,23 @@ class IsolatedConvs:
         return best, total
 
 
+def planned_passes(warmup: int, repeats: int, *, peak: bool, compare: bool) -> float:
+    """The run's length in units of one projection + generation (rough: an encoder pass is
+    about 0.2 of one, a generator or edit pass about 0.8): the four timed stages, counting
+    FLOPs, and with ``peak`` the paired rounds (the isolated convolutions take about one pass
+    in total), with ``compare`` the float32 baseline (up to 3x slower than a fast path)."""
+    n = (warmup + repeats) * (0.2 + 0.8 + 1.0 + 0.8) + 2.0
+    if peak:
+        n += 1.0 + max(1, warmup) + 2.0 * repeats
+    if compare:
+        n += 3.0 * (warmup + repeats) + 2.0
+    return n
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="official-256")
@@ -207,6 +229,14 @@ def main(argv=None) -> int:
         w = runner.project(x)
         styles_src = runner.pyramid(w)
         styles_ref = runner.pyramid(runner.project(x_ref))
+        # One projection + generation (a warm-up too) sizes the whole run, which at 256 px
+        # on a CPU takes minutes: say so before it starts.
+        one = timeit(lambda: runner.reconstruct(x), device, 0, 1)[0]
+    passes = planned_passes(args.warmup, args.repeats, peak=not args.no_peak,
+                            compare=args.compare and options != RuntimeOptions())
+    print(f"estimated run time: about {_duration(one * passes)} (one projection + generation "
+          f"took {one:.2f} s; about {passes:.0f} such passes planned; --repeats, --warmup, "
+          "--no-peak or a smaller --preset shorten it)", flush=True)
 
     encoder_calls = 0
 

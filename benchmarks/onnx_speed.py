@@ -2,6 +2,8 @@
 
     stylemapgan export-onnx --model M.safetensors --out onnx/
     python benchmarks/onnx_speed.py --onnx-dir onnx/ --model M.safetensors --batch 1
+    stylemapgan export-onnx --out onnx64/         # the embedded model, as without --model here
+    python benchmarks/onnx_speed.py --onnx-dir onnx64/
 
 Prints medians after warm-up for the encoder, the generator and both together, for ONNX
 Runtime and for PyTorch float32 on the same inputs, with the largest output difference.
@@ -10,6 +12,7 @@ Runtime and for PyTorch float32 on the same inputs, with the largest output diff
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -18,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stylemapgan.formats.checkpoint import load_model
+from stylemapgan.formats.checkpoint import default_model_path, load_model
 from stylemapgan.nn.onnx_export import onnx_session
 
 
@@ -36,7 +39,9 @@ def median_time(fn, warmup: int, repeats: int) -> float:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--onnx-dir", required=True)
-    p.add_argument("--model", required=True, help="the model file the graphs were exported from")
+    p.add_argument("--model", default=None,
+                   help="the model file the graphs were exported from (default: the embedded "
+                        "model, which export-onnx exports without --model)")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--warmup", type=int, default=2)
@@ -44,9 +49,18 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = load_model(args.model)
-    cfg = model.config
     d = Path(args.onnx_dir)
+    manifest = d / "manifest.json"
+    if not manifest.is_file():
+        p.error(f"{manifest} not found: export the graphs first (stylemapgan export-onnx "
+                f"--out {d})")
+    model_path = args.model or default_model_path()
+    model = load_model(model_path)
+    cfg = model.config
+    exported = json.loads(manifest.read_text()).get("config", {})
+    if exported != json.loads(json.dumps(cfg.to_dict())):
+        p.error(f"the graphs in {d} were exported from another model than {model_path}; pass "
+                "--model with the file they were exported from")
     enc = onnx_session(d / "encoder.onnx", args.threads)
     gen = onnx_session(d / "generator.onnx", args.threads)
     x = torch.rand(args.batch, 3, cfg.size, cfg.size) * 2 - 1

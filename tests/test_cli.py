@@ -78,6 +78,20 @@ def test_argparse_rejects_bad_numbers(tmp_path, tiny_model_file, capsys):
     assert "truncation" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv, usage", [
+    (["edit", "local", "a.png", "b.png", "--out", "o", "--bogus"], "usage: stylemapgan edit local "),
+    (["info", "--bogus"], "usage: stylemapgan info "),
+])
+def test_an_unknown_option_is_reported_by_its_subcommand(argv, usage, capsys):
+    """The subcommand's usage (its options), not the top-level one, and exit status 2."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(usage), err
+    assert err.rstrip().endswith("error: unrecognized arguments: --bogus"), err
+
+
 def test_missing_model_is_one_line(tmp_path, capsys):
     assert main(["generate", "--model", str(tmp_path / "nope.safetensors"), "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err

@@ -29,7 +29,10 @@ def test_demo_writes_every_output(tmp_path, tiny64, capsys):
         assert (out / name).stat().st_size > 0, name
     grid = np.asarray(Image.open(out / "local_edit.png"))
     assert grid.shape[1] == 4 * 64 + 3 * 2  # source, reference, mask, result
-    assert "reconstruction MSE" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "reconstruction MSE" in printed
+    _style_mix_rows_are_labelled(out)
+    _project_reports_the_demos_mse(tmp_path, tiny64, printed, capsys)
     before = (out / "style_mix.png").read_bytes()
     assert main(["demo", "--model", str(tiny64), "--out", str(out)]) == 1
     assert "--overwrite" in capsys.readouterr().err
@@ -40,3 +43,40 @@ def test_demo_refuses_a_model_of_another_size(tmp_path, tiny_model_file, capsys)
     assert main(["demo", "--model", str(tiny_model_file), "--out", str(tmp_path / "d")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and "64 px" in err
+
+
+
+
+def _style_mix_rows_are_labelled(out):
+    """style_mix.png's rows are labelled (A, B, result) in a margin on the left."""
+    mix = np.asarray(Image.open(out / "style_mix.png").convert("L"))
+    margin = mix.shape[1] - (4 * 64 + 3 * 2)
+    assert mix.shape[0] == 3 * 64 + 2 * 2 and margin > 5
+    for row in range(3):
+        assert mix[row * 66: row * 66 + 64, :margin].min() < 100, f"row {row} has no label"
+
+
+def _project_reports_the_demos_mse(tmp_path, model, printed, capsys):
+    """`project` on the demo's eight gallery avatars reports the MSE `demo` printed, and
+    project.json's MSE describes the PNG it wrote: the clamped reconstruction (the untrained
+    test model's outputs leave [-1, 1] often, so the unclamped MSE would differ)."""
+    import json
+    import re
+
+    from stylemapgan.data.avatars import gallery_dir
+
+    demo_mse = float(re.search(r"reconstruction MSE .*?: ([0-9.]+)", printed)[1])
+    avatars = sorted((gallery_dir() / "test").glob("*.png"))
+    assert len(avatars) == 8
+    out = tmp_path / "proj"
+    assert main(["project", *map(str, avatars), "--save-input", "--model", str(model),
+                 "--device", "cpu", "--out", str(out)]) == 0
+    record = json.loads((out / "project.json").read_text())
+    assert abs(record["mean_mse"] - demo_mse) < 1e-4, (record["mean_mse"], demo_mse)
+    assert f"mean MSE {demo_mse:.4f}" in capsys.readouterr().out
+    assert "clamped" in record["mse"]
+    for entry in record["images"]:
+        png = np.asarray(Image.open(out / f"{entry['name']}.png"), dtype=np.float64) / 127.5 - 1
+        x = np.asarray(Image.open(out / f"{entry['name']}.input.png"), dtype=np.float64) / 127.5 - 1
+        # The PNG's own error, up to its 8-bit rounding.
+        assert abs(((png - x) ** 2).mean() - entry["mse"]) < 2e-4, entry["name"]

@@ -6,9 +6,9 @@ import re
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
+from conftest import assert_close_to_scale
 from stylemapgan.cli import main
 from stylemapgan.editing.editor import Editor
 from stylemapgan.formats.stylemaps import load_stylemap
@@ -89,7 +89,7 @@ def test_project_a_folder_of_mixed_images(tmp_path, photos, tiny_model_file, cap
     ed = Editor.load(tiny_model_file, "cpu")
     pixels, placement, _ = load_image(photos / "b.jpg", 32)
     saved = load_stylemap(out / "b.stylemap.safetensors", ed.config)
-    torch.testing.assert_close(saved.w, ed.project(from_uint8(pixels)), atol=1e-5, rtol=1e-5)
+    assert_close_to_scale(saved.w, ed.project(from_uint8(pixels)), 1e-5, "saved stylemap")
     assert saved.placement == placement and saved.source.endswith("b.jpg")
     assert np.abs(to_uint8(ed.render(saved.w))[0].astype(int) - _png(out / "b.png")).max() <= 1
     assert np.array_equal(_png(out / "b.input.png"), pixels)
@@ -329,6 +329,63 @@ def test_replay_reproduces_the_edit_and_checks_inputs(tmp_path, photos, extras, 
     assert rc == 2 and "not an edit record" in err
 
 
+def test_fast_is_recorded_and_replayed_as_recorded(tmp_path, photos, tiny_model_file, capsys,
+                                                    monkeypatch):
+    """`edit --fast` runs the fast path `serve --fast` picks for the device; the record names
+    it (argv, parameters and the resolved options), and a replay runs with the recorded
+    options, not with what --fast would pick on the replaying machine. `project --fast` notes
+    it in project.json."""
+    from stylemapgan.nn.runtime import RuntimeOptions
+
+    fastest = RuntimeOptions.fastest(__import__("torch").device("cpu"))
+    assert fastest != RuntimeOptions()
+    common = [photos / "a.png", photos / "b.jpg", "--mask-box", "2,2,6,6", "--model",
+              tiny_model_file, "--device", "cpu"]
+    plain, fast = tmp_path / "plain", tmp_path / "fast"
+    assert _run(["edit", "local", *common, "--out", plain], capsys)[0] == 0
+    rc, stdout, _ = _run(["edit", "local", *common, "--fast", "--out", fast], capsys)
+    assert rc == 0
+    rec = json.loads((fast / "record.json").read_text())
+    assert "--fast" in rec["argv"] and rec["parameters"]["fast"] is True
+    assert RuntimeOptions(**rec["model"]["runtime"]) == fastest
+    assert "runtime" not in json.loads((plain / "record.json").read_text())["model"]
+    a = np.asarray(Image.open(plain / "result.png")).astype(int)
+    b = np.asarray(Image.open(fast / "result.png")).astype(int)
+    assert np.abs(a - b).mean() < 1.0  # the same picture, up to the fast path's rounding
+    # The replay uses the recorded options, whatever --fast means where it runs.
+    seen = []
+    init = Editor.__init__
+
+    def spy(self, model, **kw):
+        seen.append(kw.get("runtime"))
+        init(self, model, **kw)
+
+    monkeypatch.setattr(Editor, "__init__", spy)
+    monkeypatch.setattr(RuntimeOptions, "fastest", classmethod(lambda cls, d: cls()))
+    rc, stdout, _ = _run(["edit", "replay", fast / "record.json", "--out", tmp_path / "again",
+                          "--strict"], capsys)
+    assert rc == 0 and "identical" in stdout and seen == [fastest]
+    monkeypatch.undo()
+    # project --fast: the options are in project.json and in each stylemap's metadata.
+    out = tmp_path / "proj"
+    assert _run(["project", photos / "a.png", "--fast", "--model", tiny_model_file,
+                 "--device", "cpu", "--out", out], capsys)[0] == 0
+    record = json.loads((out / "project.json").read_text())
+    assert record["parameters"]["fast"] is True
+    assert record["parameters"]["runtime"] == fastest.describe()
+    assert load_stylemap(out / "a.stylemap.safetensors").projection["runtime"] == fastest.describe()
+
+
+def test_every_command_that_runs_the_networks_has_fast(capsys):
+    for cmd in (["edit", "local"], ["edit", "mix"], ["edit", "interpolate"], ["edit", "transplant"],
+                ["edit", "direction"], ["edit", "reconstruct"], ["project"], ["demo"],
+                ["direction"], ["generate"], ["serve"]):
+        with pytest.raises(SystemExit):
+            main([*cmd, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert "--fast" in text and "PSNR" in text and "48 dB" in text, cmd
+
+
 # --------------------------------------------------------------------------- errors
 @pytest.mark.parametrize(("flags", "message"), [
     (["--mask", "{extras}/a_seg.png", "--mask-box", "0,0,1,1"], "only one of"),
@@ -339,6 +396,7 @@ def test_replay_reproduces_the_edit_and_checks_inputs(tmp_path, photos, extras, 
     (["--mask", "{extras}/missing.png"], "missing.png: no such file"),
     (["--mask-box", "0,0,9,9"], "not inside the 8x8 stylemap"),
     (["--mask-box", "0,0,1"], "four numbers"),
+    (["--mask-box", "6,4,2,7"], r"^error: --mask-box '6,4,2,7': RIGHT must be > LEFT"),
     (["--mask", "{photos}/b.jpg"], r"mask is 50x70 but .*a.png is 60x40"),
     (["--mask-box", "0,0,1,1", "--source-box", "0,0,100,10"], "not inside the 60x40 image"),
 ])
@@ -358,6 +416,8 @@ def test_local_edit_errors_are_one_line(tmp_path, photos, extras, tiny_model_fil
     (["transplant", "{a}", "--ref", "{b}", "--region", "box=1,1,2,2", "move=9,0"], "leaves the"),
     (["mix", "{a}", "{b}", "--layers", "0:99,x"], "bad layer"),
     (["mix", "{a}", "{b}", "--layers", "40"], "out of range"),
+    (["mix", "{a}", "{b}", "--layers", "1:99"], "out of range"),  # not cut to 1:N
+    (["transplant", "{a}", "--ref", "{b}", "--region", "box=3,1,2,2"], "region 0: box="),
     (["reconstruct", "{model}"], "is a model file"),
     (["reconstruct", "{photos}"], "is a folder"),
     (["direction", "{a}", "--direction", "{model}"], "not a direction file"),

@@ -4,7 +4,7 @@ receptive fields, interpolation endpoints, transplantation, directions, no mutat
 import pytest
 import torch
 
-from conftest import make_model
+from conftest import assert_close_to_scale, make_model
 from stylemapgan.config import PRESETS, ModelConfig
 from stylemapgan.editing import operations as E
 from stylemapgan.errors import InputError
@@ -169,6 +169,11 @@ def test_layer_selection():
     for bad in ("9", "x", "4:2", "1,a"):
         with pytest.raises(InputError):
             E.layer_selection(bad, 6)
+    # A range end past the model's layers is refused like a list entry, not cut short.
+    assert E.layer_selection("4:6", 6) == [4, 5] and E.layer_selection("-2:", 6) == [4, 5]
+    for bad in ("5:99", "6:12", "-9:"):
+        with pytest.raises(InputError, match="out of range: this model has 6 W"):
+            E.layer_selection(bad, 6)
 
 
 def test_style_mix_takes_the_selected_layers(tiny):
@@ -197,7 +202,7 @@ def test_interpolation_endpoints_equal_the_inputs(tiny, space):
             assert torch.equal(s[0], sa[0]) and torch.equal(s[-1], sb[0])
     images = _render(tiny, styles)
     ends = _render(tiny, g.pyramid(w))
-    torch.testing.assert_close(images[[0, -1]], ends, atol=1e-5, rtol=1e-5)
+    assert_close_to_scale(images[[0, -1]], ends, 1e-5, "interpolation ends")
 
 
 # --------------------------------------------------------------------------- transplantation

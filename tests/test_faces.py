@@ -103,8 +103,11 @@ def test_a_photo_without_a_face_fails_clearly(aligner, photo):
     from stylemapgan.imaging.faces import NoFaceError
 
     landscape = photo.crop((0, 150, 256, 256)).resize((300, 124))
-    with pytest.raises(NoFaceError, match=r"landscape\.jpg: no face found.*--box"):
+    with pytest.raises(NoFaceError, match=r"^landscape\.jpg: no face found$"):
         aligner.align(np.asarray(landscape), SIZE, name="landscape.jpg")
+    # The caller's advice (options its command has) ends the message.
+    with pytest.raises(NoFaceError, match=r"^landscape\.jpg: no face found; use --this$"):
+        aligner.align(np.asarray(landscape), SIZE, name="landscape.jpg", hint="use --this")
 
 
 def test_the_badge_is_not_a_face(aligner):
@@ -158,9 +161,13 @@ def test_align_command_writes_crops_and_their_transforms(tmp_path, photo, capsys
     assert pl.to_photo([[24, 24]])[0][0] > 256  # the second face is on the right
     # A photo without a face stops the run, naming it, unless --skip-bad.
     assert main(["align", str(tmp_path / "landscape.png"), "--out", str(tmp_path / "x")]) == 2
-    assert "landscape.png: no face found" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "landscape.png: no face found" in err and "--skip-bad" in err
     assert main(["align", str(tmp_path / "landscape.png"), str(FIXTURE), "--skip-bad",
                  "--out", str(tmp_path / "y")]) == 0
+    printed = capsys.readouterr().out
+    # Under --skip-bad the photo is skipped: no advice to pass the option already given.
+    assert "landscape.png: no face found" in printed and "--skip-bad" not in printed
     summary = json.loads((tmp_path / "y" / "align.json").read_text())
     assert [f["crop"] for f in summary["faces"]] == ["astronaut-256.png"]
     assert "landscape.png" in summary["skipped"][0]["path"]
@@ -220,6 +227,54 @@ def test_edit_with_align_pastes_back_into_the_full_photo(tmp_path, tiny_model_fi
     ys, xs = np.nonzero(changed)
     assert changed.any() and xs.min() > 40 and xs.max() < 185 and ys.max() < 140
     print(f"reconstruct --align --paste-back: {int(changed.sum())} of {changed.size} pixels changed")
+
+
+def test_edit_align_is_for_the_source_and_align_ref_for_references(tmp_path, tiny_model_file,
+                                                                   capsys):
+    """--align aligns the source only, so a reference without a face (a cartoon, a landscape)
+    can be used with an aligned photo; --align-ref aligns the references too. A photo without a
+    face is named with advice that uses only options `edit` has."""
+    import json
+
+    from stylemapgan.cli import main
+
+    _faces()
+    Image.open(FIXTURE).convert("RGB").crop((0, 150, 256, 256)).save(tmp_path / "landscape.png")
+    common = ["--mask-box", "2,5,6,7", "--model", str(tiny_model_file), "--device", "cpu"]
+    out = tmp_path / "ok"
+    assert main(["edit", "local", str(FIXTURE), str(tmp_path / "landscape.png"), "--align",
+                 "--out", str(out), *common]) == 0
+    src, ref = json.loads((out / "record.json").read_text())["inputs"]
+    assert src["placement"]["fit"] == "aligned" and ref["placement"]["fit"] == "crop"
+    # --align-ref: the reference is aligned too, and one without a face is refused.
+    assert main(["edit", "local", str(FIXTURE), str(FIXTURE), "--align", "--align-ref",
+                 "--out", str(tmp_path / "both"), *common]) == 0
+    src, ref = json.loads((tmp_path / "both" / "record.json").read_text())["inputs"]
+    assert src["placement"]["fit"] == ref["placement"]["fit"] == "aligned"
+    # A record of an earlier release (--align aligned the references too, there was no
+    # --align-ref) replays as it was made.
+    old = json.loads((tmp_path / "both" / "record.json").read_text())
+    old["argv"] = [w for w in old["argv"] if w != "--align-ref"]
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    assert main(["edit", "replay", str(tmp_path / "old.json"), "--out", str(tmp_path / "again"),
+                 "--strict"]) == 0
+    capsys.readouterr()
+    assert main(["edit", "local", str(FIXTURE), str(tmp_path / "landscape.png"), "--align",
+                 "--align-ref", "--out", str(tmp_path / "no"), *common]) == 2
+    err = capsys.readouterr().err
+    assert "landscape.png: no face found" in err and "--align-ref" in err
+    # A source without a face: advice with --source-box, never --box or --skip-bad.
+    assert main(["edit", "local", str(tmp_path / "landscape.png"), str(FIXTURE), "--align",
+                 "--out", str(tmp_path / "no2"), *common]) == 2
+    err = capsys.readouterr().err
+    assert "landscape.png: no face found" in err and "--source-box" in err
+    assert "--box" not in err.replace("--source-box", "") and "--skip-bad" not in err
+    # interpolate has no --source-box: it is not advised there.
+    assert main(["edit", "interpolate", str(tmp_path / "landscape.png"), str(FIXTURE), "--align",
+                 "--steps", "2", "--model", str(tiny_model_file), "--device", "cpu",
+                 "--out", str(tmp_path / "no3")]) == 2
+    err = capsys.readouterr().err
+    assert "no face found" in err and "--source-box" not in err and "--skip-bad" not in err
 
 
 def test_exif_rotated_photo_is_aligned_and_pasted_back_upright(tmp_path, tiny_model_file):

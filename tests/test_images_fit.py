@@ -366,3 +366,26 @@ def test_residual_paste_back_keeps_the_photos_detail(affine):
         paste_back(photo, brighter, pl, mode="residual")
     with pytest.raises(InputError, match="unknown paste-back mode"):
         paste_back(photo, brighter, pl, mode="blend")
+
+
+def test_masks_of_an_aligned_placement_raise_no_torch_warning(tmp_path):
+    """A mask image read for an aligned (affine) placement, as `edit local --align --mask`
+    does: PIL's arrays are read-only, and torch.from_numpy warns about those; the maps are
+    copied first, so nothing is printed."""
+    import warnings
+
+    from stylemapgan.imaging.masks import as_tensor, mask_from_image
+    from stylemapgan.imaging.placement import affine_placement, fit_gray
+
+    pl = affine_placement((120, 90), 32, _rotation(32, 20, 1.6, (60, 45)))
+    mask = np.zeros((90, 120), np.uint8)
+    mask[30:60, 40:80] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    frozen = np.asarray(Image.fromarray(mask)).astype(np.float32) / 255
+    frozen.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = mask_from_image(tmp_path / "mask.png", 32, pl)
+        assert m.shape == (32, 32) and m.max() == 1.0
+        assert np.array_equal(fit_gray(frozen, pl), m)
+        assert as_tensor(frozen[:32, :32]).shape == (1, 1, 32, 32)

@@ -199,6 +199,36 @@ def test_web_record_replays_to_the_same_png_bytes(inputs, web, tiny_model_file, 
     assert (tmp_path / "again2" / names[-1]).read_bytes() == frames[-1]
 
 
+def test_replay_says_which_model_file_is_missing(inputs, web, tmp_path, capsys, monkeypatch):
+    """`edit replay REC --model X` with no file X names X (not the recorded path); the embedded
+    model's bare name means the embedded model; a record whose model is gone names it."""
+    from stylemapgan.commands._common import model_file
+    from stylemapgan.formats.checkpoint import default_model_path
+
+    folder, mask_png = inputs
+    _, record, _ = _web_edit(web, folder, mask_png)
+    rec_path = tmp_path / "downloaded.json"
+    rec_path.write_text(json.dumps(record))
+    monkeypatch.chdir(tmp_path)
+    assert main(["edit", "replay", str(rec_path), "--model", "missing.safetensors",
+                 "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert f"--model {tmp_path / 'missing.safetensors'}: no such file" in err
+    assert record["model"]["path"] not in err
+    # The embedded model's name, as `info` and records show it, is the embedded model...
+    default = default_model_path()
+    assert model_file(default.name) == str(default)
+    # ...unless a file of that name is here.
+    (tmp_path / default.name).write_bytes(b"x")
+    assert model_file(default.name) == str(tmp_path / default.name)
+    # The recorded model is gone and is not the embedded one: the record's model is named.
+    record["model"]["path"] = str(tmp_path / "moved-away.safetensors")
+    rec_path.write_text(json.dumps(record))
+    assert main(["edit", "replay", str(rec_path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "moved-away.safetensors" in err and "pass --model MODEL_FILE" in err
+
+
 def test_tampered_or_legacy_web_records_are_refused(inputs, web, tiny_model_file, tmp_path, capsys):
     folder, mask_png = inputs
     _, record, _ = _web_edit(web, folder, mask_png)

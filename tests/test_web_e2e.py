@@ -386,3 +386,49 @@ def test_a_face_is_picked_from_a_photo_edited_and_pasted_back_into_it(align_serv
     far[0:130, 40:180] = False
     assert not changed[far].any()  # the rest of the photo is exactly the photo
     print(f"full photo: {int(changed.sum())} of {changed.size} pixels changed")
+
+
+def test_a_square_photo_larger_than_the_model_opens_the_picker(server, tmp_path):
+    """Without alignment, a square photo larger than the model (here 64 px for a 32 px model)
+    is not squashed straight into the model's square: the picker opens, the user takes a
+    square, and the edit can be viewed pasted back into the whole photo. A square image at the
+    model's size still goes straight in (the gallery reference below)."""
+    executable = _browser_or_skip()
+    from playwright.sync_api import sync_playwright
+
+    photo = _smooth(11, size=64)
+    Image.fromarray(photo).save(tmp_path / "square64.png")
+    with sync_playwright() as p:
+        context = _open_browser(p, executable, tmp_path)
+        try:
+            page = context.new_page()
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(server + "/")
+            page.wait_for_selector("body[data-ready=true]", timeout=30_000)
+            page.set_input_files("#upload", [str(tmp_path / "square64.png")])
+            page.wait_for_selector("#picker[open]", timeout=30_000)
+            assert page.locator("button.face-choice").count() == 0  # no detector without --align
+            page.click("#picker-square")  # the centre square: the whole photo
+            page.wait_for_selector("#library .card.original", timeout=30_000)
+            page.click("#gallery button.thumb")
+            page.wait_for_selector("#library .card.reference", timeout=30_000)
+            assert not page.locator("#picker[open]").count()
+            box = page.locator("#ref-canvas").bounding_box()
+            scale = box["width"] / 32
+            page.locator("#brush-size").fill("4")
+            page.mouse.move(box["x"] + 8 * scale, box["y"] + 16 * scale)
+            page.mouse.down()
+            page.mouse.move(box["x"] + 20 * scale, box["y"] + 16 * scale, steps=6)
+            page.mouse.up()
+            _wait_idle(page, "document.querySelector('#status').textContent.includes('local edit')")
+            page.wait_for_selector("#download-full:not(.disabled)")
+            page.check("#show-full")
+            page.wait_for_selector("#full-view:not([hidden])")
+            with page.expect_download() as full_download:
+                page.click("#download-full")
+            full = np.asarray(Image.open(full_download.value.path()).convert("RGB"))
+            assert not errors, errors
+        finally:
+            context.close()
+    assert full.shape == (64, 64, 3)  # the photo at its own size, not the model's 32 px

@@ -7,7 +7,9 @@ this module: it is the entry point only.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -23,7 +25,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return int(args.func(args) or 0)
+        rc = int(args.func(args) or 0)
+        sys.stdout.flush()  # a reader that went away is found here, not at exit
+        return rc
+    except BrokenPipeError:
+        # `stylemapgan info | head`: the reader closed the pipe; stop quietly, and make the
+        # interpreter's last flush at exit go nowhere instead of raising again.
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return 1
     except StyleMapGANError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -23,6 +23,12 @@ _WIDE = 512
 _TABLE = {64: 256, 128: 128, 256: 64, 512: 32, 1024: 16}
 
 
+#: Upper bounds of the integer fields (lower bound 1).
+LIMITS = {"stylemap_channels": 4096, "mapping_layers": 64, "channel_multiplier": 16,
+          "channel_cap": 8192}
+MAX_LR_MUL = 100.0
+
+
 def _is_pow2(n: int) -> bool:
     return n >= 1 and (n & (n - 1)) == 0
 
@@ -82,19 +88,20 @@ class ModelConfig:
         if self.stylemap_size > self.size // 2:
             raise bad(f"stylemap_size {self.stylemap_size} must be at most size/2 "
                       f"({self.size // 2}): the encoder needs at least one downsampling block")
-        if self.stylemap_channels < 1:
-            raise bad(f"stylemap_channels must be >= 1, got {self.stylemap_channels}")
-        if self.mapping_layers < 1:
-            raise bad(f"mapping_layers must be >= 1, got {self.mapping_layers}")
-        if not isinstance(self.mapping_lr_mul, (int, float)) or not self.mapping_lr_mul > 0:
-            raise bad(f"mapping_lr_mul must be > 0, got {self.mapping_lr_mul!r}")
-        if self.channel_multiplier < 1:
-            raise bad(f"channel_multiplier must be >= 1, got {self.channel_multiplier}")
-        if self.channel_cap is not None and (
-            not isinstance(self.channel_cap, int) or isinstance(self.channel_cap, bool)
-            or self.channel_cap < 1
-        ):
-            raise bad(f"channel_cap must be a positive integer or null, got {self.channel_cap!r}")
+        # Upper bounds far above every published model (64 channels, 8 mapping layers,
+        # multiplier 2, 512 channels), so a damaged or forged file cannot ask for terabytes.
+        for name, hi in LIMITS.items():
+            value = getattr(self, name)
+            if name == "channel_cap" and value is None:
+                continue
+            if name == "channel_cap" and (not isinstance(value, int) or isinstance(value, bool)):
+                raise bad(f"channel_cap must be a positive integer or null, got {value!r}")
+            if not 1 <= value <= hi:
+                raise bad(f"{name} must be in 1..{hi}, got {value}")
+        lr = self.mapping_lr_mul
+        if (not isinstance(lr, (int, float)) or isinstance(lr, bool) or not math.isfinite(lr)
+                or not 0 < lr <= MAX_LR_MUL):
+            raise bad(f"mapping_lr_mul must be a number in (0, {MAX_LR_MUL:g}], got {lr!r}")
         if not isinstance(self.light, bool):
             raise bad(f"light must be true or false, got {self.light!r}")
         if self.normalization not in NORMALIZATIONS:

@@ -17,6 +17,8 @@ import errno
 import hashlib
 import json
 import os
+import re
+import stat
 import struct
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -27,8 +29,8 @@ import torch
 
 from stylemapgan.errors import InputError, StyleMapGANError
 
-__all__ = ["LOCK_NAME", "FolderBusyError", "TaggedFile", "UnwritableError", "atomic_write", "first_line", "folder_lock",
-           "read_tagged", "sha256_file", "write_tagged"]
+__all__ = ["LOCK_NAME", "FolderBusyError", "TaggedFile", "UnwritableError", "as_oserror", "atomic_write", "first_line",
+           "folder_lock", "process_umask", "read_tagged", "sha256_file", "unwritable", "write_tagged"]
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
@@ -71,6 +73,29 @@ def _unwritable(path: Path, exc: OSError) -> UnwritableError:
     return err
 
 
+def unwritable(path: str | os.PathLike[str], exc: OSError) -> UnwritableError:
+    """The one-line :class:`UnwritableError` for an ``OSError`` met writing ``path``: it names
+    ``path`` (never a temporary file) and the fix (free space, another folder, ...)."""
+    return _unwritable(Path(path), exc)
+
+
+_LMDB_ERRNO = (("No space left", errno.ENOSPC), ("Read-only file system", errno.EROFS),
+               ("Permission denied", errno.EACCES), ("Disk quota", errno.EDQUOT),
+               ("File too large", errno.EFBIG))
+
+
+def as_oserror(exc: BaseException, filename: str | None = None) -> OSError:
+    """An ``OSError`` (errno from the text of, e.g., an ``lmdb.Error`` or a safetensors error)
+    for a library error that is a failed write, so :func:`unwritable` can explain it."""
+    if isinstance(exc, OSError):
+        return exc
+    text = str(exc)
+    found = re.search(r"code:\s*(\d+)", text)
+    code = int(found.group(1)) if found else next(
+        (c for words, c in _LMDB_ERRNO if words.lower() in text.lower()), errno.EIO)
+    return OSError(code, os.strerror(code), filename)
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike[str], overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it atomically replaces ``path``.
@@ -82,12 +107,15 @@ def atomic_write(path: str | os.PathLike[str], overwrite: bool = False) -> Itera
     file.
     """
     path = Path(path)
-    if path.exists() and not overwrite:
+    # A link counts as existing (even a dangling one): never replaced without --overwrite. With
+    # it, os.replace replaces the link itself, never writes through it.
+    if os.path.lexists(path) and not overwrite:
         raise FileExistsError(f"{path} already exists; pass --overwrite to replace it")
     if path.is_dir():
         raise UnwritableError(f"cannot write {path}: it is a folder; choose a file name")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        # mkstemp creates with O_EXCL: a planted link or file of that name is never opened.
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except FileExistsError as exc:  # mkdir: a file where a folder of the path should be
         exc.errno = errno.ENOTDIR
@@ -107,21 +135,60 @@ def atomic_write(path: str | os.PathLike[str], overwrite: bool = False) -> Itera
                 raise
             raise _unwritable(path, exc) from None
         try:
-            with open(tmp_path, "rb+") as f:
-                os.fsync(f.fileno())
+            # The temporary file must still be the regular file we created: a link or anything
+            # else put there meanwhile is never synced through, nor moved into place.
+            fd = os.open(tmp_path, os.O_RDONLY | _NOFOLLOW | os.O_NONBLOCK)
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise OSError(errno.EINVAL, "the temporary file was replaced", tmp)
+                # mkstemp (and writers that make their own temporary file) create mode 0600:
+                # give the file what an ordinary open() would under the process's umask.
+                with contextlib.suppress(OSError):
+                    os.fchmod(fd, 0o666 & ~process_umask())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
             os.replace(tmp_path, path)
         except OSError as exc:
             raise _unwritable(path, exc) from None
     finally:
         with contextlib.suppress(OSError):
-            if tmp_path.exists():
+            if os.path.lexists(tmp_path):
                 tmp_path.unlink()
+
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def process_umask() -> int:
+    """The process's umask, read without changing it where the system allows (Linux's
+    ``/proc/self/status``); elsewhere set and restored at once."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (or its type when it has none)."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _is_torch_save(path: Path) -> bool:
+    """Whether a file starts like a ``torch.save`` file: a zip archive or a pickle."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return False
+    return head.startswith(b"PK\x03\x04") or (len(head) >= 2 and head[0] == 0x80 and head[1] <= 5)
 
 
 @dataclass
@@ -167,6 +234,7 @@ def write_tagged(path: str | os.PathLike[str], tensors: Mapping[str, torch.Tenso
     The same tensors and metadata always give the same bytes (the metadata is stored in sorted
     key order), so a file's SHA-256 identifies its content.
     """
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     meta = {str(k): str(v) for k, v in (metadata or {}).items()}
@@ -175,7 +243,10 @@ def write_tagged(path: str | os.PathLike[str], tensors: Mapping[str, torch.Tenso
     state = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     path = Path(path)
     with atomic_write(path, overwrite=overwrite) as tmp:
-        save_file(state, str(tmp), metadata=meta)
+        try:
+            save_file(state, str(tmp), metadata=meta)
+        except SafetensorError as exc:  # e.g. a full disk: "IoError(Os { code: 28, ... })"
+            raise as_oserror(exc, str(tmp)) from None
         _canonical_header(tmp)
     return path
 
@@ -222,6 +293,9 @@ def read_tagged(path: str | os.PathLike[str], *, fmt: str, version: int, what: s
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         if isinstance(exc, error):
             raise
+        if _is_torch_save(path):
+            raise error(f"{path} is a PyTorch checkpoint (torch.save), not a {what}"
+                        + (f"; {hint}" if hint else "")) from None
         raise error(f"{path}: not a readable {what} ({first_line(exc)}); it may be truncated "
                     "or not a .safetensors file" + tail) from None
     if legacy:
@@ -289,11 +363,25 @@ def folder_lock(folder: str | os.PathLike[str], command: str = "stylemapgan", *,
         return
     while True:
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            # Never through a link (O_NOFOLLOW: a planted .stylemapgan.lock link to another
+            # file would have that file truncated), never blocking on a FIFO (O_NONBLOCK).
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | _NOFOLLOW | os.O_NONBLOCK
+                         | getattr(os, "O_CLOEXEC", 0), 0o644)
         except OSError as exc:
+            if exc.errno == errno.ELOOP or os.path.islink(path):
+                raise InputError(f"{path} is a symbolic link, not a lock file; remove it or "
+                                 f"{elsewhere}") from None
             raise InputError(f"{folder}: cannot write into the output folder "
                              f"({exc.strerror or exc}); choose a folder you can write to with "
                              "--out") from None
+        try:
+            regular = stat.S_ISREG(os.fstat(fd).st_mode)
+        except OSError:
+            regular = False
+        if not regular:
+            os.close(fd)
+            raise InputError(f"{path} is not a regular file, not a lock file; remove it or "
+                             f"{elsewhere}")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -309,7 +397,7 @@ def folder_lock(folder: str | os.PathLike[str], command: str = "stylemapgan", *,
         # The file may have been removed by its previous owner between our open and our lock:
         # then we hold a lock on a file nobody else can see, so try again.
         try:
-            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+            same = os.fstat(fd).st_ino == os.lstat(path).st_ino
         except FileNotFoundError:
             same = False
         if same:

@@ -75,3 +75,30 @@ def parse_seeds(text: str, limit: int = 100_000) -> list[int]:
 def seeded_normal(seed: int, shape: tuple[int, ...]) -> torch.Tensor:
     """N(0, 1) draws that depend only on ``seed`` (CPU generator), not on batch or device."""
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def exit_with_parent() -> None:
+    """In a worker process: on Linux, have the kernel SIGKILL this process as soon as the
+    process that started it dies (``prctl(PR_SET_PDEATHSIG, SIGKILL)``), so a command killed
+    with ``kill -9`` leaves no workers behind. A no-op elsewhere. (Training's DataLoader
+    workers do the same.)"""
+    import os
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
+            return
+    except (OSError, AttributeError):  # pragma: no cover - no prctl in this libc
+        return
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from stylemapgan.commands._common import abspath, int_in, nonneg_float, unit_threshold
+from stylemapgan.commands._common import abspath, float_in, int_in, unit_threshold
 
 if TYPE_CHECKING:  # heavy imports stay inside functions
     import numpy as np
@@ -25,16 +25,25 @@ if TYPE_CHECKING:  # heavy imports stay inside functions
 
 
 # --------------------------------------------------------------------------- argument types
-def add_fit(p: argparse.ArgumentParser) -> None:
+def add_fit(p: argparse.ArgumentParser, references: bool = False) -> None:
+    """--fit, --align and --face; with ``references`` (edits that read reference images) also
+    --align-ref: --align then aligns the source only."""
     p.add_argument("--fit", choices=("crop", "pad", "stretch"), default="crop",
                    help="how a photo that is not square becomes the model's square: crop the "
                         "center (default), pad it (edge pixels repeated) or stretch it")
+    which = "the source photo" if references else "each photo"
     p.add_argument("--align", action="store_true",
-                   help="find the face in each photo and align it as the face models were trained "
+                   help=f"find the face in {which} and align it as the face models were trained "
                         "(FFHQ recipe; needs the faces extra); the crop-to-photo map is kept, so "
                         "--paste-back puts the edit back into the full photo")
+    if references:
+        p.add_argument("--align-ref", action="store_true",
+                       help="also align the reference photos (their largest face); without it "
+                            "references are fitted by --fit, so a cartoon or a photo without a "
+                            "face can be a reference of an aligned source")
     p.add_argument("--face", default="largest", metavar="WHICH",
-                   help="with --align: largest (default) or a face number (0 = largest)")
+                   help="with --align: largest (default) or a face number (0 = largest) of the "
+                        "source photo")
 
 
 def align_choice(args: argparse.Namespace) -> str | None:
@@ -51,9 +60,10 @@ def align_choice(args: argparse.Namespace) -> str | None:
 
 
 def load_photo(path, size: int, *, fit: str = "crop", box=None, align: str | None = None,
-               aligner=None):
+               aligner=None, no_face: str | None = None):
     """A photo fitted to the model, or with ``align`` its face aligned: (pixels, placement,
-    the RGB photo)."""
+    the RGB photo). ``no_face``: what the command's user can do about a photo without a face
+    (only options that command has), appended to that error."""
     from stylemapgan.imaging.placement import load_image
 
     if align is None:
@@ -67,7 +77,7 @@ def load_photo(path, size: int, *, fit: str = "crop", box=None, align: str | Non
     if box is not None:
         raise InputError("--align finds the face itself; give --align or a box, not both")
     img = load_rgb(path)
-    ((_, placement),) = aligner.align(np.asarray(img), size, align, name=str(path))
+    ((_, placement),) = aligner.align(np.asarray(img), size, align, name=str(path), hint=no_face)
     return fit_rgb(img, placement), placement, img
 
 
@@ -117,8 +127,8 @@ def add_paste_back(p: argparse.ArgumentParser) -> None:
     p.add_argument("--paste-mode", choices=("replace", "residual"), default="replace",
                    help="replace (default): paste the result's pixels; residual: add only the "
                         "edit's change G(w_edit) - G(w_src), keeping the photo's own detail")
-    p.add_argument("--feather", type=nonneg_float, default=8.0,
-                   help="width of the paste-back seam in photo pixels (default: 8)")
+    p.add_argument("--feather", type=float_in(0.0, 1024.0), default=8.0,
+                   help="width of the paste-back seam in photo pixels, 0..1024 (default: 8)")
 
 
 def mask_spec(args: argparse.Namespace):
@@ -144,6 +154,9 @@ def mask_spec(args: argparse.Namespace):
         return MaskSpec("image", path=args.mask, invert=args.invert_mask, threshold=args.mask_threshold)
     if given[0] == "labels":
         return MaskSpec("labels", path=args.labels, parts=args.parts, invert=args.invert_mask)
+    from stylemapgan.imaging.placement import parse_box
+
+    parse_box(args.mask_box, "--mask-box")  # a malformed box is named by its option
     return MaskSpec("box", box=args.mask_box, units=args.units, invert=args.invert_mask)
 
 
@@ -172,34 +185,45 @@ class Session:
     """A loaded model plus the bookkeeping every edit command needs."""
 
     def __init__(self, model_path: str, device: str, batch_size: int = 8,
-                 align: str | None = None) -> None:
+                 align: str | None = None, align_refs: bool = False,
+                 source_box: bool = True, fast: bool = False, runtime=None) -> None:
+        from stylemapgan.commands._common import fast_runtime
         from stylemapgan.editing.editor import Editor
         from stylemapgan.files import sha256_file
         from stylemapgan.utils import resolve_device
 
         self.model_path = Path(model_path)
         self.device = resolve_device(device)
-        self.editor: Editor = Editor.load(model_path, self.device, batch_size=batch_size)
+        # --fast: the fast path for this device; a replay passes the recorded one (runtime).
+        runtime = runtime if runtime is not None else fast_runtime(fast, self.device)
+        self.editor: Editor = Editor.load(model_path, self.device, batch_size=batch_size,
+                                          runtime=runtime)
         self.model_sha256 = sha256_file(model_path)
         self.size = self.editor.size
         self.config = self.editor.config
-        self.align = align
+        self.align = align  # the source's face (--align, --face)
+        self.align_refs = align_refs  # references: their largest face (--align-ref)
+        self.source_box = source_box  # whether the command has --source-box (for advice)
         self.aligner = None
-        if align is not None:
+        if align is not None or align_refs:
             from stylemapgan.imaging.faces import FaceAligner
 
             self.aligner = FaceAligner()
 
     def read(self, path: str | os.PathLike[str], fit: str = "crop",
-             box: tuple[float, float, float, float] | None = None) -> Input:
-        """Read an image (fitted to the model) or a saved stylemap."""
+             box: tuple[float, float, float, float] | None = None,
+             reference: bool = False) -> Input:
+        """Read an image (fitted to the model, or aligned: the source with --align, a
+        ``reference`` with --align-ref) or a saved stylemap."""
         from stylemapgan.errors import InputError
         from stylemapgan.files import sha256_file
         from stylemapgan.formats.stylemaps import is_stylemap_file, load_stylemap
         p = Path(path)
         if not p.is_file():
-            raise InputError(f"{p}: no such file" if not p.is_dir() else
-                             f"{p}: is a folder; this command takes one image or stylemap here")
+            raise InputError(f"{p}: is a folder; this command takes one image or stylemap here"
+                             if p.is_dir() else
+                             f"{p}: not a regular file (a FIFO or device); give an image file"
+                             if p.exists() else f"{p}: no such file")
         digest = sha256_file(p)
         if is_stylemap_file(p):
             if box is not None:
@@ -207,8 +231,17 @@ class Session:
             saved = load_stylemap(p, self.config, self.model_sha256)
             self.editor.remember(("file", digest), saved.w)
             return Input(p, "stylemap", digest, placement=saved.placement, w=saved.w.to(self.device))
-        pixels, placement, photo = load_photo(p, self.size, fit=fit, box=box, align=self.align,
-                                              aligner=self.aligner)
+        if reference:
+            align = "largest" if self.align_refs else None
+            no_face = ("leave out --align-ref to fit the references by --fit, or give one "
+                       "with a face")
+        else:
+            align = self.align
+            no_face = ("leave out --align and give the face's region with --source-box "
+                       "X0,Y0,X1,Y1" if self.source_box else
+                       "leave out --align to fit the photo by --fit")
+        pixels, placement, photo = load_photo(p, self.size, fit=fit, box=box, align=align,
+                                              aligner=self.aligner, no_face=no_face)
         return Input(p, "image", digest, pixels=pixels, placement=placement, photo=photo)
 
     def project(self, inputs: Sequence[Input]) -> None:
@@ -317,9 +350,14 @@ def write_record(out: Path, *, operation: str, argv: list[str], session: Session
     for role, path in extra_files:
         files.append({"role": role, "path": path, "sha256": sha256_file(path)})
     full = [*command_prefix, *argv, "--out", str(out.resolve()), "--device", str(session.device)]
+    model: dict[str, Any] = {"path": str(session.model_path), "sha256": session.model_sha256}
+    runtime = session.editor.runtime
+    if runtime != type(runtime)():  # --fast: what it meant on this device (replays use it)
+        from dataclasses import asdict
+
+        model["runtime"] = asdict(runtime)
     record = new_record(
-        source="cli", operation=operation, device=str(session.device),
-        model={"path": str(session.model_path), "sha256": session.model_sha256},
+        source="cli", operation=operation, device=str(session.device), model=model,
         inputs=files, parameters=parameters,
         outputs=[{"path": p.name, "sha256": sha256_file(p)} for p in outputs],
         png_compress_level=PNG_LEVEL, command=shlex.join(full),

@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from stylemapgan.errors import InputError
-    from stylemapgan.files import atomic_write, folder_lock, sha256_file
+    from stylemapgan.files import atomic_write, sha256_file
     from stylemapgan.imaging.faces import (
         DEFAULT_MIN_SCORE,
         FaceAligner,
@@ -93,7 +93,9 @@ def run(args: argparse.Namespace) -> int:
     command = shlex.join(["stylemapgan", *sys.argv[1:]]) if sys.argv[1:] else "stylemapgan align"
     entries, skipped = [], []
     timings = {"read": 0.0, "detect": 0.0, "crop": 0.0}
-    with folder_lock(out, command):
+    from stylemapgan.commands._common import output_folder
+
+    with output_folder(out, command):  # removes a folder it created if nothing was written
         if (out / "align.json").exists() and not args.overwrite:
             raise FileExistsError(f"{out / 'align.json'} already exists; pass --overwrite to replace")
         stems: dict[str, int] = {}
@@ -106,9 +108,11 @@ def run(args: argparse.Namespace) -> int:
                 t1 = time.perf_counter()
                 faces = aligner.detect(rgb)
                 if not faces:
-                    raise NoFaceError(f"{path}: no face found; give the face's region with "
-                                      "`--box X0,Y0,X1,Y1` to project/edit instead (or "
-                                      "--skip-bad to leave such photos out)")
+                    # Under --skip-bad the photo is skipped: no advice to pass --skip-bad.
+                    raise NoFaceError(f"{path}: no face found" + ("" if args.skip_bad else
+                                      "; give the face's region to `project --box` or `edit "
+                                      "--source-box` instead, or pass --skip-bad to leave such "
+                                      "photos out"))
                 chosen = select_faces(faces, args.face)
             except InputError as exc:
                 if not args.skip_bad:
@@ -139,7 +143,8 @@ def run(args: argparse.Namespace) -> int:
                 pending.append((targets, crop, entry))
         # Every photo is read and every face found before anything is written: a bad photo or
         # an existing file stops the run with the folder as it was.
-        check_writable([p for targets, _, _ in pending for p in targets], args.overwrite)
+        check_writable([p for targets, _, _ in pending for p in targets], args.overwrite,
+                       inputs=paths)
         for (png_path, json_path), crop, entry in pending:
             save_png(crop, png_path, overwrite=args.overwrite)
             with atomic_write(json_path, overwrite=args.overwrite) as tmp:

@@ -14,7 +14,11 @@ def register(sub: argparse._SubParsersAction) -> None:
             Convert a checkpoint published with the original StyleMapGAN implementation into
             a self-describing .safetensors model file (EMA generator and encoder). Runs on the
             CPU; only tensors and the saved training arguments are unpickled. The architecture
-            is read from the checkpoint's train_args.""",
+            is read from the checkpoint's train_args. The checkpoints come from the reference
+            repository's download.sh (github.com/naver-ai/StyleMapGAN: bash download.sh
+            download-pretrained-network-256 celeba_hq, Google Drive files); a web page saved
+            in place of the file (the "invalid load key, '<'" of the reference) is recognized
+            and named.""",
         examples="""
             stylemapgan convert celeba_hq_256_8x8.pt celeba_hq.safetensors
             stylemapgan convert ffhq_1024_16x16.pt ffhq.safetensors --preset official-1024-16x16-light""",
@@ -31,10 +35,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from stylemapgan.config import get_preset
     from stylemapgan.formats.checkpoint import convert_reference_file
+    from stylemapgan.imaging.images import check_writable
     from stylemapgan.nn.networks import count_parameters
 
+    check_writable([Path(args.out)], True, inputs=[args.reference])  # the input, not --overwrite
     config = get_preset(args.preset) if args.preset else None
     print(f"reading {args.reference} ...")
     model = convert_reference_file(args.reference, args.out, config=config,

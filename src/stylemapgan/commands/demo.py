@@ -6,9 +6,11 @@ import argparse
 
 from stylemapgan.commands._common import (
     add_device,
+    add_fast,
     add_model,
     add_overwrite,
     add_parser,
+    fast_runtime,
     resolve_model,
     writes_folder,
 )
@@ -27,16 +29,19 @@ def register(sub: argparse._SubParsersAction) -> None:
               reconstruction.png   originals (top) and G(E(x)) reconstructions (bottom)
               local_edit.png       hair transplanted in W+: source, reference, mask, result
               interpolation.png    eight steps from one avatar to another in W (and a .gif)
-              style_mix.png        coarse layers of one avatar, finer layers of another
+              style_mix.png        rows A, B and the result: A's coarse layout (its first
+                                   two W+ layers) with B's finer layers (--layers coarse)
 
             Everything runs on the CPU in seconds.""",
         examples="""
             stylemapgan demo --out demo
-            stylemapgan demo --out demo --overwrite --device cpu""",
+            stylemapgan demo --out demo --overwrite --device cpu
+            stylemapgan demo --out demo_fast --fast""",
     )
     add_model(p)
     p.add_argument("--out", default="demo", help="output folder (default: demo)")
     add_device(p)
+    add_fast(p)
     add_overwrite(p)
     p.set_defaults(func=writes_folder(run))
 
@@ -65,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     check_writable([out / name for name in OUTPUTS], args.overwrite)
-    editor = Editor.load(args.model, resolve_device(args.device))
+    device = resolve_device(args.device)
+    editor = Editor.load(args.model, device, runtime=fast_runtime(args.fast, device))
     folder = AvatarFolder(gallery_dir())
     records = folder.records()
     if editor.size != folder.size:
@@ -95,10 +101,12 @@ def run(args: argparse.Namespace) -> int:
     save_gif(frames, out / "interpolation.gif", duration_ms=120, overwrite=args.overwrite)
 
     mixed = editor.mix(w[:4], w[4:8], "coarse")
-    save_png(make_grid(to_uint8(torch.cat([images[:4], images[4:8], mixed])), ncols=4),
+    save_png(make_grid(to_uint8(torch.cat([images[:4], images[4:8], mixed])), ncols=4,
+                       row_labels=["A", "B", "result"]),
              out / "style_mix.png", overwrite=args.overwrite)
 
-    print(f"reconstruction MSE on the {n} gallery avatars: {mse:.4f} (images in [-1, 1])")
+    print(f"reconstruction MSE on the {n} gallery avatars: {mse:.4f} (images in [-1, 1])"
+          + (f"; fast path: {editor.runtime.describe()}" if args.fast else ""))
     for name in OUTPUTS:
         print(f"wrote {out / name}")
     return 0

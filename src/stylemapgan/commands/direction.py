@@ -7,12 +7,14 @@ import argparse
 from stylemapgan.commands._common import (
     abspath,
     add_device,
+    add_fast,
     add_model,
     add_overwrite,
     add_parser,
+    fast_runtime,
+    float_in,
     fraction,
     int_in,
-    positive_float,
     resolve_model,
     seed_int,
 )
@@ -47,8 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="direction file to write (.safetensors)")
     p.add_argument("--method", choices=("svm", "logistic"), default="svm",
                    help="linear classifier: svm (squared hinge, default) or logistic")
-    p.add_argument("--C", dest="c", type=positive_float, default=1.0,
-                   help="inverse regularization strength, > 0 (default: 1)")
+    p.add_argument("--C", dest="c", type=float_in(1e-6, 1e6), default=1.0,
+                   help="inverse regularization strength, 1e-6..1e6 (default: 1)")
     p.add_argument("--val-fraction", type=fraction, default=0.2,
                    help="share of each class held out to measure accuracy, in [0, 1) (default: 0.2)")
     p.add_argument("--seed", type=seed_int, default=0, help="seed of the held-out split (default: 0)")
@@ -58,6 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int_in(1, 1024), default=8,
                    help="images per encoder pass, 1..1024 (default: 8)")
     add_device(p)
+    add_fast(p)
     add_overwrite(p)
     p.set_defaults(func=run)
 
@@ -70,6 +73,8 @@ def _read_csv(path: str) -> tuple[list[str], list[str]]:
 
     base = Path(path).parent
     pos, neg = [], []
+    if Path(path).exists() and not Path(path).is_file():  # a folder, a FIFO (would block), ...
+        raise InputError(f"{path}: not a regular file; give a CSV file of PATH,LABEL lines")
     try:
         with open(path, newline="") as f:
             for i, row in enumerate(csv.reader(f), 1):
@@ -133,10 +138,12 @@ def run(args: argparse.Namespace) -> int:
     if both:
         raise InputError(f"{sorted(both)[0]} is labeled both positive and negative")
     out = Path(args.out)
-    check_writable([out], args.overwrite)
+    check_writable([out], args.overwrite, inputs=[*pos, *neg, *([args.csv] if args.csv else []),
+                                                  *([args.model] if args.model else [])])
 
     device = resolve_device(args.device)
-    editor = Editor.load(args.model, device, batch_size=args.batch_size)
+    editor = Editor.load(args.model, device, batch_size=args.batch_size,
+                         runtime=fast_runtime(args.fast, device))
     model_sha = sha256_file(args.model)
     align = align_choice(args)
     aligner = None
@@ -158,7 +165,9 @@ def run(args: argparse.Namespace) -> int:
                         ws.append(load_stylemap(path, editor.config, model_sha).w.to(device))
                     else:
                         pixels.append(load_photo(path, editor.size, fit=args.fit,
-                                                 align=align, aligner=aligner)[0])
+                                                 align=align, aligner=aligner,
+                                                 no_face="leave it out of the examples, or "
+                                                         "leave out --align")[0])
                 if pixels:
                     ws.append(editor.project(from_uint8(np.stack(pixels)).to(device)))
                 bar.update(len(chunk))

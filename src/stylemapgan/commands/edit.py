@@ -13,6 +13,7 @@ from typing import Any
 from stylemapgan.commands._common import (
     abspath,
     add_device,
+    add_fast,
     add_model,
     add_overwrite,
     add_parser,
@@ -32,15 +33,16 @@ SPACE_HELP = ("where to blend: wplus = every per-layer stylemap at its own resol
               "boundaries, default), w = the stylemap w only")
 
 
-def _common(p: argparse.ArgumentParser, source_box: bool = True) -> None:
+def _common(p: argparse.ArgumentParser, source_box: bool = True, references: bool = False) -> None:
     add_model(p)
     add_output(p)
-    add_fit(p)
+    add_fit(p, references)
     if source_box:
         p.add_argument("--source-box", metavar="X0,Y0,X1,Y1",
                        help="use only this region of the source photo (photo pixels), e.g. one "
                             "face of a group photo; with --paste-back the edit goes back there")
     add_device(p)
+    add_fast(p)
     add_overwrite(p)
 
 
@@ -57,6 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             stylemapgan edit reconstruct photo.jpg --model m.safetensors --out rec
             stylemapgan edit local me.jpg friend.jpg --labels me_labels.png --parts hair --model m.safetensors --out hair
             stylemapgan edit local me.jpg friend.jpg --mask-box 2,4,6,7 --steps 8 --model m.safetensors --out mouth
+            stylemapgan edit local me.jpg friend.jpg --mask-box 2,4,6,7 --fast --model m.safetensors --out mouth_fast
             stylemapgan edit mix a.jpg b.jpg --layers coarse --model m.safetensors --out mix
             stylemapgan edit interpolate a.jpg b.stylemap.safetensors --steps 12 --model m.safetensors --out lerp
             stylemapgan edit transplant cat.jpg --ref dog.jpg --region ref=0 box=2,1,5,4 move=1,0 --model m.safetensors --out tp
@@ -76,16 +79,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     q = add_parser(ops, "mix", help="style mixing: some W+ layers from a second image",
                    description="""
                        Style mixing: the W+ stylemaps of A, with the layers selected by --layers
-                       taken from B. coarse = all but the first two layers from B (A keeps its
-                       layout), fine = the first two from B; or a range a:b or a list 1,2,3.""",
+                       taken from B (layer 0 is the coarsest). coarse (default): A's coarse
+                       layers (its first two: the layout) with B's finer layers (all the rest);
+                       fine: B's first two layers with A's finer ones. A range a:b or a list
+                       1,2,3 names the layers taken from B.""",
                    examples="""
                        stylemapgan edit mix a.jpg b.jpg --layers coarse --model m.safetensors --out mix
                        stylemapgan edit mix a.jpg b.jpg --layers 4:8 --model m.safetensors --out mix48""")
     q.add_argument("source", type=abspath, help="image A (photo or stylemap)")
     q.add_argument("reference", type=abspath, help="image B (photo or stylemap)")
-    q.add_argument("--layers", default="coarse", help="coarse, fine, a:b or 1,2,3 (default: coarse)")
+    q.add_argument("--layers", default="coarse",
+                   help="coarse (A's first two layers, B's finer ones; default), fine (B's first "
+                        "two, A's finer ones), or B's layers as a:b or 1,2,3")
     add_paste_back(q)
-    _common(q)
+    _common(q, references=True)
     q.set_defaults(func=writes_folder(run_mix), _parser=q)
 
     q = add_parser(ops, "interpolate", help="interpolation in W or W+, N steps, grid and GIF",
@@ -100,7 +107,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("reference", type=abspath, help="end (photo or stylemap)")
     q.add_argument("--steps", type=steps_int, default=8, help="number of images, 1..1000 (default: 8)")
     q.add_argument("--space", choices=("w", "wplus"), default="w", help="W (default) or W+")
-    _common(q, source_box=False)
+    _common(q, source_box=False, references=True)
     q.set_defaults(func=writes_folder(run_interpolate), _parser=q)
 
     q = add_parser(ops, "local", help="local editing: the reference inside a mask",
@@ -122,7 +129,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(default: 1)")
     add_mask_args(q, required=True)
     add_paste_back(q)
-    _common(q)
+    _common(q, references=True)
     q.set_defaults(func=writes_folder(run_local), _parser=q)
 
     q = add_parser(ops, "transplant", help="unaligned transplantation of regions between images",
@@ -148,7 +155,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--space", choices=("w", "wplus"), default="wplus", help=SPACE_HELP)
     q.add_argument("--steps", type=steps_int, default=1, help="interpolation steps, 1..1000 (default: 1)")
     add_paste_back(q)
-    _common(q)
+    _common(q, references=True)
     q.set_defaults(func=writes_folder(run_transplant), _parser=q)
 
     q = add_parser(ops, "direction", help="semantic manipulation along a learned direction",
@@ -187,8 +194,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--model", type=model_file, default=None,
                    help="model file for a web editor record (default: the path it recorded, or "
                         "the embedded default model if its checksum matches)")
-    q.add_argument("--device", default=None, help="device to run on (default: the recorded one, "
-                                                  "or auto if that is not available)")
+    q.add_argument("--device", default=None, help="device to run on (default: cpu for a record "
+                                                  "made on the CPU, else auto)")
     q.add_argument("--force", action="store_true", help="run even if an input's checksum changed")
     q.add_argument("--strict", action="store_true",
                    help="exit with status 1 if an output differs from the recorded one")
@@ -290,6 +297,26 @@ def _check_paste_source(args, path: str) -> None:
                          "give the photo instead")
 
 
+def _input_files(args) -> list[str]:
+    """Every option value that names an existing file (photos, stylemaps, masks, label maps,
+    directions, the model; also inside transplant regions): outputs must never replace one."""
+    import os
+
+    found: list[str] = []
+    for key, value in vars(args).items():
+        if key.startswith("_") or key == "out":
+            continue
+        for v in value if isinstance(value, list) else [value]:
+            for word in v if isinstance(v, list) else [v]:
+                if not isinstance(word, str):
+                    continue
+                # A transplant region's mask=FILE or labels=FILE names a file after the "=".
+                for name in (word, word.partition("=")[2]):
+                    if name and os.path.isfile(name):
+                        found.append(name)
+    return found
+
+
 def _begin(args, k: int):
     from pathlib import Path
 
@@ -298,11 +325,14 @@ def _begin(args, k: int):
 
     out = Path(args.out)
     check_writable(planned_outputs(out, k, paste=bool(getattr(args, "paste_back", False))),
-                   args.overwrite)
+                   args.overwrite, inputs=_input_files(args))
     from stylemapgan.commands._editio import align_choice
 
     args.model = resolve_model(args.model)
-    ses = Session(args.model, args.device, args.batch_size, align=align_choice(args))
+    ses = Session(args.model, args.device, args.batch_size, align=align_choice(args),
+                  align_refs=bool(getattr(args, "align_ref", False)),
+                  source_box=hasattr(args, "source_box"), fast=args.fast,
+                  runtime=getattr(args, "_runtime", None))
     args._session = ses
     return out, ses
 
@@ -339,7 +369,7 @@ def run_mix(args: argparse.Namespace) -> int:
     out, ses = _begin(args, 1)
     layer_selection(args.layers, ses.config.num_styles)  # fail early on a bad spec
     a = ses.read(args.source, args.fit, _source_box(args))
-    b = ses.read(args.reference, args.fit)
+    b = ses.read(args.reference, args.fit, reference=True)
     ses.project([a, b])
     frames = to_uint8(ses.editor.mix(a.w, b.w, args.layers))
     paste = _paste(args, a, frames[-1])
@@ -352,7 +382,7 @@ def run_interpolate(args: argparse.Namespace) -> int:
 
     out, ses = _begin(args, args.steps)
     a = ses.read(args.source, args.fit)
-    b = ses.read(args.reference, args.fit)
+    b = ses.read(args.reference, args.fit, reference=True)
     ses.project([a, b])
     frames = to_uint8(ses.editor.interpolate(a.w, b.w, args.steps, space=args.space))
     return _finish(args, ses, "interpolate", out, frames, [ses.preview(a), ses.preview(b)],
@@ -372,7 +402,7 @@ def run_local(args: argparse.Namespace) -> int:
     _check_paste_source(args, args.source)
     out, ses = _begin(args, args.steps)
     src = ses.read(args.source, args.fit, _source_box(args))
-    ref = ses.read(args.reference, args.fit)
+    ref = ses.read(args.reference, args.fit, reference=True)
     spec, mask = _mask(args, ses, src)
     if float(mask.max()) == 0.0:
         print(f"note: the mask ({spec.describe()}) selects nothing; the result is the reconstruction")
@@ -408,6 +438,7 @@ def _regions(args, ses, refs):
     from stylemapgan.editing.operations import Region
     from stylemapgan.errors import InputError
     from stylemapgan.imaging.masks import MaskSpec, as_tensor
+    from stylemapgan.imaging.placement import parse_box
 
     size, cells = ses.size, ses.config.stylemap_size
     regions, moved_masks, files = [], [], []
@@ -433,6 +464,7 @@ def _regions(args, ses, refs):
         if len(kinds) != 1:
             raise InputError(f"region {i}: give exactly one of box=, mask=, labels= (got {kinds or 'none'})")
         if kinds[0] == "box":
+            parse_box(kv["box"], f"region {i}: box=")  # an error names the region
             spec = MaskSpec("box", box=kv["box"], units=units)
         elif kinds[0] == "mask":
             spec = MaskSpec("image", path=kv["mask"])
@@ -478,7 +510,7 @@ def run_transplant(args: argparse.Namespace) -> int:
     _check_paste_source(args, args.source)
     out, ses = _begin(args, args.steps)
     src = ses.read(args.source, args.fit, _source_box(args))
-    refs = [ses.read(r, args.fit) for r in args.refs]
+    refs = [ses.read(r, args.fit, reference=True) for r in args.refs]
     regions, union, files = _regions(args, ses, refs)
     ses.project([src, *refs])
     alpha = steps(args.steps) if args.steps > 1 else 1.0
@@ -554,13 +586,11 @@ def _check_file(path, role: str, p, sha256: str | None, force: bool) -> None:
 
 
 def _replay_device(args, record) -> str:
-    device = args.device or record.get("device", "auto")
-    if args.device is None and str(device).startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            device = "auto"
-    return device
+    """The user's --device; without it, cpu for a record made on the CPU (to get its bytes
+    again), else auto. The record itself never names the device (it could only widen)."""
+    if args.device is not None:
+        return args.device
+    return "cpu" if record.get("device") == "cpu" else "auto"
 
 
 def _compare(out, record, args) -> int:
@@ -591,7 +621,7 @@ def _replay_command(args, path, record) -> int:
     from stylemapgan.commands import build_parser
     from stylemapgan.errors import InputError
 
-    argv = record.get("argv")
+    argv = record.get("argv")  # checked by read_record: words of an edit, no user-only option
     if not isinstance(argv, list) or not argv or argv[0] != "edit" or "replay" in argv[:2]:
         raise InputError(f"{path}: the record has no replayable command")
     if args.model is not None:
@@ -601,15 +631,64 @@ def _replay_command(args, path, record) -> int:
     for f in [{"role": "model", **record.get("model", {})}, *record.get("inputs", [])]:
         _check_file(path, f.get("role", "input"), Path(f.get("path", "")), f.get("sha256"),
                     args.force)
-    new_argv = [*argv, "--out", args.out, "--device", _replay_device(args, record)]
+    device = _replay_device(args, record)
+    # Before --align-ref existed, --align aligned the references too: a record whose
+    # references were aligned without it replays as it was made.
+    if "--align-ref" not in argv and any(
+            str(f.get("role", "")).startswith("reference") and isinstance(f.get("placement"), dict)
+            and f["placement"].get("fit") == "aligned" for f in record.get("inputs", [])):
+        argv = [*argv, "--align-ref"]
+    new_argv = [*argv, "--out", args.out, "--device", device]
     if args.overwrite:
         new_argv.append("--overwrite")
     print("replaying: stylemapgan " + " ".join(new_argv))
-    ns = build_parser().parse_args(new_argv)
+    ns = _parse_recorded(build_parser(), new_argv, path)
+    # --out, --device and --overwrite are the user's, whatever the record's words say.
+    ns.out, ns.device, ns.overwrite = args.out, device, bool(args.overwrite)
+    # A --fast edit runs again with the fast path it had (not this device's pick).
+    ns._runtime = _recorded_runtime(path, record.get("model") or {})
     rc = ns.func(ns)
     if rc:
         return rc
     return _compare(Path(args.out), record, args)
+
+
+def _parse_recorded(parser, argv: list[str], path) -> argparse.Namespace:
+    """Parse a record's command line: argparse's usage and exit become one InputError."""
+    import contextlib
+    import io
+
+    from stylemapgan.errors import InputError
+
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured), contextlib.redirect_stdout(captured):
+            ns = parser.parse_args(argv)
+    except SystemExit:
+        lines = [ln for ln in captured.getvalue().splitlines() if ln.strip()]
+        why = lines[-1].split("error: ", 1)[-1] if lines else "not a command line"
+        raise InputError(f"{path}: field 'argv' is not a valid edit command ({why}); the record "
+                         "is damaged or was changed") from None
+    if getattr(ns, "command", None) != "edit" or getattr(ns, "operation", None) == "replay":
+        raise InputError(f"{path}: the record has no replayable command")
+    return ns
+
+
+def _recorded_runtime(path, model: dict[str, Any]):
+    """The fast-path options a record's model entry names (None when it names none)."""
+    from stylemapgan.errors import InputError
+    from stylemapgan.nn.runtime import RuntimeOptions
+
+    rt = model.get("runtime")
+    if not rt:
+        return None
+    try:
+        return RuntimeOptions(precision=rt.get("precision", "float32"),
+                              channels_last=bool(rt.get("channels_last", False)),
+                              compile=bool(rt.get("compile", False)),
+                              cuda_graphs=bool(rt.get("cuda_graphs", False)))
+    except Exception as exc:  # ConfigError: a record of a precision this build does not know
+        raise InputError(f"{path}: unusable runtime {rt!r} ({exc})") from None
 
 
 def _replay_web(args, path, record) -> int:
@@ -627,27 +706,28 @@ def _replay_web(args, path, record) -> int:
     from stylemapgan.utils import resolve_device
 
     m = record.get("model", {})
-    model_path = Path(args.model) if args.model else (Path(m["path"]) if m.get("path") else None)
-    if model_path is None or not model_path.is_file():
-        default = default_model_path()
-        if args.model is None and m.get("sha256") and default.is_file():
-            from stylemapgan.files import sha256_file
-
-            if sha256_file(default) == m["sha256"]:
-                model_path = default
+    if args.model is not None:
+        model_path = Path(args.model)
+        if not model_path.is_file():
+            raise InputError(f"--model {model_path}: no such file; pass the model file the "
+                             f"editor served (or {default_model_path().name} for the embedded "
+                             "model)")
+    else:
+        model_path = Path(m["path"]) if m.get("path") else None
         if model_path is None or not model_path.is_file():
-            raise InputError(f"{path}: the model {m.get('name', '?')} "
-                             f"({m.get('path') or 'no path recorded'}) is not here; pass "
+            default = default_model_path()
+            if m.get("sha256") and default.is_file():
+                from stylemapgan.files import sha256_file
+
+                if sha256_file(default) == m["sha256"]:
+                    model_path = default
+        if model_path is None or not model_path.is_file():
+            where = f"at {m['path']}" if m.get("path") else "no path recorded"
+            raise InputError(f"{path}: the model the record names, {m.get('name', '?')} "
+                             f"({where}), is not here and is not the embedded model; pass "
                              "--model MODEL_FILE (the file the editor served)")
     _check_file(path, "model", model_path, m.get("sha256"), args.force)
-    rt = m.get("runtime") or {}
-    try:
-        runtime = RuntimeOptions(precision=rt.get("precision", "float32"),
-                                 channels_last=bool(rt.get("channels_last", False)),
-                                 compile=bool(rt.get("compile", False)),
-                                 cuda_graphs=bool(rt.get("cuda_graphs", False)))
-    except Exception as exc:  # ConfigError: a record of a precision this build does not know
-        raise InputError(f"{path}: unusable runtime {rt!r} ({exc})") from None
+    runtime = _recorded_runtime(path, m) or RuntimeOptions()
     outputs = record.get("outputs", [])
     out = Path(args.out)
     names = frame_names(len(outputs)) if outputs else ["result.png"]

@@ -32,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
 
     from stylemapgan.errors import ModelFileError
     from stylemapgan.formats.checkpoint import save_model
+    from stylemapgan.imaging.images import check_writable
     from stylemapgan.training import latest_checkpoint, model_from_checkpoint, read_checkpoint
 
     out = Path(args.out)
@@ -41,10 +42,12 @@ def run(args: argparse.Namespace) -> int:
     if not run_dir.is_dir():
         raise ModelFileError(f"{run_dir} is not a training run folder")
     if args.checkpoint:
+        check_writable([out], True, inputs=[args.checkpoint])  # never over the checkpoint
         tensors, state = read_checkpoint(args.checkpoint)
         ckpt = Path(args.checkpoint)
     else:
         tensors, state, ckpt = latest_checkpoint(run_dir)
+        check_writable([out], True, inputs=[ckpt])
     model = model_from_checkpoint(tensors, state, ema=not args.raw)
     info = state.get("info", {})
     provenance = {

@@ -6,9 +6,11 @@ import argparse
 
 from stylemapgan.commands._common import (
     add_device,
+    add_fast,
     add_model,
     add_overwrite,
     add_parser,
+    fast_runtime,
     float_in,
     int_in,
     resolve_model,
@@ -24,7 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             not depend on the batch or the device) and a grid of all of them.""",
         examples="""
             stylemapgan generate --model celeba_hq.safetensors --seeds 0-7 --truncation 0.7 --out samples
-            stylemapgan generate --model m.safetensors --seeds 3,14,15 --out samples --device cpu""",
+            stylemapgan generate --model m.safetensors --seeds 3,14,15 --out samples --device cpu
+            stylemapgan generate --seeds 0-63 --fast --out samples64""",
     )
     add_model(p)
     p.add_argument("--seeds", default="0-7", help="seeds: 0-7, 1,5,9 or 0-3,10 (default: 0-7)")
@@ -35,6 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="images per forward pass, 1..1024 (default: 8)")
     p.add_argument("--no-grid", action="store_true", help="do not write grid.png")
     add_device(p)
+    add_fast(p)
     add_overwrite(p)
     p.set_defaults(func=writes_folder(run))
 
@@ -60,12 +64,22 @@ def run(args: argparse.Namespace) -> int:
     check_writable(targets, args.overwrite)
     model = load_model(args.model, device=device)
     g = model.generator
+    editor = None
+    if args.fast:  # the mapping network in float32, the synthesis through the fast path
+        from stylemapgan.editing.editor import Editor
+
+        editor = Editor(model, batch_size=args.batch_size,
+                        runtime=fast_runtime(args.fast, device))
     tiles = []
     with torch.inference_mode(), tqdm(total=len(seeds), unit="img", desc="generate") as bar:
         for i in range(0, len(seeds), args.batch_size):
             chunk = seeds[i: i + args.batch_size]
             z = torch.cat([seeded_normal(s, (1, model.config.stylemap_channels)) for s in chunk])
-            images = to_uint8(g.generate(z.to(device), truncation=args.truncation))
+            if editor is None:
+                images = to_uint8(g.generate(z.to(device), truncation=args.truncation))
+            else:
+                w = g.truncate(g.mapping(z.to(device)), args.truncation)
+                images = to_uint8(editor.render(w))
             for s, img in zip(chunk, images, strict=True):
                 save_png(img, out / f"seed{s:04d}.png", overwrite=args.overwrite)
                 tiles.append(img)

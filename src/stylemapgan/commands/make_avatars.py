@@ -8,7 +8,6 @@ from stylemapgan.commands._common import (
     add_overwrite,
     add_parser,
     int_in,
-    positive_int,
     writes_folder,
 )
 
@@ -37,8 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--size", type=_size, default=64, help="image side in pixels, 16..512 (default: 64)")
     p.add_argument("--start", type=_start, default=0, help="first seed (default: 0)")
-    p.add_argument("--count", type=positive_int, default=3000,
-                   help="number of seeds from --start (default: 3000)")
+    p.add_argument("--count", type=int_in(1, 10_000_000), default=3000,
+                   help="number of seeds from --start, 1..10000000 (default: 3000)")
     p.add_argument("--seeds", default=None,
                    help="explicit seeds instead of --start/--count: 0-7, 1,5,9 or 0-3,10")
     p.add_argument("--no-masks", action="store_true", help="images and manifest only")

@@ -7,10 +7,12 @@ import argparse
 from stylemapgan.commands._common import (
     abspath,
     add_device,
+    add_fast,
     add_model,
     add_overwrite,
     add_parser,
     dump_json,
+    fast_runtime,
     finite_or_none,
     int_in,
     nonneg_float,
@@ -22,6 +24,15 @@ from stylemapgan.commands._editio import add_fit, align_choice, load_photo
 
 #: A photo whose reconstruction MSE is this many times the model's usual one gets a warning.
 OUTSIDE_FACTOR = 3.0
+#: What project.json's MSEs measure: the reconstruction as the PNG shows it (clamped to the
+#: image range, as `demo` and `evaluate` measure it), before rounding to 8 bits.
+MSE_DEFINITION = ("mean squared error between G(w) clamped to [-1, 1] (the NAME.png image, "
+                  "before 8-bit rounding) and the input square, pixels in [-1, 1]")
+
+
+def _mse(recon, x) -> list[float]:
+    """Per-image MSE of reconstructions against their inputs (:data:`MSE_DEFINITION`)."""
+    return (recon.clamp(-1, 1) - x).square().flatten(1).mean(1).tolist()
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -43,7 +54,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             stylemapgan project photos/ --model celeba_hq.safetensors --out projected
             stylemapgan project a.jpg b.png --model m.safetensors --out proj --fit pad --save-input
             stylemapgan project photos/ --model m.safetensors --out refined --refine 200 --lpips-weight 1
-            stylemapgan project photos/ --model m.safetensors --out refined --refine 100 --lpips-weight 0""",
+            stylemapgan project photos/ --model m.safetensors --out refined --refine 100 --lpips-weight 0
+            stylemapgan project photos/ --model m.safetensors --out fast --fast""",
     )
     p.add_argument("images", nargs="+", type=abspath, metavar="IMAGE_OR_FOLDER",
                    help="image files and/or folders of images")
@@ -76,16 +88,36 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--lpips-net", choices=("vgg", "alex"), default="vgg",
                    help="LPIPS backbone (default: vgg, the paper's training loss)")
     add_device(p)
+    add_fast(p)
     add_overwrite(p)
     p.set_defaults(func=writes_folder(run))
 
 
+#: Longest output name stem in bytes: NAME.stylemap.safetensors and its temporary file
+#: (.NAME.stylemap.safetensors.XXXXXXXX.tmp) must fit the file system's 255 bytes.
+MAX_STEM_BYTES = 200
+
+
+def _fit_name(name: str) -> str:
+    """A stem of at most MAX_STEM_BYTES: a longer one is cut and given 8 hex digits of its
+    SHA-256, so two long names that share a beginning stay apart."""
+    import hashlib
+
+    raw = name.encode("utf-8", "surrogateescape")
+    if len(raw) <= MAX_STEM_BYTES:
+        return name
+    cut = raw[: MAX_STEM_BYTES - 9].decode("utf-8", "ignore")
+    return f"{cut}_{hashlib.sha256(raw).hexdigest()[:8]}"
+
+
 def _names(paths) -> list[str]:
-    """Output names: the file stem, disambiguated by suffix and then by a counter."""
+    """Output names: the file stem (cut when too long for the file system), disambiguated by
+    suffix and then by a counter."""
     from collections import Counter
 
     stems = Counter(p.stem for p in paths)
-    names = [p.stem if stems[p.stem] == 1 else f"{p.stem}_{p.suffix.lstrip('.').lower()}" for p in paths]
+    names = [_fit_name(p.stem if stems[p.stem] == 1 else f"{p.stem}_{p.suffix.lstrip('.').lower()}")
+             for p in paths]
     seen: Counter[str] = Counter()
     out = []
     counts = Counter(names)
@@ -109,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
 
     from stylemapgan import __version__
     from stylemapgan.editing.editor import Editor
-    from stylemapgan.errors import InputError
+    from stylemapgan.errors import InputError, ModelFileError
     from stylemapgan.files import atomic_write, sha256_file
     from stylemapgan.formats.checkpoint import read_model_metadata
     from stylemapgan.formats.stylemaps import SUFFIX, save_stylemap
@@ -144,7 +176,9 @@ def run(args: argparse.Namespace) -> int:
     bad: list[tuple[Path, InputError]] = []
     for path in tqdm(paths, unit="img", desc="check", leave=False, disable=len(paths) < 16):
         try:
-            found = load_photo(path, size, fit=args.fit, box=box, align=align, aligner=aligner)
+            found = load_photo(path, size, fit=args.fit, box=box, align=align, aligner=aligner,
+                               no_face="leave out --align and give the face's region with "
+                                       "--box X0,Y0,X1,Y1")
             if align is not None:
                 aligned[path] = found[:2]
         except InputError as exc:
@@ -174,10 +208,11 @@ def run(args: argparse.Namespace) -> int:
             targets.append(out / f"{n}.input.png")
         if args.error_map:
             targets.append(out / f"{n}.error.png")
-    check_writable(targets, args.overwrite)
+    check_writable(targets, args.overwrite, inputs=[*paths, *(p for p, _ in bad), args.model])
 
     device = resolve_device(args.device)
-    editor = Editor.load(args.model, device, batch_size=args.batch_size)
+    editor = Editor.load(args.model, device, batch_size=args.batch_size,
+                         runtime=fast_runtime(args.fast, device))
     model_sha = sha256_file(args.model)
     lpips = None
     if args.refine and args.lpips_weight > 0:
@@ -218,23 +253,30 @@ def run(args: argparse.Namespace) -> int:
                 continue
             x = from_uint8(np.stack([c[2] for c in chunk])).to(device)
             w = editor.project(x, keys=[("path", str(c[0]), start + i) for i, c in enumerate(chunk)])
-            refine_info = None
+            refine_info = encoder_mse = None
             if args.refine:
                 bar.set_postfix_str("refining")
+                encoder_mse = _mse(editor.render(w), x)
                 res = editor.refine(x, w, steps=args.refine, lr=args.lr, mse_weight=args.mse_weight,
                                     lpips_weight=args.lpips_weight, lpips=lpips)
                 w, refine_info = res.w, res
             recon = editor.render(w)
-            mse = (recon - x).square().flatten(1).mean(1).tolist()
+            if not (torch.isfinite(w).all() and torch.isfinite(recon).all()):
+                done = f" ({len(entries)} image(s) before it were written)" if entries else \
+                    "; nothing was written"
+                raise ModelFileError(f"{args.model}: the model's output for {chunk[0][0]} is not "
+                                     f"finite (NaN or infinity){done}; its weights are damaged: "
+                                     "use another model file")
+            mse = _mse(recon, x)
             recon_u8 = to_uint8(recon)
             for i, (path, name, pixels, placement) in enumerate(chunk):
                 projection = {"method": "encoder" if not args.refine else "encoder+refine",
-                              "mse": mse[i]}
+                              "runtime": editor.runtime.describe(), "mse": mse[i]}
                 if refine_info is not None:
                     projection.update(steps=args.refine, lr=args.lr, mse_weight=args.mse_weight,
                                       lpips_weight=args.lpips_weight,
                                       lpips_net=args.lpips_net if args.lpips_weight > 0 else None,
-                                      encoder_mse=refine_info.initial_mse[i],
+                                      encoder_mse=encoder_mse[i],
                                       initial_loss=refine_info.initial_loss[i],
                                       final_loss=refine_info.final_loss[i])
                 digest = sha256_file(path)
@@ -263,8 +305,10 @@ def run(args: argparse.Namespace) -> int:
         "device": str(device), "model": {"path": args.model, "sha256": model_sha},
         "parameters": {"fit": args.fit, "box": args.box, "refine": args.refine, "lr": args.lr,
                        "mse_weight": args.mse_weight, "lpips_weight": args.lpips_weight,
-                       "lpips_net": args.lpips_net},
+                       "lpips_net": args.lpips_net, "fast": args.fast,
+                       "runtime": editor.runtime.describe()},
         "mean_mse": float(np.mean([e["mse"] for e in entries])),
+        "mse": MSE_DEFINITION,
         "images": entries, "skipped": skipped,
     }
     not_finite: list[str] = []
@@ -281,6 +325,9 @@ def run(args: argparse.Namespace) -> int:
               + " (see --error-map for where)")
     extra = f", {len(skipped)} skipped" if skipped else ""
     how = f"encoder + {args.refine} refine steps" if args.refine else "encoder"
+    if args.fast:
+        how += f", fast path: {editor.runtime.describe()}"
+    mean = record["mean_mse"]
     print(f"projected {len(entries)} image(s) ({how}{extra}) to {out}: mean MSE "
-          f"{record['mean_mse']:.4f}")
+          + (f"{mean:.4f}" if isinstance(mean, float) else "not finite"))
     return 0

@@ -6,7 +6,14 @@ import argparse
 import os
 from collections.abc import Callable
 
-from stylemapgan.commands._common import add_device, add_parser, int_in, model_file, positive_int
+from stylemapgan.commands._common import (
+    add_device,
+    add_fast,
+    add_parser,
+    int_in,
+    model_file,
+    positive_int,
+)
 
 PathDefault = str | os.PathLike[str] | Callable[[], str | os.PathLike[str]] | None
 
@@ -63,12 +70,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default: 127.0.0.1, this computer only)")
     p.add_argument("--port", type=port_number, default=8000, help="port (default: 8000)")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME[:PORT]",
+                   help="another host name the page may be opened by (repeatable; e.g. this "
+                        "machine's name with --host 0.0.0.0). Requests for any other name are "
+                        "refused (DNS rebinding); the loopback names and --host always work")
     add_device(p)
-    p.add_argument("--fast", action="store_true",
-                   help="run the networks in reduced precision with channels-last memory where the "
-                        "device supports it (bfloat16 on CPUs with AMX/AVX512-BF16, bf16/fp16 on "
-                        "GPUs): about 5x faster official-256 edits on an AMX CPU, PSNR about "
-                        "41 dB against float32")
+    add_fast(p)
     p.add_argument("--align", dest="align", action="store_true", default=None,
                    help="detect and align faces in uploaded photos (the FFHQ recipe; needs the "
                         "faces extra). Default: on for face models (CelebA-HQ, FFHQ), off otherwise")
@@ -122,13 +129,17 @@ def run(args: argparse.Namespace) -> int:
                            projection_cache_bytes=args.cache_mb * MiB)
     model = args.model or resolve_default(DEFAULT_MODEL)
     gallery_dir = args.gallery or resolve_default(DEFAULT_GALLERY)
+    from stylemapgan.web.app import serve_hosts
+
     app = create_app_from_file(model, gallery=gallery_dir, device=args.device, settings=settings,
-                              fast=args.fast, align=args.align)
+                              fast=args.fast, align=args.align,
+                              allowed_hosts=serve_hosts(args.host, args.port, args.allowed_host))
     engine = app.state.engine
     if not is_loopback(args.host):
         print(f"warning: listening on {args.host}: anyone who can reach this address can use the "
               "editor and its model (there is no authentication); use --host 127.0.0.1 to keep "
-              "it on this computer", file=sys.stderr)
+              "it on this computer (the page answers only to this address, the loopback names "
+              "and --allowed-host names)", file=sys.stderr)
     shown = f"[{args.host}]" if ":" in args.host else args.host
     gallery = app.state.gallery
     where = f", gallery: {len(gallery)} image(s)" if gallery.root is not None else ""

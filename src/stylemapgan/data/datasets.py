@@ -76,6 +76,11 @@ def check_image_header(source: str | os.PathLike[str] | io.BytesIO, name: str) -
     Returns ``None`` when it looks fine, else a short reason.
     """
     try:
+        if isinstance(source, (str, os.PathLike)):
+            import stat
+
+            if not stat.S_ISREG(os.stat(source).st_mode):  # a FIFO would block
+                return "not a regular file"
         with Image.open(source) as img:
             w, h = img.size
             if w < 1 or h < 1:
@@ -88,6 +93,19 @@ def check_image_header(source: str | os.PathLike[str] | io.BytesIO, name: str) -
         return "refused as a decompression bomb"
     except (OSError, ValueError, SyntaxError) as exc:
         return f"cannot read the image ({_first_line(exc)})"
+    except Exception as exc:  # any other decoder or metadata error (struct.error, ...)
+        return f"cannot read the image or its metadata ({type(exc).__name__}: {_first_line(exc)})"
+    return None
+
+
+#: The largest zip member read: an image at the pixel limit, 16-bit RGBA, uncompressed.
+MAX_MEMBER_BYTES = DEFAULT_MAX_PIXELS * 8 + (1 << 20)
+
+
+def _member_too_large(info: zipfile.ZipInfo) -> str | None:
+    if info.file_size > MAX_MEMBER_BYTES:
+        return (f"{info.file_size:,} bytes unpacked is more than an image of "
+                f"{DEFAULT_MAX_PIXELS:,} pixels takes")
     return None
 
 
@@ -302,12 +320,17 @@ class ZipDataset(ImageDataset):
                 if check:
                     good = []
                     for m in members:
-                        try:
-                            data = zf.read(m)
-                        except (zipfile.BadZipFile, OSError, ValueError) as exc:
-                            self.skipped.append((f"{path}:{m}", f"cannot extract ({_first_line(exc)})"))
-                            continue
-                        reason = check_image_header(io.BytesIO(data), m)
+                        # The size first (a small zip can hold a huge member), then only the
+                        # header, read from the member's stream: never the whole file.
+                        reason = _member_too_large(zf.getinfo(m))
+                        if reason is None:
+                            try:
+                                with zf.open(m) as f:
+                                    reason = check_image_header(f, m)
+                            except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+                                self.skipped.append((f"{path}:{m}",
+                                                     f"cannot extract ({_first_line(exc)})"))
+                                continue
                         if reason is None:
                             good.append(m)
                         else:
@@ -336,8 +359,13 @@ class ZipDataset(ImageDataset):
             self._zip = zipfile.ZipFile(self.path)
             self._pid = os.getpid()
         try:
+            too_large = _member_too_large(self._zip.getinfo(self.members[index]))
+            if too_large:
+                raise InputError(f"{self.name(index)}: {too_large}")
             data = self._zip.read(self.members[index])
         except (zipfile.BadZipFile, OSError, ValueError, KeyError) as exc:
+            if isinstance(exc, InputError):
+                raise
             raise InputError(f"{self.name(index)}: cannot extract ({_first_line(exc)})") from None
         return load_rgb(io.BytesIO(data), name=self.name(index))
 
@@ -425,6 +453,11 @@ class ImageConverter:
         return convert_one(self.source, index, self.sizes, self.fit, self.fmt, self.quality)
 
     def install(self) -> None:
+        """Process pool initializer: keep this converter, and die with the parent process
+        (a ``kill -9`` of prepare-data leaves no workers behind)."""
+        from stylemapgan.utils import exit_with_parent
+
+        exit_with_parent()
         type(self)._installed = self
 
     @classmethod

@@ -137,6 +137,13 @@ def layer_selection(spec: str | Sequence[int], num_styles: int) -> list[int]:
                 sl = slice(int(lo) if lo else None, int(hi) if hi else None)
             except ValueError:
                 raise InputError(f"bad layer range {spec!r}; use coarse, fine or a:b") from None
+            # A range is checked like a list: an end past the model's layers is refused, not
+            # cut short (7:99 on 8 layers would silently mean 7:8).
+            ends = [v for v in (sl.start, sl.stop) if v is not None]
+            if any(not -num_styles <= v <= num_styles for v in ends):
+                raise InputError(f"layer range {spec!r} is out of range: this model has "
+                                 f"{num_styles} W+ layers (a:b takes a..b-1; a and b in "
+                                 f"0..{num_styles}, or negative from the end)")
             idx = list(range(num_styles))[sl]
         else:
             try:

@@ -151,6 +151,12 @@ def load_model(path: str | os.PathLike[str], device: torch.device | str = "cpu",
     found, config, provenance = _read_model(path, tensors=True)
     state = found.tensors
     model = build_empty(lambda: StyleMapGAN(config))
+    ours = model.state_dict()
+    for name, t in state.items():  # a bool or int8 "weight" would be cast silently
+        if name in ours and ours[name].is_floating_point() and not t.is_floating_point():
+            raise ModelFileError(f"{found.path}: weight {name} is "
+                                 f"{str(t.dtype).removeprefix('torch.')}, not floating point; the "
+                                 "file is damaged: export or convert the model again")
     strict_load(model, state, str(found.path))
     model.provenance = provenance
     model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
@@ -173,15 +179,28 @@ def config_from_reference_args(args: Any) -> ModelConfig:
     if missing:
         raise ConfigError(f"train_args lacks {', '.join(missing)}")
     norm = a["normalize_mode"]
-    if norm not in _NORM_MODES:
+    if not isinstance(norm, str) or norm not in _NORM_MODES:
         raise ConfigError(f"unsupported normalize_mode {norm!r} (supported: {', '.join(_NORM_MODES)})")
+
+    def number(key: str, kind: type) -> Any:
+        value = a[key]
+        try:
+            if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+                raise TypeError
+            out = kind(value)
+            if kind is int and float(value) != out:
+                raise ValueError
+            return out
+        except (TypeError, ValueError, OverflowError):
+            raise ConfigError(f"train_args.{key} must be a number, got {str(value)[:40]!r}") from None
+
     return ModelConfig(
-        size=int(a["size"]),
-        stylemap_size=int(a["latent_spatial_size"]),
-        stylemap_channels=int(a["latent_channel_size"]),
-        mapping_layers=int(a["mapping_layer_num"]),
-        mapping_lr_mul=float(a["lr_mul"]),
-        channel_multiplier=int(a["channel_multiplier"]),
+        size=number("size", int),
+        stylemap_size=number("latent_spatial_size", int),
+        stylemap_channels=number("latent_channel_size", int),
+        mapping_layers=number("mapping_layer_num", int),
+        mapping_lr_mul=number("lr_mul", float),
+        channel_multiplier=number("channel_multiplier", int),
         light=bool(a["small_generator"]),
         normalization=_NORM_MODES[norm],
     )
@@ -336,6 +355,19 @@ def _safetensors_kind(path: Path) -> str | None:
     return "model" if tag == FORMAT_NAME else "other"
 
 
+def _is_html(path: Path) -> bool:
+    """Whether a file is a web page: what a download tool saves when a file host (Google
+    Drive's virus-scan warning, quota or sign-in page) answers with HTML instead of the file."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(2048)
+    except OSError:
+        return False
+    head = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    return head.startswith(b"<") and any(tag in head for tag in (b"<!doctype html", b"<html",
+                                                                  b"<head", b"<body"))
+
+
 def _unpickling_detail(exc: BaseException) -> str:
     """The informative part of a weights-only unpickling error (torch puts it last), up to
     its first sentence."""
@@ -377,6 +409,12 @@ def read_reference_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     if kind == "other":
         raise ModelFileError(f"{path} is a safetensors file, not a torch.save checkpoint; "
                              f"convert reads the original .pt checkpoint ({_REFERENCE_FIX})")
+    if _is_html(path):  # torch.load would say "invalid load key, '<'"
+        raise ModelFileError(f"{path} is a web page (HTML), not a checkpoint: the download saved "
+                             "the file host's page (Google Drive's virus-scan warning or quota "
+                             "page) instead of the file, the \"invalid load key, '<'\" of "
+                             "naver-ai/StyleMapGAN issues #20 and #24; download it again from "
+                             "its Google Drive page in a browser, then convert that file")
     try:
         with open(path, "rb") as f, torch.serialization.safe_globals([argparse.Namespace]):
             ckpt = torch.load(f, map_location="cpu", weights_only=True)

@@ -86,9 +86,16 @@ def load_stylemap(path: str | os.PathLike[str], config: ModelConfig | None = Non
                         tensors=("w",), foreign={MODEL_FORMAT_NAME: "a model file"},
                         hint="give an image or a stylemap written by `stylemapgan project`")
     path, meta, w = found.path, found.metadata, found.tensors["w"]
-    if w.ndim != 3 or not w.is_floating_point() or not torch.isfinite(w).all():
-        raise InputError(f"{path}: the stylemap must be a finite float [C, S, S] tensor, "
-                         f"got {tuple(w.shape)}")
+    if not w.is_floating_point():
+        raise InputError(f"{path}: the stylemap must hold floating-point values, got "
+                         f"{str(w.dtype).removeprefix('torch.')}; it was not written by "
+                         "`stylemapgan project`: project the image again")
+    if w.ndim != 3:
+        raise InputError(f"{path}: the stylemap must be a [C, S, S] tensor, got "
+                         f"{tuple(w.shape)}; project the image again")
+    if not torch.isfinite(w).all():
+        raise InputError(f"{path}: the stylemap holds NaN or infinite values; project the image "
+                         "again")
     saved_config = None
     if "config" in meta:
         try:

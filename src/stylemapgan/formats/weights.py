@@ -365,6 +365,19 @@ def flatten_dict(tree: Mapping[str, Any], sep: str = "/") -> dict[str, Any]:
     return out
 
 
+def _load_failure(exc: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, in one plain line. Torch's own
+    message advises loading with ``weights_only=False`` (running the file's code), in ANSI
+    colours: that advice is never passed on."""
+    import re
+
+    text = str(exc)
+    if "weights only load failed" in text.lower() or "weights_only" in text:
+        return "it holds Python objects other than tensors, which are never loaded"
+    line = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text.strip().splitlines()[0] if text.strip() else "")
+    return line[:300] or type(exc).__name__
+
+
 def load_torch_state(data: bytes | str | os.PathLike[str], what: str) -> dict[str, torch.Tensor]:
     """``torch.load(weights_only=True)`` to the CPU: tensors and containers only."""
     src = io.BytesIO(data) if isinstance(data, bytes) else data
@@ -373,8 +386,7 @@ def load_torch_state(data: bytes | str | os.PathLike[str], what: str) -> dict[st
     except FileNotFoundError:
         raise InputError(f"{what}: no such file") from None
     except Exception as exc:  # pickle errors of many kinds: report, never run more code
-        raise InputError(f"{what}: not a readable torch state dict "
-                         f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+        raise InputError(f"{what}: not a readable torch state dict ({_load_failure(exc)})") from None
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):

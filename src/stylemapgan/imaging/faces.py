@@ -208,13 +208,13 @@ class FaceAligner:
         return sorted(faces, key=lambda f: (-f.area, -f.score))
 
     def align(self, rgb: np.ndarray, size: int, which: str = "largest",
-              name: str = "photo") -> list[tuple[Face, Placement]]:
+              name: str = "photo", hint: str | None = None) -> list[tuple[Face, Placement]]:
         """The selected faces of a photo with their aligned placements; :class:`NoFaceError`
-        naming the photo when there is none."""
+        naming the photo when there is none (``hint``, what the caller can do instead, ends
+        its message)."""
         faces = self.detect(rgb)
         if not faces:
-            raise NoFaceError(f"{name}: no face found; give the face's region with --box "
-                              "X0,Y0,X1,Y1 instead (or --skip-bad to leave such photos out)")
+            raise NoFaceError(f"{name}: no face found" + (f"; {hint}" if hint else ""))
         h, w = rgb.shape[:2]
         return [(f, aligned_placement((w, h), size, f.landmarks))
                 for f in select_faces(faces, which)]

@@ -46,10 +46,29 @@ def _decoding(label: str) -> Iterator[None]:
     except (OSError, ValueError, SyntaxError) as exc:
         raise InputError(f"{label}: cannot decode the image ({exc}); the file may be truncated "
                          "or corrupt") from None
+    except Exception as exc:
+        # Any other error of a decoder or of the metadata it parses (struct.error from a
+        # malformed EXIF tag, TypeError, IndexError, ...): the file is unreadable all the same.
+        raise InputError(f"{label}: cannot decode the image or its metadata ({_short(exc)}); "
+                         "the file is corrupt") from None
+
+
+def _short(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())[:200]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _open(source: str | os.PathLike[str] | Image.Image, max_pixels: int, label: str) -> Image.Image:
-    """Open, size-check, decode and EXIF-orient an image (inside ``_decoding``)."""
+    """Open, size-check, decode and EXIF-orient an image (inside ``_decoding``). A path must
+    name a regular file: a FIFO or device would block or never end."""
+    if isinstance(source, (str, os.PathLike)):
+        import stat
+
+        mode = os.stat(source).st_mode
+        if stat.S_ISDIR(mode):
+            raise InputError(f"{label}: is a directory, not an image")
+        if not stat.S_ISREG(mode):
+            raise InputError(f"{label}: not a regular file (a FIFO or device); give an image file")
     img = source if isinstance(source, Image.Image) else Image.open(source)
     w, h = img.size
     if w < 1 or h < 1:
@@ -192,8 +211,9 @@ def from_uint8(array: np.ndarray) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- writing
 def make_grid(images: np.ndarray, ncols: int | None = None, pad: int = 2,
-              background: int = 255) -> np.ndarray:
-    """[N, H, W, 3] uint8 -> one grid image with ``pad`` pixels between tiles."""
+              background: int = 255, row_labels: Sequence[str] | None = None) -> np.ndarray:
+    """[N, H, W, 3] uint8 -> one grid image with ``pad`` pixels between tiles; with
+    ``row_labels``, a column on the left names each row (Pillow's default font, black)."""
     n, h, w, c = images.shape
     ncols = ncols or math.ceil(math.sqrt(n))
     nrows = math.ceil(n / ncols)
@@ -202,7 +222,23 @@ def make_grid(images: np.ndarray, ncols: int | None = None, pad: int = 2,
     for i in range(n):
         r, col = divmod(i, ncols)
         grid[r * (h + pad): r * (h + pad) + h, col * (w + pad): col * (w + pad) + w] = images[i]
-    return grid
+    if row_labels is None:
+        return grid
+    if len(row_labels) != nrows:
+        raise ValueError(f"{len(row_labels)} row labels for {nrows} rows")
+    from PIL import ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    boxes = [probe.textbbox((0, 0), t, font=font) for t in row_labels]
+    margin = max(b[2] for b in boxes) + 3 * pad + 2
+    canvas = Image.new("RGB", (margin + grid.shape[1], grid.shape[0]), (background,) * 3)
+    canvas.paste(Image.fromarray(grid[..., :3]), (margin, 0))
+    draw = ImageDraw.Draw(canvas)
+    for r, (text, box) in enumerate(zip(row_labels, boxes, strict=True)):
+        top = r * (h + pad) + (h - (box[3] - box[1])) / 2 - box[1]  # centred on the row
+        draw.text((pad, top), text, fill=(0, 0, 0), font=font)
+    return np.asarray(canvas, dtype=np.uint8)
 
 
 def mask_to_rgb(mask: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -281,11 +317,44 @@ def save_gif(frames: np.ndarray | Sequence[np.ndarray], path: str | os.PathLike[
     return path
 
 
-def check_writable(paths: Sequence[Path], overwrite: bool) -> None:
-    """Refuse before any work starts if an output would replace an existing file."""
+#: The longest output file name: the file system's 255 bytes less what the temporary file of
+#: an atomic write adds (``.NAME.XXXXXXXX.tmp``).
+MAX_NAME_BYTES = 255 - 14
+
+
+def _file_keys(path: Path) -> list[object]:
+    """What identifies a file: its resolved path and, if it exists, its device and inode."""
+    keys: list[object] = []
+    try:
+        keys.append(str(Path(path).resolve()))
+        st = os.stat(path)
+        keys.append((st.st_dev, st.st_ino))
+    except (OSError, RuntimeError):
+        pass
+    return keys
+
+
+def check_writable(paths: Sequence[Path], overwrite: bool,
+                   inputs: Sequence[str | os.PathLike[str]] = ()) -> None:
+    """Refuse before any work starts if an output would replace an existing file (a link
+    counts as one), is one of the command's ``inputs`` (even with --overwrite), or has a name
+    longer than the file system takes."""
+    sources: dict[object, Path] = {}
+    for i in inputs:
+        for key in _file_keys(Path(i)):
+            sources.setdefault(key, Path(i))
+    for p in paths:
+        if len(Path(p).name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
+            raise InputError(f"{p}: the file name is longer than {MAX_NAME_BYTES} bytes; rename "
+                             "the input or choose a shorter name")
+        same = next((sources[k] for k in _file_keys(Path(p)) if k in sources), None) \
+            if sources else None
+        if same is not None:
+            raise InputError(f"{p} would replace the input {same}; write somewhere else with "
+                             "--out")
     if overwrite:
         return
-    existing = [p for p in paths if p.exists()]
+    existing = [p for p in paths if os.path.lexists(p)]
     if existing:
         more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
         raise FileExistsError(f"{existing[0]}{more} already exist(s); pass --overwrite to replace")

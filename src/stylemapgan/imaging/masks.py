@@ -132,7 +132,11 @@ def mask_from_png(data: bytes, size: int, what: str = "mask") -> np.ndarray:
 
     from PIL import Image
 
-    return to_square(load_gray(Image.open(io.BytesIO(data), formats=("PNG",)), name=what), size)
+    from stylemapgan.imaging.images import _decoding
+
+    with _decoding(what):  # not a PNG, truncated, ...: one InputError naming the mask
+        img = Image.open(io.BytesIO(data), formats=("PNG",))
+    return to_square(load_gray(img, name=what), size)
 
 
 def mask_from_image(path: str | os.PathLike[str], size: int, placement: Placement | None = None,
@@ -167,7 +171,7 @@ def mask_from_box(box: str | Sequence[float], size: int, *, units: str = "cells"
     pixels of the model's image. Fractional pixel edges give soft (area) coverage."""
     if units not in UNITS:
         raise InputError(f"unknown units {units!r}; use cells or px")
-    x0, y0, x1, y1 = parse_box(box) if isinstance(box, str) else tuple(float(v) for v in box)
+    x0, y0, x1, y1 = parse_box(box, "box") if isinstance(box, str) else tuple(float(v) for v in box)
     limit = stylemap_size if units == "cells" else size
     if x0 < 0 or y0 < 0 or x1 > limit or y1 > limit or x1 <= x0 or y1 <= y0:
         raise InputError(f"box {x0:g},{y0:g},{x1:g},{y1:g} is not inside the {limit}x{limit} "
@@ -183,7 +187,8 @@ def mask_from_box(box: str | Sequence[float], size: int, *, units: str = "cells"
 
 def as_tensor(mask: np.ndarray | torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
     """[H, W] array -> [1, 1, H, W] float tensor (checked to lie in [0, 1])."""
-    t = mask if isinstance(mask, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(mask))
+    t = (mask if isinstance(mask, torch.Tensor) else  # a read-only array (PIL) is copied
+         torch.from_numpy(np.require(mask, requirements=("C_CONTIGUOUS", "WRITEABLE"))))
     t = t.float()
     if t.ndim == 2:
         t = t[None, None]

@@ -332,6 +332,13 @@ def fit_rgb(img: Image.Image, placement: Placement) -> np.ndarray:
     return np.asarray(part, dtype=np.uint8)
 
 
+def _map_tensor(a: np.ndarray) -> torch.Tensor:
+    """A float [H, W] map as a [1, 1, H, W] float32 tensor. Copied when it is not contiguous,
+    float32 and writable (an array read from a PIL image is read-only, which torch.from_numpy
+    warns about)."""
+    return torch.from_numpy(np.require(a, np.float32, ("C_CONTIGUOUS", "WRITEABLE")))[None, None]
+
+
 def fit_gray(arr: np.ndarray, placement: Placement) -> np.ndarray:
     """Apply ``placement`` (for a photo of the same size as ``arr``) to a float [H, W] map:
     [size, size] float32, area-averaged when shrinking (soft edges), bilinear when growing.
@@ -342,13 +349,13 @@ def fit_gray(arr: np.ndarray, placement: Placement) -> np.ndarray:
     if not placement.is_axis_aligned:
         k = _supersample(placement)
         big = _warp(arr, placement, s * k, Image.Resampling.BILINEAR)
-        t = torch.from_numpy(np.ascontiguousarray(big, dtype=np.float32))[None, None]
+        t = _map_tensor(big)
         if k > 1:
             t = torch.nn.functional.avg_pool2d(t, k)
         return t[0, 0].clamp(0, 1).numpy().astype(np.float32)
     part = _extract(arr, placement)
     if part.shape != (s, s):
-        t = torch.from_numpy(np.ascontiguousarray(part))[None, None]
+        t = _map_tensor(part)
         if part.shape[0] >= s and part.shape[1] >= s:
             t = torch.nn.functional.adaptive_avg_pool2d(t, s)
         else:
@@ -380,7 +387,7 @@ def _gaussian_blur(a: np.ndarray, sigma: float) -> np.ndarray:
     r = max(1, math.ceil(3 * sigma))
     k = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=torch.float32) / sigma) ** 2)
     k = k / k.sum()
-    t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None]
+    t = _map_tensor(a)
     t = torch.nn.functional.pad(t, (r, r, r, r), mode="replicate")
     t = torch.nn.functional.conv2d(t, k.view(1, 1, 1, -1))
     t = torch.nn.functional.conv2d(t, k.view(1, 1, -1, 1))
@@ -390,7 +397,7 @@ def _gaussian_blur(a: np.ndarray, sigma: float) -> np.ndarray:
 def _dilate(a: np.ndarray, radius: int) -> np.ndarray:
     if radius <= 0:
         return a
-    t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None]
+    t = _map_tensor(a)
     t = torch.nn.functional.max_pool2d(t, 2 * radius + 1, stride=1, padding=radius)
     return t[0, 0].numpy()
 

@@ -60,6 +60,17 @@ def _require_onnx() -> tuple[Any, Any]:
     return onnx, onnxruntime
 
 
+class _DropMessages(logging.Filter):
+    """Drops log records whose message starts with ``prefix``."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefix)
+
+
 def _export(module: nn.Module, args: tuple[torch.Tensor, ...], names: list[str], output: str,
             path: Path) -> None:
     batch = torch.export.Dim("batch", min=1, max=4096)
@@ -67,12 +78,23 @@ def _export(module: nn.Module, args: tuple[torch.Tensor, ...], names: list[str],
     if isinstance(module, _Synthesis):  # one *styles argument holding every input
         dynamic = (dynamic,)
     # The exporter prints progress to stdout (library code must not print) and warns that
-    # inputs sharing the batch axis share its name, which is what we want.
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*axis name.*")
-        torch.onnx.export(module, args, str(path), dynamo=True, input_names=names,
-                          output_names=[output], dynamic_shapes=dynamic, external_data=True,
-                          verbose=False, artifacts_dir=str(path.parent))
+    # inputs sharing the batch axis share its name, which is what we want. Two more warnings
+    # are PyTorch's own and say nothing about this export, so they are filtered: it logs that
+    # torchvision's operators (nms, roi_align, ...) are skipped when torchvision is missing
+    # (these graphs use none of them), and torch.export copies its tree specs through a
+    # deprecated LeafSpec check (a FutureWarning of torch 2.13 about its own code).
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    no_torchvision = _DropMessages("torchvision is not installed")
+    registration.addFilter(no_torchvision)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*axis name.*")
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+            torch.onnx.export(module, args, str(path), dynamo=True, input_names=names,
+                              output_names=[output], dynamic_shapes=dynamic,
+                              external_data=True, verbose=False, artifacts_dir=str(path.parent))
+    finally:
+        registration.removeFilter(no_torchvision)
 
 
 def export_onnx(model: StyleMapGAN, out_dir: str | os.PathLike[str], *, overwrite: bool = False,

@@ -29,12 +29,13 @@ import io
 import json
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import FastAPI, File, HTTPException, UploadFile
 from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
 from fastapi.requests import Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -48,7 +49,7 @@ from stylemapgan.errors import InputError, StyleMapGANError
 from stylemapgan.imaging.images import load_rgb
 from stylemapgan.web.engine import EditEngine, EditSpec, NotFound, RegionSpec
 from stylemapgan.web.gallery import Gallery
-from stylemapgan.web.imaging import UploadError, decode_mask, display_name, read_upload
+from stylemapgan.web.imaging import UploadError, decode_mask, decode_slot, display_name, read_upload
 from stylemapgan.web.photos import add_photo_routes
 from stylemapgan.web.queue import LatestWinsQueue
 from stylemapgan.web.settings import MiB, WebSettings
@@ -87,16 +88,75 @@ class EditIn(BaseModel):
 
 
 # --------------------------------------------------------------------------- ASGI guard
-class _Guard:
-    """Limits request bodies (by Content-Length and by what actually arrives) and adds security
-    and caching headers to every response."""
+def _host_port(value: str) -> tuple[str, str | None]:
+    """``name[:port]`` (IPv6 in brackets) -> (lowercased name, port or None)."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        name, _, rest = value.partition("]")
+        return name + "]", rest[1:] if rest.startswith(":") else None
+    name, sep, port = value.rpartition(":")
+    return (name, port) if sep and port.isdigit() else (value, None)
 
-    def __init__(self, app: Any, settings: WebSettings) -> None:
+
+def host_allowed(host: str, allowed: Iterable[str]) -> bool:
+    """Whether a request's ``Host`` (``name[:port]``) is one of ``allowed``; an entry without a
+    port allows its name on any port."""
+    name, port = _host_port(host)
+    for entry in allowed:
+        e_name, e_port = _host_port(entry)
+        if e_name == name and (e_port is None or e_port == port):
+            return True
+    return False
+
+
+STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+#: Requests that carry an image file: their body limit is --max-upload-mb (plus framing).
+UPLOAD_PATHS = frozenset({"/api/images", "/api/photos"})
+
+
+class _Guard:
+    """Refuses requests for other host names (DNS rebinding) and state-changing requests from
+    other sites (cross-site form posts), limits request bodies (by Content-Length and by what
+    actually arrives) and adds security and caching headers to every response.
+
+    ``allowed_hosts``: the ``Host`` values served (``name`` or ``name:port``); None serves any
+    (an app in a test client). A POST (or PUT, PATCH, DELETE) whose ``Origin`` is not this
+    server (scheme, host and port of its ``Host``), or that a browser marks cross-site, is
+    refused whatever the hosts."""
+
+    def __init__(self, app: Any, settings: WebSettings,
+                 allowed_hosts: Iterable[str] | None = None) -> None:
         self.app = app
         self.settings = settings
+        self.allowed_hosts = None if allowed_hosts is None else tuple(allowed_hosts)
+
+    def _refusal(self, scope: dict, headers: dict[bytes, bytes]) -> tuple[int, str] | None:
+        host = headers.get(b"host", b"").decode("latin-1")
+        if self.allowed_hosts is not None and not host_allowed(host, self.allowed_hosts):
+            return 421, (f"this server does not answer for the host name {host[:100]!r}; open "
+                         "it by its own address (stylemapgan serve --allowed-host adds names)")
+        if scope.get("method", "GET").upper() not in STATE_CHANGING:
+            return None
+        origin = headers.get(b"origin")
+        site = headers.get(b"sec-fetch-site", b"").decode("latin-1").lower()
+        if origin is None:
+            if site == "cross-site":
+                return 403, "cross-site requests are refused; use the editor's own page"
+            return None  # not a browser (curl, scripts): no page of another site made it
+        origin_text = origin.decode("latin-1").strip().lower()
+        scheme, sep, rest = origin_text.partition("://")
+        if not sep or scheme not in ("http", "https") or not host:
+            return 403, "requests from other pages are refused; use the editor's own page"
+        o_name, o_port = _host_port(rest.rstrip("/"))
+        h_name, h_port = _host_port(host)
+        default = "443" if scheme == "https" else "80"
+        if (o_name, o_port or default) != (h_name, h_port or default):
+            return 403, (f"requests from other sites ({origin_text[:100]}) are refused; use the "
+                         "editor's own page")
+        return None
 
     def _limit(self, path: str) -> int:
-        if path == "/api/images":
+        if path in UPLOAD_PATHS:
             return self.settings.upload_body_bytes
         return self.settings.max_body_bytes
 
@@ -107,6 +167,10 @@ class _Guard:
         path = scope["path"]
         limit = self._limit(path)
         headers = dict(scope.get("headers") or [])
+        refused = self._refusal(scope, headers)
+        if refused is not None:
+            await self._send_json(send, *refused)
+            return
         length = headers.get(b"content-length")
         if length is not None:
             try:
@@ -142,8 +206,12 @@ class _Guard:
 
     @staticmethod
     async def _reject(send: Any, limit: int, path: str) -> None:
-        body = json.dumps({"detail": _too_large(limit, path)}).encode()
-        await send({"type": "http.response.start", "status": 413,
+        await _Guard._send_json(send, 413, _too_large(limit, path))
+
+    @staticmethod
+    async def _send_json(send: Any, status: int, detail: str) -> None:
+        body = json.dumps({"detail": detail}).encode()
+        await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", str(len(body)).encode()),
                                 (b"connection", b"close")]})
@@ -151,13 +219,18 @@ class _Guard:
 
 
 def _too_large(limit: int, path: str) -> str:
-    what = "upload" if path == "/api/images" else "request"
+    what = "upload" if path in UPLOAD_PATHS else "request"
     return f"{what} is larger than the limit of {limit / MiB:.1f} MiB; use a smaller image"
 
 
 # --------------------------------------------------------------------------- the app
-def create_app(engine: EditEngine, gallery: Gallery | None = None) -> FastAPI:
-    """The editor application around ``engine`` (which owns the model and the stores)."""
+def create_app(engine: EditEngine, gallery: Gallery | None = None, *,
+               allowed_hosts: Iterable[str] | None = None) -> FastAPI:
+    """The editor application around ``engine`` (which owns the model and the stores).
+
+    ``allowed_hosts``: the ``Host`` header values it answers (``name`` or ``name:port``; see
+    :func:`serve_hosts`); None answers any (tests). Cross-site state-changing requests are
+    refused either way."""
     settings = engine.settings
     gallery = gallery if gallery is not None else Gallery(None)
     queue = LatestWinsQueue(max_sessions=settings.max_sessions)
@@ -173,7 +246,15 @@ def create_app(engine: EditEngine, gallery: Gallery | None = None) -> FastAPI:
     app.state.engine = engine
     app.state.queue = queue
     app.state.gallery = gallery
-    app.add_middleware(_Guard, settings=settings)
+    app.add_middleware(_Guard, settings=settings, allowed_hosts=allowed_hosts)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own handler echoes the input, and cannot serialize NaN or Infinity (a 500):
+        # keep where and what, never the value.
+        errors = [{"loc": [str(x) for x in e.get("loc", ())], "msg": str(e.get("msg", "invalid")),
+                   "type": str(e.get("type", ""))} for e in exc.errors()[:20]]
+        return JSONResponse({"detail": errors}, status_code=422)
 
     @app.exception_handler(StyleMapGANError)
     async def _user_error(_: Request, exc: StyleMapGANError) -> JSONResponse:
@@ -201,8 +282,11 @@ def create_app(engine: EditEngine, gallery: Gallery | None = None) -> FastAPI:
     # ---------------------------------------------------------------- images
     @app.post("/api/images", status_code=201)
     def upload(file: Annotated[UploadFile, File()]) -> dict[str, Any]:
-        name, img = read_upload(file, settings)
-        return engine.add_image(img, name, "upload").describe()
+        with decode_slot():  # bounded concurrent decodes: bounded memory
+            name, img = read_upload(file, settings)
+            stored = engine.add_image(img, name, "upload")
+            del img
+        return stored.describe()
 
     @app.get("/api/images/{iid}.png")
     def image_png(iid: Annotated[str, PathParam(pattern=IMAGE_ID)]) -> Response:
@@ -244,8 +328,10 @@ def create_app(engine: EditEngine, gallery: Gallery | None = None) -> FastAPI:
     def gallery_thumb(gid: Annotated[str, PathParam(pattern=GALLERY_ID)]) -> Response:
         data = thumbs.get(gid)
         if data is None:
-            _, img = load_gallery_image(gid)
-            thumb = ImageOps.fit(img, (THUMB_SIZE, THUMB_SIZE), method=Image.Resampling.LANCZOS)
+            with decode_slot():
+                _, img = load_gallery_image(gid)
+                thumb = ImageOps.fit(img, (THUMB_SIZE, THUMB_SIZE), method=Image.Resampling.LANCZOS)
+                del img
             buf = io.BytesIO()
             thumb.save(buf, format="PNG", compress_level=1)
             data = buf.getvalue()
@@ -254,8 +340,11 @@ def create_app(engine: EditEngine, gallery: Gallery | None = None) -> FastAPI:
 
     @app.post("/api/gallery/{gid}", status_code=201)
     def gallery_use(gid: Annotated[str, PathParam(pattern=GALLERY_ID)]) -> dict[str, Any]:
-        name, img = load_gallery_image(gid)
-        return engine.add_image(img, display_name(name), "gallery").describe()
+        with decode_slot():
+            name, img = load_gallery_image(gid)
+            stored = engine.add_image(img, display_name(name), "gallery")
+            del img
+        return stored.describe()
 
     # ---------------------------------------------------------------- edits
     @app.post("/api/edit")
@@ -311,11 +400,24 @@ def is_face_model(provenance: dict[str, Any]) -> bool:
     return any(word in text for word in ("celeba", "ffhq", "face"))
 
 
+def serve_hosts(host: str, port: int, extra: Iterable[str] = ()) -> list[str]:
+    """The ``Host`` values a server bound to ``host``:``port`` answers: the loopback names on
+    that port, ``host`` itself unless it is a wildcard (0.0.0.0, ::), and ``extra`` (names or
+    ``name:port``, e.g. the machine's name for a ``--host 0.0.0.0`` deployment)."""
+    hosts = [f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}"]
+    bare = host.strip().strip("[]")
+    if bare and bare not in ("0.0.0.0", "::"):
+        hosts.append(f"[{bare}]:{port}" if ":" in bare else f"{bare}:{port}")
+    return hosts + [e.strip() for e in extra if e.strip()]
+
+
 def create_app_from_file(model_path: str | os.PathLike[str], *, gallery: str | os.PathLike[str] | None = None,
                          device: str = "auto", settings: WebSettings | None = None,
-                         fast: bool = False, align: bool | None = None) -> FastAPI:
+                         fast: bool = False, align: bool | None = None,
+                         allowed_hosts: Iterable[str] | None = None) -> FastAPI:
     """Load a model file (and list a gallery folder) and build the app. ``align``: detect and
-    align faces in uploaded photos (default: for face models, see :func:`is_face_model`)."""
+    align faces in uploaded photos (default: for face models, see :func:`is_face_model`).
+    ``allowed_hosts``: see :func:`create_app`."""
     from stylemapgan.files import sha256_file
     from stylemapgan.formats.checkpoint import load_model
     from stylemapgan.nn.runtime import RuntimeOptions
@@ -331,7 +433,8 @@ def create_app_from_file(model_path: str | os.PathLike[str], *, gallery: str | o
                         runtime=RuntimeOptions.fastest(dev) if fast else None,
                         align=is_face_model(getattr(model, "provenance", {}) or {})
                         if align is None else align)
-    return create_app(engine, listing)
+    return create_app(engine, listing, allowed_hosts=allowed_hosts)
 
 
-__all__ = ["EditIn", "RegionIn", "create_app", "create_app_from_file", "is_face_model"]
+__all__ = ["EditIn", "RegionIn", "create_app", "create_app_from_file", "host_allowed", "is_face_model",
+           "serve_hosts"]

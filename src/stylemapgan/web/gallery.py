@@ -26,8 +26,8 @@ class GalleryItem:
 
 
 class Gallery:
-    """Image files under ``root`` (recursively, symlinked folders not followed, hidden files
-    skipped), at most ``max_items``, sorted by relative path."""
+    """Image files under ``root`` (recursively, symlinked folders not followed, links to files
+    outside ``root`` and hidden files skipped), at most ``max_items``, sorted by relative path."""
 
     def __init__(self, root: str | os.PathLike[str] | None, max_items: int = 2000) -> None:
         self.root = Path(root) if root is not None else None
@@ -39,13 +39,20 @@ class Gallery:
             raise ConfigError(f"gallery {self.root} is not a folder; pass --gallery DIR with images "
                               "in it, or leave it out to upload images only")
         found: list[Path] = []
+        real_root = self.root.resolve()
+        outside = 0
         for dirpath, dirnames, filenames in os.walk(self.root, followlinks=False):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for fn in sorted(filenames):
                 p = Path(dirpath) / fn
                 if fn.startswith(".") or p.suffix.lower() not in IMAGE_SUFFIXES or not p.is_file():
                     continue
+                if p.is_symlink() and not p.resolve().is_relative_to(real_root):
+                    outside += 1  # a link to a file outside the gallery is never served
+                    continue
                 found.append(p)
+        if outside:
+            log.warning("gallery %s: left out %d link(s) to files outside it", self.root, outside)
         found.sort(key=lambda p: p.relative_to(self.root).as_posix())
         if len(found) > max_items:
             log.warning("gallery %s has %d images; listing the first %d", self.root, len(found), max_items)

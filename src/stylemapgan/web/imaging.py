@@ -6,12 +6,16 @@ PNG bytes.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import threading
 import unicodedata
+from collections.abc import Iterator
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from stylemapgan.editing import record
 from stylemapgan.errors import InputError
 from stylemapgan.imaging import images
 from stylemapgan.imaging.images import load_rgb
@@ -19,7 +23,8 @@ from stylemapgan.imaging.masks import mask_from_png
 
 # Formats Pillow may use to decode an upload (MPO: multi-picture JPEG from phone cameras).
 IMAGE_FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "BMP", "GIF", "TIFF")
-MAX_MASK_SIDE = 2048  # masks are reduced to the model size (at most 1024) anyway
+# Masks are reduced to the model size (at most 1024) anyway; records are held to the same.
+MAX_MASK_SIDE = record.MAX_MASK_SIDE
 
 
 class UploadError(InputError):
@@ -123,6 +128,32 @@ def decode_mask(data_url: str, size: int, what: str = "mask") -> np.ndarray:
         return mask_from_png(raw, size, what)
     except InputError as exc:
         raise UploadError(str(exc), 400) from None
+
+
+#: Uploads decoded (and reduced to what is kept) at once: each costs memory in proportion to
+#: its pixels (a 40-megapixel photo, several hundred MB), so concurrent uploads wait here.
+DECODE_SLOTS = 2
+_decode_slots = threading.BoundedSemaphore(DECODE_SLOTS)
+
+
+@contextlib.contextmanager
+def decode_slot() -> Iterator[None]:
+    """Hold one of the :data:`DECODE_SLOTS` while decoding an image and reducing it to what is
+    kept; afterwards hand freed memory back to the system (glibc keeps it otherwise)."""
+    with _decode_slots:
+        try:
+            yield
+        finally:
+            _trim_heap()
+
+
+def _trim_heap() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def read_upload(file, settings) -> tuple[str, Image.Image]:

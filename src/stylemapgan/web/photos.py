@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 
 from stylemapgan.errors import InputError
 from stylemapgan.web.engine import EditEngine
-from stylemapgan.web.imaging import read_upload
+from stylemapgan.web.imaging import decode_slot, read_upload
 
 # The ids of stylemapgan.web.app (a photo id is an image id: 32 hex digits of a SHA-256).
 PHOTO_ID = IMAGE_ID = r"^[0-9a-f]{32}$"
@@ -30,8 +30,8 @@ RESULT_ID = r"^[A-Za-z0-9_-]{16}$"
 
 class CropIn(BaseModel):
     face: int | None = Field(None, ge=0, le=1000, description="index of a detected face")
-    box: list[float] | None = Field(None, min_length=4, max_length=4,
-                                    description="left, top, right, bottom in photo pixels")
+    box: list[Annotated[float, Field(allow_inf_nan=False, ge=-1e6, le=1e6)]] | None = Field(
+        None, min_length=4, max_length=4, description="left, top, right, bottom in photo pixels")
 
 
 def add_photo_routes(app: FastAPI, engine: EditEngine) -> None:
@@ -44,8 +44,11 @@ def add_photo_routes(app: FastAPI, engine: EditEngine) -> None:
 
     @app.post("/api/photos", status_code=201)
     def upload_photo(file: Annotated[UploadFile, File()]) -> dict[str, Any]:
-        name, img = read_upload(file, settings)
-        return engine.add_photo(img, name, "upload").describe()
+        with decode_slot():  # bounded concurrent decodes: bounded memory
+            name, img = read_upload(file, settings)
+            stored = engine.add_photo(img, name, "upload")
+            del img
+        return stored.describe()
 
     @app.get("/api/photos/{pid}/preview.png")
     def photo_preview(pid: Annotated[str, PathParam(pattern=PHOTO_ID)]) -> Response:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from stylemapgan.editing.record import MAX_REFERENCES, MAX_STEPS
 from stylemapgan.errors import ConfigError
 
 MiB = 1 << 20
@@ -27,8 +28,8 @@ class WebSettings:
 
     max_upload_bytes: int = 20 * MiB
     max_pixels: int = 40_000_000
-    max_references: int = 4
-    max_steps: int = 16
+    max_references: int = MAX_REFERENCES  # the limits a replayed record is held to, too
+    max_steps: int = MAX_STEPS
     image_store_bytes: int = 256 * MiB
     projection_cache_bytes: int = 512 * MiB
     result_store_bytes: int = 128 * MiB

@@ -230,15 +230,18 @@
     requestEdit(true);
   }
 
-  async function isSquare(file) {
-    // Square photos go straight to the model's square; others (and every photo for a face
-    // model, which needs its faces aligned) open the picker. Formats the browser cannot
-    // decode are left to the server (center crop).
+  async function needsPicker(file) {
+    // Only a square image no larger than the model goes straight to the model's square (a
+    // gallery-sized image: nothing to choose, nothing to paste back). Every other photo opens
+    // the picker (a square to drag, or the detected faces for a face model, which needs its
+    // faces aligned) and its edits can be viewed pasted back into the whole photo. Formats the
+    // browser cannot decode go to the picker too: the server sends a PNG preview.
+    if (state.info.align) return true;
     try {
       const bmp = await createImageBitmap(file);
-      const square = bmp.width === bmp.height;
+      const small = bmp.width === bmp.height && bmp.width <= state.size;
       bmp.close();
-      return square;
+      return !small;
     } catch (err) {
       return true;
     }
@@ -252,7 +255,7 @@
       }
       const form = new FormData();
       form.append("file", file, file.name);
-      const asPhoto = state.info.align || !(await isSquare(file));
+      const asPhoto = await needsPicker(file);
       pendingUploads++;
       updateProgress();
       try {
