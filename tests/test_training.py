@@ -505,3 +505,25 @@ def test_small_dataset_holds_out_a_tenth_with_a_warning(tmp_path, capsys):
     assert "7 training images, 1 held out" in err
     assert split_indices(8, 64, 0)[1] and split_indices(1, 64, 0) == ([0], [])
     assert len(split_indices(100, 64, 0)[1]) == 10 and len(split_indices(200, 64, 0)[1]) == 64
+
+
+def test_train_threads_is_range_checked(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--data", "x", "--threads", "99999999999999999999", "--dry-run"])
+    assert exc.value.code == 2
+    assert "--threads" in capsys.readouterr().err
+
+
+def test_skipped_list_is_never_written_through_a_link(tmp_path, capsys):
+    data = write_images(tmp_path / "imgs", n=12, corrupt=1)
+    run = tmp_path / "runs" / "00000-tiny-32"
+    run.mkdir(parents=True)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    (run / "skipped.txt").symlink_to(victim)
+    (run / "config.json").write_text(json.dumps({
+        "model": TINY.to_dict(), "train": TrainConfig(**{**QUIET, "iterations": 1}).to_dict(),
+        "dataset": str(data)}))
+    assert main(["train", "--resume", str(run), "--device", "cpu"]) == 2
+    assert "skipped.txt" in capsys.readouterr().err
+    assert victim.read_text() == "keep me"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import textwrap
 
-from stylemapgan.commands._common import add_device, add_parser, positive_int
+from stylemapgan.commands._common import add_device, add_parser, int_in
 
 
 def _settings_text() -> str:
@@ -83,7 +83,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="start a new run from the networks of a model file, a training "
                         "checkpoint or run folder, or a reference .pt checkpoint (fine-tuning)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
-    p.add_argument("--threads", type=positive_int, default=None,
+    p.add_argument("--threads", type=int_in(1, 1024), default=None,
                    help="CPU threads per process (default: PyTorch's choice; 1 is often faster "
                         "on a CPU shared with other jobs)")
     add_device(p)
@@ -187,6 +187,7 @@ def _lock_run_dir(stack, run_dir, command: str, dist_info) -> None:
 def run(args: argparse.Namespace) -> int:
     import contextlib
     import json
+    import os
     import sys
     from pathlib import Path
 
@@ -215,7 +216,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
 
     from stylemapgan.data.datasets import open_dataset
-    from stylemapgan.errors import ConfigError
+    from stylemapgan.errors import ConfigError, InputError
     from stylemapgan.training import build_perceptual, resolve_amp
 
     dist_info = init_distributed(args.device)
@@ -253,7 +254,14 @@ def run(args: argparse.Namespace) -> int:
                     f"{saved['dataset_images']}; the data order would change, so resuming would "
                     "not continue the same run (start a new run instead)")
         if dist_info.is_main and getattr(dataset, "skipped", None):
-            with open(run_dir / "skipped.txt", "a", encoding="utf-8") as f:
+            # Appended, never through a link planted in the run folder.
+            try:
+                fd = os.open(run_dir / "skipped.txt",
+                             os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+            except OSError as exc:
+                raise InputError(f"cannot write {run_dir / 'skipped.txt'} ({exc.strerror}); "
+                                 "it must be a plain file in the run folder") from None
+            with open(fd, "a", encoding="utf-8") as f:
                 f.writelines(f"{name}\t{reason}\n" for name, reason in dataset.skipped)
             print(f"skipped {len(dataset.skipped)} unreadable file(s) in {data_path}; listed in "
                   f"{run_dir / 'skipped.txt'}", file=sys.stderr)
