@@ -51,8 +51,6 @@ import json
 import logging
 import os
 import re
-import signal
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
@@ -98,6 +96,7 @@ from stylemapgan.training.sampling import (
     seeded_generator,
     split_indices,
 )
+from stylemapgan.utils import exit_with_parent
 
 __all__ = [
     "StepReport",
@@ -144,27 +143,11 @@ def ema_decay_at(step: int, batch_size: int, decay: float, rampup: float) -> flo
     return min(decay, 0.5 ** (batch_size / half_life))
 
 
-_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
-
-
 def _exit_with_parent(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: on Linux, have the kernel SIGKILL this worker as soon as
-    the process that started it dies (``prctl(PR_SET_PDEATHSIG, SIGKILL)``), so a killed
-    training process leaves no workers behind (PyTorch's own watchdog notices only after
-    seconds). A no-op elsewhere; it draws no random numbers, so seeding is unchanged."""
-    if not sys.platform.startswith("linux"):
-        return
-    parent = os.getppid()
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
-            return
-    except (OSError, AttributeError):  # pragma: no cover - no prctl in this libc
-        return
-    if os.getppid() != parent:  # the parent died before the request took effect
-        os._exit(1)
+    """DataLoader ``worker_init_fn``: the worker dies with the training process
+    (:func:`stylemapgan.utils.exit_with_parent`; PyTorch's own watchdog notices only after
+    seconds). It draws no random numbers, so seeding is unchanged."""
+    exit_with_parent()
 
 
 # Temporary files of atomic_write (``.NAME.RANDOM.tmp``) for the files of a run folder.
