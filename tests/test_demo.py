@@ -29,6 +29,7 @@ def test_demo_writes_every_output(tmp_path, tiny64, capsys):
         assert (out / name).stat().st_size > 0, name
     grid = np.asarray(Image.open(out / "local_edit.png"))
     assert grid.shape[1] == 4 * 64 + 3 * 2  # source, reference, mask, result
+    _every_grid_is_labelled(out)
     printed = capsys.readouterr().out
     assert "reconstruction MSE" in printed
     _style_mix_rows_are_labelled(out)
@@ -45,6 +46,26 @@ def test_demo_refuses_a_model_of_another_size(tmp_path, tiny_model_file, capsys)
     assert err.startswith("error:") and "64 px" in err
 
 
+
+
+def _every_grid_is_labelled(out):
+    """reconstruction.png names its two rows on the left; local_edit.png names its four
+    columns and interpolation.png its two ends in a band on top (dark text on white)."""
+    rec = np.asarray(Image.open(out / "reconstruction.png").convert("L"))
+    margin = rec.shape[1] - (8 * 64 + 7 * 2)
+    assert rec.shape[0] == 2 * 64 + 2 and margin > 5
+    for row in range(2):
+        assert rec[row * 66: row * 66 + 64, :margin].min() < 100, f"row {row} has no label"
+    edit = np.asarray(Image.open(out / "local_edit.png").convert("L"))
+    band = edit.shape[0] - (8 * 64 + 7 * 2)
+    assert band > 5
+    for col in range(4):
+        assert edit[:band, col * 66: col * 66 + 64].min() < 100, f"column {col} has no label"
+    lerp = np.asarray(Image.open(out / "interpolation.png").convert("L"))
+    band = lerp.shape[0] - 64
+    assert band > 5
+    labelled = [lerp[:band, c * 66: c * 66 + 64].min() < 100 for c in range(8)]
+    assert labelled == [True] + [False] * 6 + [True]  # A ... B
 
 
 def _style_mix_rows_are_labelled(out):

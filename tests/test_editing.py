@@ -163,6 +163,7 @@ def test_layer_norm_changes_outside_far_less_than_inside(seed):
 def test_layer_selection():
     assert E.layer_selection("coarse", 6) == [2, 3, 4, 5]
     assert E.layer_selection("fine", 6) == [0, 1]
+    assert E.layer_selection("colour", 8) == E.layer_selection("color", 8) == [6, 7]
     assert E.layer_selection("2:4", 6) == [2, 3]
     assert E.layer_selection(":2", 6) == [0, 1]
     assert E.layer_selection("5,1,1", 6) == [1, 5]

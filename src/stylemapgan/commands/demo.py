@@ -17,6 +17,8 @@ from stylemapgan.commands._common import (
 
 OUTPUTS = ("reconstruction.png", "local_edit.png", "interpolation.png", "interpolation.gif",
            "style_mix.png")
+#: The W+ layers style_mix.png takes from B: the last two, at the model's full resolution.
+MIX_LAYERS = "colour"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,8 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
               reconstruction.png   originals (top) and G(E(x)) reconstructions (bottom)
               local_edit.png       hair transplanted in W+: source, reference, mask, result
               interpolation.png    eight steps from one avatar to another in W (and a .gif)
-              style_mix.png        rows A, B and the result: A's coarse layout (its first
-                                   two W+ layers) with B's finer layers (--layers coarse)
+              style_mix.png        rows A, B and the result: A's shapes with B's colours
+                                   and texture (B's last two W+ layers, at full
+                                   resolution: edit mix --layers colour)
 
             Everything runs on the CPU in seconds.""",
         examples="""
@@ -84,8 +87,9 @@ def run(args: argparse.Namespace) -> int:
     w = editor.project(images)
     recon = editor.reconstruct(w)
     mse = float(((recon.clamp(-1, 1) - images) ** 2).mean())
-    save_png(make_grid(to_uint8(torch.cat([images, recon])), ncols=n), out / "reconstruction.png",
-             overwrite=args.overwrite)
+    save_png(make_grid(to_uint8(torch.cat([images, recon])), ncols=n,
+                       row_labels=["original", "reconstructed"]),
+             out / "reconstruction.png", overwrite=args.overwrite)
 
     # Hair from the next avatar: the region both hairstyles cover, grown by 2 pixels.
     ref_idx = [(i + 1) % n for i in range(n)]
@@ -93,16 +97,20 @@ def run(args: argparse.Namespace) -> int:
     edited = editor.local_edit(w, w[ref_idx], mask, space="wplus")
     rows = [torch.stack([images[i], images[j], mask[i].expand(3, -1, -1) * 2 - 1, edited[i]])
             for i, j in enumerate(ref_idx)]
-    save_png(make_grid(to_uint8(torch.cat(rows)), ncols=4), out / "local_edit.png",
-             overwrite=args.overwrite)
+    save_png(make_grid(to_uint8(torch.cat(rows)), ncols=4,
+                       col_labels=["source", "reference", "hair mask", "result"]),
+             out / "local_edit.png", overwrite=args.overwrite)
 
     frames = to_uint8(editor.interpolate(w[0], w[3], 8, space="w"))
-    save_png(make_grid(frames, ncols=8), out / "interpolation.png", overwrite=args.overwrite)
+    save_png(make_grid(frames, ncols=8, col_labels=["A"] + [""] * 6 + ["B"]),
+             out / "interpolation.png", overwrite=args.overwrite)
     save_gif(frames, out / "interpolation.gif", duration_ms=120, overwrite=args.overwrite)
 
-    mixed = editor.mix(w[:4], w[4:8], "coarse")
+    # On a 64 px model the reference's "coarse" split (B gives all but the first two layers)
+    # is nearly B's own reconstruction; B's two full-resolution layers alone visibly mix.
+    mixed = editor.mix(w[:4], w[4:8], MIX_LAYERS)
     save_png(make_grid(to_uint8(torch.cat([images[:4], images[4:8], mixed])), ncols=4,
-                       row_labels=["A", "B", "result"]),
+                       row_labels=["A", "B", "A + B's colours"]),
              out / "style_mix.png", overwrite=args.overwrite)
 
     print(f"reconstruction MSE on the {n} gallery avatars: {mse:.4f} (images in [-1, 1])"

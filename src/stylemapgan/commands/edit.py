@@ -81,16 +81,20 @@ def register(sub: argparse._SubParsersAction) -> None:
                        Style mixing: the W+ stylemaps of A, with the layers selected by --layers
                        taken from B (layer 0 is the coarsest). coarse (default): A's coarse
                        layers (its first two: the layout) with B's finer layers (all the rest);
-                       fine: B's first two layers with A's finer ones. A range a:b or a list
-                       1,2,3 names the layers taken from B.""",
+                       fine: B's first two layers with A's finer ones; colour: A's shapes with
+                       B's colours and texture (B's last two layers, at full resolution; on a
+                       64 px model coarse is nearly B's own reconstruction, colour visibly
+                       mixes). A range a:b or a list 1,2,3 names the layers taken from B.""",
                    examples="""
                        stylemapgan edit mix a.jpg b.jpg --layers coarse --model m.safetensors --out mix
+                       stylemapgan edit mix a.jpg b.jpg --layers colour --out mix_colour
                        stylemapgan edit mix a.jpg b.jpg --layers 4:8 --model m.safetensors --out mix48""")
     q.add_argument("source", type=abspath, help="image A (photo or stylemap)")
     q.add_argument("reference", type=abspath, help="image B (photo or stylemap)")
     q.add_argument("--layers", default="coarse",
                    help="coarse (A's first two layers, B's finer ones; default), fine (B's first "
-                        "two, A's finer ones), or B's layers as a:b or 1,2,3")
+                        "two, A's finer ones), colour (A's shapes with B's colours and texture: "
+                        "B's last two layers), or B's layers as a:b or 1,2,3")
     add_paste_back(q)
     _common(q, references=True)
     q.set_defaults(func=writes_folder(run_mix), _parser=q)

@@ -123,7 +123,9 @@ def layer_selection(spec: str | Sequence[int], num_styles: int) -> list[int]:
 
     ``"coarse"``: all but the first two (the first image keeps its coarse layout, the second
     gives everything finer, as the reference's "coarse" mixing); ``"fine"``: the first two only;
-    ``"a:b"``: layers a..b-1 (Python slice syntax, either side may be empty); or a list.
+    ``"colour"`` (or ``"color"``): the last two, at full resolution (the first image keeps its
+    shapes, the second gives colours and texture; on a 64 px model "coarse" is nearly the second
+    image's own reconstruction, this split visibly mixes); ``"a:b"``: layers a..b-1 (Python slice syntax, either side may be empty); or a list.
     """
     if isinstance(spec, str):
         s = spec.strip().lower()
@@ -131,12 +133,14 @@ def layer_selection(spec: str | Sequence[int], num_styles: int) -> list[int]:
             idx = list(range(2, num_styles))
         elif s == "fine":
             idx = [0, 1]
+        elif s in ("colour", "color"):
+            idx = list(range(max(num_styles - 2, 0), num_styles))
         elif ":" in s:
             lo, _, hi = s.partition(":")
             try:
                 sl = slice(int(lo) if lo else None, int(hi) if hi else None)
             except ValueError:
-                raise InputError(f"bad layer range {spec!r}; use coarse, fine or a:b") from None
+                raise InputError(f"bad layer range {spec!r}; use coarse, fine, colour or a:b") from None
             # A range is checked like a list: an end past the model's layers is refused, not
             # cut short (7:99 on 8 layers would silently mean 7:8).
             ends = [v for v in (sl.start, sl.stop) if v is not None]
@@ -149,7 +153,7 @@ def layer_selection(spec: str | Sequence[int], num_styles: int) -> list[int]:
             try:
                 idx = [int(v) for v in s.split(",")]
             except ValueError:
-                raise InputError(f"bad layer selection {spec!r}; use coarse, fine, a:b or 1,2,3") from None
+                raise InputError(f"bad layer selection {spec!r}; use coarse, fine, colour, a:b or 1,2,3") from None
     else:
         idx = [int(v) for v in spec]
     bad = [i for i in idx if not 0 <= i < num_styles]

@@ -211,9 +211,11 @@ def from_uint8(array: np.ndarray) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- writing
 def make_grid(images: np.ndarray, ncols: int | None = None, pad: int = 2,
-              background: int = 255, row_labels: Sequence[str] | None = None) -> np.ndarray:
+              background: int = 255, row_labels: Sequence[str] | None = None,
+              col_labels: Sequence[str] | None = None) -> np.ndarray:
     """[N, H, W, 3] uint8 -> one grid image with ``pad`` pixels between tiles; with
-    ``row_labels``, a column on the left names each row (Pillow's default font, black)."""
+    ``row_labels``, a column on the left names each row, and with ``col_labels`` a band on
+    top names each column (Pillow's default font, black; an empty string leaves a gap)."""
     n, h, w, c = images.shape
     ncols = ncols or math.ceil(math.sqrt(n))
     nrows = math.ceil(n / ncols)
@@ -222,22 +224,32 @@ def make_grid(images: np.ndarray, ncols: int | None = None, pad: int = 2,
     for i in range(n):
         r, col = divmod(i, ncols)
         grid[r * (h + pad): r * (h + pad) + h, col * (w + pad): col * (w + pad) + w] = images[i]
-    if row_labels is None:
+    if row_labels is None and col_labels is None:
         return grid
-    if len(row_labels) != nrows:
+    if row_labels is not None and len(row_labels) != nrows:
         raise ValueError(f"{len(row_labels)} row labels for {nrows} rows")
+    if col_labels is not None and len(col_labels) != ncols:
+        raise ValueError(f"{len(col_labels)} column labels for {ncols} columns")
     from PIL import ImageDraw, ImageFont
 
     font = ImageFont.load_default()
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    boxes = [probe.textbbox((0, 0), t, font=font) for t in row_labels]
-    margin = max(b[2] for b in boxes) + 3 * pad + 2
-    canvas = Image.new("RGB", (margin + grid.shape[1], grid.shape[0]), (background,) * 3)
-    canvas.paste(Image.fromarray(grid[..., :3]), (margin, 0))
+
+    def boxes(texts: Sequence[str] | None) -> list[tuple[float, float, float, float]]:
+        return [probe.textbbox((0, 0), t, font=font) for t in texts or ()]
+
+    row_boxes, col_boxes = boxes(row_labels), boxes(col_labels)
+    left = max(b[2] for b in row_boxes) + 3 * pad + 2 if row_boxes else 0
+    top = max(b[3] - b[1] for b in col_boxes) + 3 * pad if col_boxes else 0
+    canvas = Image.new("RGB", (left + grid.shape[1], top + grid.shape[0]), (background,) * 3)
+    canvas.paste(Image.fromarray(grid[..., :3]), (left, top))
     draw = ImageDraw.Draw(canvas)
-    for r, (text, box) in enumerate(zip(row_labels, boxes, strict=True)):
-        top = r * (h + pad) + (h - (box[3] - box[1])) / 2 - box[1]  # centred on the row
-        draw.text((pad, top), text, fill=(0, 0, 0), font=font)
+    for r, (text, box) in enumerate(zip(row_labels or (), row_boxes, strict=True)):
+        y = top + r * (h + pad) + (h - (box[3] - box[1])) / 2 - box[1]  # centred on the row
+        draw.text((pad, y), text, fill=(0, 0, 0), font=font)
+    for col, (text, box) in enumerate(zip(col_labels or (), col_boxes, strict=True)):
+        x = left + col * (w + pad) + (w - (box[2] - box[0])) / 2 - box[0]  # centred on the column
+        draw.text((x, pad - box[1]), text, fill=(0, 0, 0), font=font)
     return np.asarray(canvas, dtype=np.uint8)
 
 
