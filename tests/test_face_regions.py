@@ -239,6 +239,36 @@ def test_regions_command_grow_subset_and_errors(tmp_path, aligner, capsys):
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 
+def test_a_written_mouth_mask_edits_only_around_the_mouth(tmp_path, aligner, tiny_model_file,
+                                                         capsys):
+    """regions -> edit local --align --mask NAME.mouth.png --paste-back --paste-area mask: only
+    photo pixels near the mouth change (what `edit local --region mouth` is to do), and the
+    label map works as --labels with --parts mouth."""
+    from stylemapgan.cli import main
+
+    assert main(["regions", str(FIXTURE), "--out", str(tmp_path / "r")]) == 0
+    photo = np.asarray(Image.open(FIXTURE).convert("RGB")).astype(int)
+    ImageOps.mirror(Image.open(FIXTURE)).rotate(8).save(tmp_path / "other.png")
+    (face,) = aligner.detect(photo.astype(np.uint8))
+    mouth_c = face.landmarks[48:68].mean(0)
+    for name, how in (("mask", ["--mask", str(tmp_path / "r" / "astronaut-256.mouth.png")]),
+                      ("labels", ["--labels", str(tmp_path / "r" / "astronaut-256.labels.png"),
+                                  "--parts", "mouth"])):
+        d = tmp_path / name
+        assert main(["edit", "local", str(FIXTURE), str(tmp_path / "other.png"), *how,
+                     "--align", "--paste-back", "--paste-area", "mask", "--feather", "2",
+                     "--model", str(tiny_model_file), "--device", "cpu", "--out", str(d)]) == 0
+        pasted = np.asarray(Image.open(d / "pasted.png")).astype(int)
+        changed = np.abs(pasted - photo).max(-1) > 0
+        ys, xs = np.nonzero(changed)
+        assert changed.sum() > 20, name
+        # within the mouth's box grown by the feather and the 32 px crop's pixel (~4 photo px)
+        dist = np.hypot(xs + 0.5 - mouth_c[0], ys + 0.5 - mouth_c[1])
+        assert dist.max() < 30, (name, dist.max())
+        print(f"{name}: {int(changed.sum())} photo pixels changed, all within "
+              f"{dist.max():.1f} px of the mouth's centre")
+
+
 def test_regions_command_on_a_gallery_avatar(tmp_path, capsys):
     from stylemapgan.cli import main
     from stylemapgan.data.avatars import AvatarFolder, gallery_dir
