@@ -101,6 +101,22 @@ def test_grow_and_soft_edges():
     assert np.array_equal(wide[:, :200], base) and not wide[:, 200:].any()
 
 
+def test_large_photos_interpolate_distances_closely():
+    lm = _synthetic_landmarks() * 6  # eye distance 336 px: soft edge 34 px, sampled every 8
+    masks = fr.face_region_masks(lm, 1200, "mouth,skin,eyes")
+    for name, idx in (("mouth", MOUTH), ("eyes", EYES)):
+        assert (_at(masks[name], lm[idx]) >= 0.9).all(), name
+    g = fr.FaceGeometry(lm)
+    recipes, parts = fr._recipes(g), fr._parts(g)
+    soft = 0.1 * g.eye_distance
+    for name in ("mouth", "skin"):
+        exact = fr._window_distance(recipes[name][0], parts, 300, 900, 600, 1000, 1)
+        coarse = fr._window_distance(recipes[name][0], parts, 300, 900, 600, 1000, int(soft // 4))
+        dm = np.abs(np.clip(1 - exact / soft, 0, 1) - np.clip(1 - coarse / soft, 0, 1))
+        assert dm.max() < 0.15 and dm.mean() < 1e-3, (name, dm.max(), dm.mean())
+        assert np.abs(masks[name][600:1000, 300:900] - np.clip(1 - exact / soft, 0, 1)).max() < 0.15
+
+
 @pytest.mark.parametrize("bad, match", [
     (dict(names="chin"), r"^a face has no region 'chin'; it has: left_eye, right_eye, eyes"),
     (dict(names="eyes,"), None),

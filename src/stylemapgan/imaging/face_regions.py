@@ -30,7 +30,9 @@ Regions (:data:`FACE_REGIONS`)::
 Soft edges: a mask is 1 inside its region grown by ``grow`` pixels (negative: shrunk) and
 falls linearly to 0 over the next ``soft`` pixels outside (default: a tenth of the eye
 distance, so the same region looks the same at any scale). A landmark on a region's outline
-is therefore always inside its mask.
+is therefore always inside its mask. Where the soft edge is 8 pixels or wider, distances are
+computed every quarter of its width and interpolated (a 16-megapixel photo takes seconds, not
+half a minute); that moves mask values by at most about 0.1, at corners, 1e-5 on average.
 
 The 68-point predictor only sees the face: no region here knows where the hair ends.
 """
@@ -278,6 +280,9 @@ def face_region_masks(landmarks: np.ndarray, size: int | tuple[int, int],
         names, FACE_REGIONS, "a face")
     recipes, parts = _recipes(geometry), _parts(geometry)
     margin = max(grow, 0.0) + soft + 1.0
+    # Distances vary by at most a pixel per pixel: on a large photo they are computed every
+    # ``step`` pixels (a quarter of the soft edge) and interpolated in between.
+    step = max(1, int(soft // 4))
     out = {}
     for name in chosen:
         combine, bound = recipes[name]
@@ -292,22 +297,39 @@ def face_region_masks(landmarks: np.ndarray, size: int | tuple[int, int],
         y1 = int(np.clip(np.ceil(pts[:, 1].max() + margin_n), 0, h))
         mask = np.full((h, w), fill, dtype=np.float32)
         if x1 > x0 and y1 > y0:
-            xs = np.arange(x0, x1, dtype=np.float64) + 0.5
-            step = max(1, 262_144 // (x1 - x0))
-            for r0 in range(y0, y1, step):
-                ys = np.arange(r0, min(r0 + step, y1), dtype=np.float64) + 0.5
-                gx, gy = np.meshgrid(xs, ys)
-                cache: dict[str, np.ndarray] = {}
-
-                def dist(part: str, gx=gx, gy=gy, cache=cache) -> np.ndarray:
-                    if part not in cache:
-                        cache[part] = _signed_distance(parts[part], gx, gy)
-                    return cache[part]
-
-                d = combine(dist)
-                mask[r0: r0 + len(ys), x0:x1] = np.clip(1.0 - (d - grow) / soft, 0.0, 1.0)
+            d = _window_distance(combine, parts, x0, x1, y0, y1, step)
+            mask[y0:y1, x0:x1] = np.clip(1.0 - (d - grow) / soft, 0.0, 1.0)
         out[name] = mask
     return out
+
+
+def _window_distance(combine, parts: Mapping[str, list[Polygon]], x0: int, x1: int, y0: int,
+                     y1: int, step: int) -> np.ndarray:
+    """A region's signed distance at the pixel centres of [y0:y1, x0:x1] (float64), exact
+    at every ``step``-th pixel and bilinear in between."""
+    nx, ny = -(-(x1 - 1 - x0) // step) + 1, -(-(y1 - 1 - y0) // step) + 1
+    xs = np.linspace(x0, x1 - 1, nx) + 0.5 if step > 1 else np.arange(x0, x1) + 0.5
+    ys_all = np.linspace(y0, y1 - 1, ny) + 0.5 if step > 1 else np.arange(y0, y1) + 0.5
+    rows = max(1, 262_144 // len(xs))
+    coarse = np.empty((len(ys_all), len(xs)))
+    for r0 in range(0, len(ys_all), rows):
+        gx, gy = np.meshgrid(xs, ys_all[r0: r0 + rows])
+        cache: dict[str, np.ndarray] = {}
+
+        def dist(part: str, gx=gx, gy=gy, cache=cache) -> np.ndarray:
+            if part not in cache:
+                cache[part] = _signed_distance(parts[part], gx, gy)
+            return cache[part]
+
+        coarse[r0: r0 + rows] = combine(dist)
+    if step == 1:
+        return coarse
+    import torch
+    import torch.nn.functional as F
+
+    fine = F.interpolate(torch.from_numpy(coarse)[None, None], size=(y1 - y0, x1 - x0),
+                         mode="bilinear", align_corners=True)
+    return fine[0, 0].numpy()
 
 
 def aligned_face_regions(landmarks: np.ndarray, placement, names: str | Iterable[str] | None = None,
@@ -331,8 +353,9 @@ def union(masks: Mapping[str, np.ndarray], names: str | Iterable[str],
 def label_map(landmarks: np.ndarray, size: int | tuple[int, int], *, grow: float = 0.0,
               soft: float | None = None) -> np.ndarray:
     """A hard label map [H, W] uint8 of the face (ids of :data:`LABEL_IDS`, CelebAMask-HQ's):
-    each pixel gets the first of eyes, brows, mouth opening, lips, nose, skin, head whose
-    mask covers at least half of it, else background."""
+    each pixel gets the label of a part whose mask covers at least half of it (eyes and lips
+    over brows, over the mouth's opening, over the nose, over skin); the rest of the head and
+    the neck 255, everything else background (0)."""
     w, h = _canvas(size)
     geometry = FaceGeometry(landmarks)
     soft = _SOFT * geometry.eye_distance if soft is None else float(soft)
@@ -340,9 +363,10 @@ def label_map(landmarks: np.ndarray, size: int | tuple[int, int], *, grow: float
                                               "nose", "face", "background"], grow=grow, soft=soft)
     # The upper and lower lip, split by the line through the mouth corners.
     lm = geometry.lm
-    ys, xs = np.mgrid[0:h, 0:w] + 0.5
+    lips = (m["lips"] >= 0.5) & (m["left_eye"] < 0.5) & (m["right_eye"] < 0.5)
+    ys, xs = np.nonzero(lips)
     v = lm[54] - lm[48]
-    side = v[0] * (ys - lm[48, 1]) - v[1] * (xs - lm[48, 0])
+    side = v[0] * (ys + 0.5 - lm[48, 1]) - v[1] * (xs + 0.5 - lm[48, 0])
     below = side * np.sign(v[0] * geometry.down[1] - v[1] * geometry.down[0]) > 0
     labels = np.full((h, w), LABEL_IDS["head"], dtype=np.uint8)
     labels[m["background"] >= 0.5] = LABEL_IDS["background"]
@@ -351,9 +375,8 @@ def label_map(landmarks: np.ndarray, size: int | tuple[int, int], *, grow: float
              ("left_eye", LABEL_IDS["left_eye"]), ("right_eye", LABEL_IDS["right_eye"])]
     for name, lid in order:  # later ones are drawn over earlier ones
         labels[m[name] >= 0.5] = lid
-    lips = (m["lips"] >= 0.5) & ~(m["left_eye"] >= 0.5) & ~(m["right_eye"] >= 0.5)
-    labels[lips & ~below] = LABEL_IDS["upper_lip"]
-    labels[lips & below] = LABEL_IDS["lower_lip"]
+    labels[ys[~below], xs[~below]] = LABEL_IDS["upper_lip"]
+    labels[ys[below], xs[below]] = LABEL_IDS["lower_lip"]
     return labels
 
 
