@@ -180,6 +180,45 @@ def test_avatar_regions_use_the_face_names():
     assert avatar_of_image(FIXTURE) is None
 
 
+def test_image_regions_in_the_models_square(tmp_path, aligner):
+    """The one door an edit uses: avatars' part regions, photos' face regions, in the square
+    of the image's placement, grown in the image's pixels."""
+    from stylemapgan.data.avatars import AvatarFolder, gallery_dir
+    from stylemapgan.data.regions import available_regions, image_regions, region_mask
+
+    avatar = gallery_dir() / "test" / "seed000079.png"
+    folder = AvatarFolder(gallery_dir())
+    own = folder.regions(folder.record(79), "hair,glasses")
+    at64 = image_regions(avatar, 64, None, "hair,glasses")
+    assert all(np.array_equal(at64[k], own[k]) for k in own)
+    at32 = image_regions(avatar, 32, None, "hair")["hair"]  # area-averaged into a 32 px model
+    assert at32.shape == (32, 32) and at32.mean() > 0 and abs(at32.mean() - own["hair"].mean()) < 1e-5
+    assert "glasses" in available_regions(avatar)
+    assert "glasses" not in available_regions(gallery_dir() / "test" / "seed000009.png")
+    with pytest.raises(InputError, match=r"seed000009\.png has no region 'mouth'; it has: background"):
+        image_regions(gallery_dir() / "test" / "seed000009.png", 64, None, "mouth")
+
+    photo = np.asarray(Image.open(FIXTURE).convert("RGB"))
+    ((face, pl),) = aligner.align(photo, 64)
+    sq = image_regions(FIXTURE, 64, pl, "mouth,eyes", landmarks=face.landmarks)
+    assert np.array_equal(sq["mouth"], fr.aligned_face_regions(face.landmarks, pl, "mouth")["mouth"])
+    lm_sq = pl.from_photo(face.landmarks)
+    assert (_at(sq["mouth"], lm_sq[MOUTH]) >= 0.5).all() and not _at(sq["mouth"], lm_sq[EYES]).any()
+    # grow is in photo pixels: the aligned square shows the photo at ~1.9 photo px per pixel
+    photo_px = float(np.sqrt(abs(np.linalg.det(pl.matrix()[:, :2]))))
+    grown = image_regions(FIXTURE, 64, pl, "mouth", grow=6, landmarks=face.landmarks)["mouth"]
+    assert np.array_equal(grown, fr.face_region_masks(lm_sq, 64, "mouth", grow=6 / photo_px)["mouth"])
+    assert grown.sum() > sq["mouth"].sum()
+    # without landmarks the largest face is found; a union of names
+    found = region_mask(FIXTURE, "mouth,eyes", 64, pl, aligner=aligner)
+    assert np.array_equal(found, np.maximum(sq["mouth"], sq["eyes"]))
+    Image.fromarray(photo[150:, :]).save(tmp_path / "landscape.png")
+    with pytest.raises(InputError, match=r"landscape\.png: no face found, so it has no named regions"):
+        image_regions(tmp_path / "landscape.png", 64, None, "mouth", aligner=aligner)
+    with pytest.raises(InputError, match=r"astronaut-256\.jpg has no region 'hair'; it has: left_eye"):
+        image_regions(FIXTURE, 64, pl, "hair", landmarks=face.landmarks)
+
+
 # --------------------------------------------------------------------------- the command
 def _variants(photo):
     return {
