@@ -334,10 +334,10 @@ def _window_distance(combine, parts: Mapping[str, list[Polygon]], x0: int, x1: i
 
 def aligned_face_regions(landmarks: np.ndarray, placement, names: str | Iterable[str] | None = None,
                          *, grow: float = 0.0, soft: float | None = None) -> dict[str, np.ndarray]:
-    """:func:`face_region_masks` in the aligned square of ``placement`` (a
-    :class:`~stylemapgan.imaging.placement.Placement`; ``landmarks`` in photo pixels, as
-    :class:`~stylemapgan.imaging.faces.Face` holds them): [size, size] masks, ``grow`` and
-    ``soft`` in the square's pixels."""
+    """:func:`face_region_masks` in the model's square of ``placement`` (a
+    :class:`~stylemapgan.imaging.placement.Placement`: a face alignment, or any crop, pad or
+    box; ``landmarks`` in photo pixels, as :class:`~stylemapgan.imaging.faces.Face` holds
+    them): [size, size] masks, ``grow`` and ``soft`` in the square's pixels."""
     return face_region_masks(placement.from_photo(landmarks), placement.size, names, grow=grow,
                              soft=soft)
 
