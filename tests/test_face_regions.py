@@ -344,3 +344,11 @@ def test_regions_help_has_an_example(capsys):
         main(["regions", "--help"])
     out = capsys.readouterr().out
     assert "stylemapgan regions astronaut.jpg --out r" in out and "--region-grow PX" in out
+    from stylemapgan.commands import regions
+    from stylemapgan.data.avatars import AVATAR_REGIONS
+
+    assert ", ".join(fr.FACE_REGIONS) == regions.FACE_NAMES
+    assert ", ".join(AVATAR_REGIONS) == regions.AVATAR_NAMES
+    flat = " ".join(out.split())
+    assert f"Face regions: {regions.FACE_NAMES} (" in flat
+    assert f"gives its part masks instead: {regions.AVATAR_NAMES}." in flat

@@ -25,22 +25,29 @@ _grow = float_in(-512.0, 512.0)
 _soft = float_in(0.0, 512.0, lo_open=True)
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    from stylemapgan.data.avatars import AVATAR_REGIONS
-    from stylemapgan.imaging.face_regions import FACE_REGIONS
+#: The region names the help lists (tests/test_face_regions.py checks them against the
+#: library's; importing the library here would load torch for every `stylemapgan --help`).
+FACE_NAMES = ("left_eye, right_eye, eyes, brows, nose, mouth, lips, features, features_hull, "
+              "face, skin, background")
+AVATAR_NAMES = ("background, face, skin, features, features_hull, neck, head, hair, clothing, "
+                "facial_hair, glasses")
 
+
+def register(sub: argparse._SubParsersAction) -> None:
     p = add_parser(
         sub, "regions", help="write named region masks (mouth, eyes, skin, ...) of face photos and avatars",
-        description=f"""
+        description="""
             Find the face of each photo (dlib's 68 landmarks; needs the faces extra: pip install
             "stylemapgan[faces]") and write its named regions as masks at the photo's own size:
             OUT/NAME.REGION.png (grayscale, 255 = inside, soft at the edges) and
             OUT/NAME.labels.png, a coloured label map to inspect or hand-edit (its pixel values
-            are CelebAMask-HQ label ids: use it as labels=FILE parts=mouth). Face regions:
-            {", ".join(FACE_REGIONS)} (left_eye is the eye on the image's left; background is
-            approximate: the landmarks do not see hair or body). An avatar image of a
+            are CelebAMask-HQ label ids: give it to `edit local --labels FILE --parts mouth`).
+            Face regions: left_eye, right_eye, eyes, brows, nose, mouth, lips, features,
+            features_hull, face, skin, background (left_eye is the eye on the image's left;
+            background is approximate: the landmarks see no hair or body). An avatar image of a
             make-avatars dataset (or the packaged gallery) gives its part masks instead:
-            {", ".join(AVATAR_REGIONS)}. A photo without a face is an error.""",
+            background, face, skin, features, features_hull, neck, head, hair, clothing,
+            facial_hair, glasses. A photo without a face is an error.""",
         examples="""
             stylemapgan regions astronaut.jpg --out r
             stylemapgan regions selfie.jpg --out r --regions mouth,eyes --region-grow 4
