@@ -208,3 +208,18 @@ def test_records_and_params_round_trip():
         Transform.from_dict({"shear": 1})
     assert Transform(angle=90).linear().tolist() == [[0.0, 1.0], [-1.0, 0.0]]
     assert math.isclose(Transform(angle=30).linear()[0, 1], 0.5)
+
+
+def test_low_precision_stylemaps_keep_their_dtype():
+    """The --fast path's bfloat16 stylemaps: warped in float32, returned in bfloat16."""
+    src = [torch.randn(1, 4, r, r, generator=torch.Generator().manual_seed(r)) for r in (8, 16, 32)]
+    ref = [torch.randn(1, 4, r, r, generator=torch.Generator().manual_seed(r + 1)) for r in (8, 16, 32)]
+    mask = _box_mask(32, 4, 20, 6, 22)
+    for t in (Transform(dx=4, angle=90), Transform(scale=1.5, angle=10)):
+        full = transplant_affine(src, ref, [AffineRegion(mask, t)], 32)
+        with torch.inference_mode():
+            low = transplant_affine([s.bfloat16() for s in src], [r.bfloat16() for r in ref],
+                                    [AffineRegion(mask, t)], 32)
+        for a, b in zip(low, full, strict=True):
+            assert a.dtype == torch.bfloat16
+            assert_close_to_scale(a.float(), b, 0.02, "bfloat16 transplant")

@@ -222,13 +222,13 @@ def warp(t: torch.Tensor, transform: Transform, image_size: int, pivot: tuple[fl
         inv_i = perm.T  # a signed permutation's inverse
         off = c + inv @ (0.5 - c - d) - 0.5
         off_i = np.array([_round_half_away(float(v)) for v in off])
-        j = torch.arange(res)
+        j = torch.arange(res, device=t.device)
         jy, jx = torch.meshgrid(j, j, indexing="ij")
         sx = int(inv_i[0, 0]) * jx + int(inv_i[0, 1]) * jy + int(off_i[0])
         sy = int(inv_i[1, 0]) * jx + int(inv_i[1, 1]) * jy + int(off_i[1])
         ok = (sx >= 0) & (sx < res) & (sy >= 0) & (sy < res)
         out = t[..., sy.clamp(0, res - 1), sx.clamp(0, res - 1)]
-        return torch.where(ok.to(t.device), out, torch.zeros((), dtype=t.dtype, device=t.device))
+        return torch.where(ok, out, torch.zeros((), dtype=t.dtype, device=t.device))
     # Resample: the source point of every output cell centre, in grid_sample's [-1, 1].
     j = torch.arange(res, dtype=torch.float64) + 0.5
     qy, qx = torch.meshgrid(j, j, indexing="ij")
