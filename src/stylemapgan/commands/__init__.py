@@ -8,7 +8,7 @@ import importlib
 
 from stylemapgan import __version__
 
-COMMANDS = ("generate", "info", "convert", "prepare-data", "export-onnx", "train", "export", "weights", "evaluate", "make-avatars", "serve", "align", "project", "edit", "direction", "demo")
+COMMANDS = ("generate", "info", "convert", "prepare-data", "export-onnx", "train", "export", "weights", "evaluate", "make-avatars", "serve", "align", "regions", "project", "edit", "direction", "demo")
 
 DESCRIPTION = """\
 StyleMapGAN: project real images into spatial stylemaps in one forward pass and edit them.

@@ -16,6 +16,12 @@ A dataset folder holds::
 
 A small gallery of test-split avatars with their masks ships inside the package
 (:func:`gallery_dir`), so demos and tests have real images without any download.
+
+Named regions (:data:`AVATAR_REGIONS`, :meth:`AvatarFolder.regions`): the part masks under the
+names the face photos use (:mod:`stylemapgan.imaging.face_regions`) where they mean the same
+thing, e.g. ``face`` is the head without its hair (the dataset's part ``face`` is the
+expression, here called ``features``). The expression is drawn as one part, so an avatar has no
+separate ``eyes`` or ``mouth``.
 """
 
 from __future__ import annotations
@@ -231,10 +237,123 @@ class AvatarFolder:
                              f"{self.size}x{self.size}; rebuild the dataset")
         return arr >= 128
 
+    def regions(self, record: dict[str, Any], names: str | Sequence[str] | None = None, *,
+                grow: int = 0) -> dict[str, np.ndarray]:
+        """The named regions of an avatar (:data:`AVATAR_REGIONS`) as float32 [size, size]
+        masks of 0 and 1, each grown by ``grow`` pixels (negative: shrunk). ``names``: some
+        of them (a list or ``"hair,glasses"``; default: all the avatar has); one it lacks is
+        a one-line error naming the image and listing the regions it has."""
+        return _avatar_regions(self, record, names, grow=grow)
+
     def _check_part(self, part: str) -> None:
         if part not in self.parts:
             raise InputError(f"unknown avatar part {part!r}; {self.root} has masks for "
                              f"{', '.join(self.parts) or 'no parts (built with --no-masks)'}")
+
+
+# --------------------------------------------------------------------------- named regions
+#: The named regions of an avatar: name -> (how it is made of the dataset's parts, meaning).
+#: Names shared with face photos (:data:`stylemapgan.imaging.face_regions.FACE_REGIONS`):
+#: background, face, skin, features, features_hull.
+AVATAR_REGIONS: dict[str, str] = {
+    "background": "background: pixels no drawn layer covers",
+    "face": "head - hair: the face with its ears and what lies on it (as a photo's face)",
+    "skin": "skin & head: the visible skin of the face and ears (as a photo's skin)",
+    "features": "the part 'face': eyes, brows, nose and mouth strokes (as a photo's features)",
+    "features_hull": "the part 'face_region': their convex hull (as a photo's features_hull)",
+    "neck": "skin - head: the skin of the neck and chest",
+    "head": "head: the head's silhouette with hair or headwear",
+    "hair": "hair: hair or headwear",
+    "clothing": "clothing",
+    "facial_hair": "facial_hair: beard or moustache (when the avatar has one)",
+    "glasses": "glasses: frames and dark lenses (when the avatar has them)",
+}
+#: Each region as (parts added, parts taken away).
+_REGION_PARTS: dict[str, tuple[tuple[str, ...], tuple[str, ...], bool]] = {
+    # name: (parts united, parts removed, intersect with head)
+    "background": (("background",), (), False),
+    "face": (("head",), ("hair",), False),
+    "skin": (("skin",), (), True),
+    "features": (("face",), (), False),
+    "features_hull": (("face_region",), (), False),
+    "neck": (("skin",), ("head",), False),
+    "head": (("head",), (), False),
+    "hair": (("hair",), (), False),
+    "clothing": (("clothing",), (), False),
+    "facial_hair": (("facial_hair",), (), False),
+    "glasses": (("glasses",), (), False),
+}
+
+
+def _grow_binary(mask: np.ndarray, grow: int) -> np.ndarray:
+    """A bool mask grown (``grow`` > 0) or shrunk (< 0) by ``|grow|`` pixels (a disc)."""
+    if grow == 0:
+        return mask
+    import torch
+    import torch.nn.functional as F
+
+    r = abs(int(grow))
+    yy, xx = np.mgrid[-r: r + 1, -r: r + 1]
+    disc = torch.from_numpy((xx * xx + yy * yy <= r * r + r).astype(np.float32))[None, None]
+    x = torch.from_numpy(mask if grow > 0 else ~mask).float()[None, None]
+    hit = F.conv2d(x, disc, padding=r)[0, 0].numpy() > 0.5
+    return hit if grow > 0 else ~hit
+
+
+def _region_names_of(record: dict[str, Any]) -> list[str]:
+    have = set(record.get("parts", {}))
+    return [n for n, (plus, minus, head) in _REGION_PARTS.items()
+            if all(p in have for p in plus) and (not head or "head" in have)]
+
+
+def avatar_region_names(record: dict[str, Any]) -> list[str]:
+    """The named regions an avatar has (``glasses`` only when it wears them, ...)."""
+    return _region_names_of(record)
+
+
+def _avatar_regions(folder: AvatarFolder, record: dict[str, Any],
+                    names: str | Sequence[str] | None = None, *, grow: int = 0) -> dict[str, np.ndarray]:
+    from stylemapgan.imaging.face_regions import check_region_names
+
+    have = _region_names_of(record)
+    chosen = have if names is None else check_region_names(
+        names, have, str(folder.image_path(record)))
+    if abs(int(grow)) > folder.size:
+        raise InputError(f"region grow {grow} px is larger than the {folder.size} px avatar")
+    cache: dict[str, np.ndarray] = {}
+
+    def part(p: str) -> np.ndarray:
+        if p not in cache:
+            cache[p] = folder.load_mask(record, p)
+        return cache[p]
+
+    out = {}
+    for name in chosen:
+        plus, minus, head = _REGION_PARTS[name]
+        m = np.logical_or.reduce([part(p) for p in plus])
+        for p in minus:
+            m = m & ~part(p)
+        if head:
+            m = m & part("head")
+        out[name] = _grow_binary(m, int(grow)).astype(np.float32)
+    return out
+
+
+def avatar_of_image(path: str | os.PathLike[str]) -> tuple[AvatarFolder, dict[str, Any]] | None:
+    """The dataset and record of an avatar image (``ROOT/<split>/<name>.png`` with
+    ``ROOT/manifest.json``, e.g. a gallery image), or None when ``path`` is not one."""
+    p = Path(path)
+    root = p.parent.parent
+    if p.parent.name not in SPLITS or not (root / "manifest.json").is_file():
+        return None
+    try:
+        folder = AvatarFolder(root)
+        record = folder.record(p.stem)
+    except InputError:
+        return None
+    if Path(record.get("file", "")).as_posix() != f"{p.parent.name}/{p.name}":
+        return None
+    return folder, record
 
 
 # --------------------------------------------------------------------------- the gallery
