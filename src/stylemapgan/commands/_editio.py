@@ -59,28 +59,6 @@ def align_choice(args: argparse.Namespace) -> str | None:
     return face
 
 
-def load_photo(path, size: int, *, fit: str = "crop", box=None, align: str | None = None,
-               aligner=None, no_face: str | None = None):
-    """A photo fitted to the model, or with ``align`` its face aligned: (pixels, placement,
-    the RGB photo). ``no_face``: what the command's user can do about a photo without a face
-    (only options that command has), appended to that error."""
-    from stylemapgan.imaging.placement import load_image
-
-    if align is None:
-        return load_image(path, size, fit=fit, box=box)
-    import numpy as np
-
-    from stylemapgan.errors import InputError
-    from stylemapgan.imaging.images import load_rgb
-    from stylemapgan.imaging.placement import fit_rgb
-
-    if box is not None:
-        raise InputError("--align finds the face itself; give --align or a box, not both")
-    img = load_rgb(path)
-    ((_, placement),) = aligner.align(np.asarray(img), size, align, name=str(path), hint=no_face)
-    return fit_rgb(img, placement), placement, img
-
-
 def add_mask_args(p: argparse.ArgumentParser, required: bool) -> None:
     g = p.add_argument_group("mask (1 = take the edit; give one of --mask, --labels, --mask-box)")
     g.add_argument("--mask", type=abspath, metavar="IMAGE",
@@ -218,6 +196,8 @@ class Session:
         from stylemapgan.errors import InputError
         from stylemapgan.files import sha256_file
         from stylemapgan.formats.stylemaps import is_stylemap_file, load_stylemap
+        from stylemapgan.imaging.photos import photo_square
+
         p = Path(path)
         if not p.is_file():
             raise InputError(f"{p}: is a folder; this command takes one image or stylemap here"
@@ -240,9 +220,9 @@ class Session:
             no_face = ("leave out --align and give the face's region with --source-box "
                        "X0,Y0,X1,Y1" if self.source_box else
                        "leave out --align to fit the photo by --fit")
-        pixels, placement, photo = load_photo(p, self.size, fit=fit, box=box, align=align,
-                                              aligner=self.aligner, no_face=no_face)
-        return Input(p, "image", digest, pixels=pixels, placement=placement, photo=photo)
+        sq = photo_square(p, self.size, fit=fit, box=box, align=align, aligner=self.aligner,
+                          no_face=no_face)
+        return Input(p, "image", digest, pixels=sq.pixels, placement=sq.placement, photo=sq.photo)
 
     def project(self, inputs: Sequence[Input]) -> None:
         """Fill ``w`` of every input; the encoder runs once per distinct picture."""

@@ -255,13 +255,11 @@ def _paste(args, src, frame, mask=None):
         raise InputError(f"--paste-back needs the source photo: give the image {src.path.name} "
                          "was projected from instead of the stylemap")
     ses = args._session
-    if mask is not None and args.paste_area == "footprint":  # all the edit can change
-        from stylemapgan.editing.operations import edit_footprint
-        from stylemapgan.imaging.masks import as_tensor
+    if mask is not None:  # the footprint: all the edit can change
+        from stylemapgan.editing.regions import paste_mask
 
-        mode = getattr(args, "mask_mode", "area")
-        space = getattr(args, "space", None) or "w"  # direction edits w itself
-        mask = edit_footprint(ses.config, as_tensor(mask), space, mode)[0, 0].numpy().astype("float32")
+        mask = paste_mask(ses.config, mask, space=getattr(args, "space", None) or "w",
+                          mode=getattr(args, "mask_mode", "area"), area=args.paste_area)
     recon = None
     if args.paste_mode == "residual":
         from stylemapgan.imaging.images import to_uint8
@@ -417,88 +415,17 @@ def run_local(args: argparse.Namespace) -> int:
                    [("source", src), ("reference", ref)], paste=paste, extra_files=extra)
 
 
-def _parse_pair(text: str, what: str) -> tuple[float, float]:
-    import math
-
-    from stylemapgan.errors import InputError
-
-    try:
-        a, b = (float(v) for v in text.split(","))
-    except ValueError:
-        a = b = math.nan
-    if not (math.isfinite(a) and math.isfinite(b)):
-        raise InputError(f"region {what}={text!r}: expected two finite numbers X,Y")
-    return a, b
-
-
 def _regions(args, ses, refs):
-    """Turn --region token lists into editing.Region objects (+ masks for grid/paste-back)."""
-    import numpy as np
+    """The --region word lists as Regions (:func:`stylemapgan.editing.regions.parse_region`),
+    their moved union (for the grid and the paste-back) and the mask files they read."""
+    from stylemapgan.editing.regions import moved_union, parse_region
 
-    from stylemapgan.editing.operations import Region
-    from stylemapgan.errors import InputError
-    from stylemapgan.imaging.masks import MaskSpec, as_tensor
-    from stylemapgan.imaging.placement import parse_box
-
-    size, cells = ses.size, ses.config.stylemap_size
-    regions, moved_masks, files = [], [], []
-    known = {"ref", "box", "mask", "labels", "parts", "move", "to", "units"}
-    for i, tokens in enumerate(args.regions):
-        kv: dict[str, str] = {}
-        for tok in tokens:
-            k, _, v = tok.partition("=")
-            if k not in known:
-                raise InputError(f"region {i}: unknown key {k!r}; use {', '.join(sorted(known))}")
-            kv[k] = v
-        units = kv.get("units", args.units)
-        if units not in ("cells", "px"):
-            raise InputError(f"region {i}: units must be cells or px, got {units!r}")
-        try:
-            r = int(kv.get("ref", "0"))
-        except ValueError:
-            raise InputError(f"region {i}: ref must be an integer index into --ref") from None
-        if not 0 <= r < len(refs):
-            raise InputError(f"region {i}: ref={r}, but {len(refs)} reference(s) were given "
-                             f"(indices 0..{len(refs) - 1})")
-        kinds = [k for k in ("box", "mask", "labels") if k in kv]
-        if len(kinds) != 1:
-            raise InputError(f"region {i}: give exactly one of box=, mask=, labels= (got {kinds or 'none'})")
-        if kinds[0] == "box":
-            parse_box(kv["box"], f"region {i}: box=")  # an error names the region
-            spec = MaskSpec("box", box=kv["box"], units=units)
-        elif kinds[0] == "mask":
-            spec = MaskSpec("image", path=kv["mask"])
-        else:
-            if "parts" not in kv:
-                raise InputError(f"region {i}: labels= needs parts=, e.g. parts=eyes")
-            spec = MaskSpec("labels", path=kv["labels"], parts=kv["parts"])
-        if spec.path:
-            files.append((f"region {i} mask", spec.path))
-        m = spec.build(size, cells, refs[r].placement, photo=str(refs[r].path))
-        if float(m.max()) == 0:
-            raise InputError(f"region {i}: the region ({spec.describe()}) selects nothing")
-        scale = size / cells if units == "cells" else 1.0
-        if "move" in kv and "to" in kv:
-            raise InputError(f"region {i}: give move= or to=, not both")
-        if "to" in kv:
-            ys, xs = np.nonzero(m > 0)
-            tx, ty = _parse_pair(kv["to"], "to")
-            dx, dy = tx * scale - xs.min(), ty * scale - ys.min()
-        elif "move" in kv:
-            mx, my = _parse_pair(kv["move"], "move")
-            dx, dy = mx * scale, my * scale
-        else:
-            dx = dy = 0.0
-        dx, dy = round(dx), round(dy)
-        if abs(dx) >= size or abs(dy) >= size:
-            raise InputError(f"region {i}: a move of ({dx}, {dy}) px leaves the {size}x{size} image")
-        regions.append(Region(as_tensor(m), dy=dy, dx=dx, reference=r))
-        moved = np.zeros_like(m)
-        ys0, ys1 = max(dy, 0), size + min(dy, 0)
-        xs0, xs1 = max(dx, 0), size + min(dx, 0)
-        moved[ys0:ys1, xs0:xs1] = m[ys0 - dy: ys1 - dy, xs0 - dx: xs1 - dx]
-        moved_masks.append(moved)
-    return regions, np.maximum.reduce(moved_masks), files
+    parsed = [parse_region(tokens, i, size=ses.size, cells=ses.config.stylemap_size,
+                           units=args.units, references=[(r.path, r.placement) for r in refs])
+              for i, tokens in enumerate(args.regions)]
+    files = [(f"region {i} mask", path) for i, (_, path) in enumerate(parsed) if path]
+    regions = [r for r, _ in parsed]
+    return regions, moved_union(regions, ses.size), files
 
 
 def run_transplant(args: argparse.Namespace) -> int:
@@ -697,7 +624,7 @@ def _replay_web(args, path, record) -> int:
     from pathlib import Path
 
     from stylemapgan.editing.editor import Editor
-    from stylemapgan.editing.record import frame_names, render_embedded
+    from stylemapgan.editing.record import frame_names
     from stylemapgan.errors import InputError
     from stylemapgan.files import atomic_write
     from stylemapgan.formats.checkpoint import default_model_path, load_model
@@ -736,7 +663,8 @@ def _replay_web(args, path, record) -> int:
     editor = Editor(load_model(model_path, device=device), runtime=runtime)
     print(f"replaying a web editor edit ({record.get('parameters', {}).get('method', '?')}) with "
           f"{model_path.name} on {device}")
-    frames, method = render_embedded(record, editor, str(path))
+    painted = editor.replay_web_record(record, str(path))
+    frames, method = painted.frames, painted.method
     level = int(record.get("png_compress_level", 1))
     names = frame_names(len(frames))
     for name, frame in zip(names, frames, strict=True):
