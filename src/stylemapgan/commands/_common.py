@@ -215,13 +215,13 @@ def output_folder(folder: str | os.PathLike[str], command: str = "stylemapgan") 
                 path.rmdir()  # only if empty
 
 
-def writes_folder(run: Callable[[argparse.Namespace], int], attr: str = "out"):
-    """Wrap a command's ``run(args)`` so that it holds the lock of the output folder
+def writes_folder(run: Callable[..., int], attr: str = "out"):
+    """Wrap a command's ``run(args, **kwargs)`` so that it holds the lock of the output folder
     ``args.<attr>`` for as long as it runs; a second process writing there is refused at once
     with a one-line :class:`~stylemapgan.files.FolderBusyError`."""
 
     @functools.wraps(run)
-    def locked(args: argparse.Namespace) -> int:
+    def locked(args: argparse.Namespace, **kwargs: Any) -> int:
         out = str(getattr(args, attr))
         if not out.strip():  # "" would silently mean the current folder
             from stylemapgan.errors import InputError
@@ -229,6 +229,6 @@ def writes_folder(run: Callable[[argparse.Namespace], int], attr: str = "out"):
             raise InputError(f"--{attr.replace('_', '-')} is empty; give the output folder, e.g. "
                              f"--{attr.replace('_', '-')} out")
         with output_folder(out, _command_line(args, out)):
-            return run(args)
+            return run(args, **kwargs)
 
     return locked

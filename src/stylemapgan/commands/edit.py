@@ -8,6 +8,7 @@ and record.json into ``--out``.
 from __future__ import annotations
 
 import argparse
+from functools import partial
 from typing import Any
 
 from stylemapgan.commands._common import (
@@ -74,7 +75,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("source", type=abspath, help="photo or saved stylemap")
     add_paste_back(q)
     _common(q)
-    q.set_defaults(func=writes_folder(run_reconstruct), _parser=q)
+    q.set_defaults(func=writes_folder(partial(run_reconstruct, parser=q)))
 
     q = add_parser(ops, "mix", help="style mixing: some W+ layers from a second image",
                    description="""
@@ -93,7 +94,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "two, A's finer ones), or B's layers as a:b or 1,2,3")
     add_paste_back(q)
     _common(q, references=True)
-    q.set_defaults(func=writes_folder(run_mix), _parser=q)
+    q.set_defaults(func=writes_folder(partial(run_mix, parser=q)))
 
     q = add_parser(ops, "interpolate", help="interpolation in W or W+, N steps, grid and GIF",
                    description="""
@@ -108,7 +109,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--steps", type=steps_int, default=8, help="number of images, 1..1000 (default: 8)")
     q.add_argument("--space", choices=("w", "wplus"), default="w", help="W (default) or W+")
     _common(q, source_box=False, references=True)
-    q.set_defaults(func=writes_folder(run_interpolate), _parser=q)
+    q.set_defaults(func=writes_folder(partial(run_interpolate, parser=q)))
 
     q = add_parser(ops, "local", help="local editing: the reference inside a mask",
                    description="""
@@ -130,7 +131,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_mask_args(q, required=True)
     add_paste_back(q)
     _common(q, references=True)
-    q.set_defaults(func=writes_folder(run_local), _parser=q)
+    q.set_defaults(func=writes_folder(partial(run_local, parser=q)))
 
     q = add_parser(ops, "transplant", help="unaligned transplantation of regions between images",
                    description="""
@@ -156,7 +157,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--steps", type=steps_int, default=1, help="interpolation steps, 1..1000 (default: 1)")
     add_paste_back(q)
     _common(q, references=True)
-    q.set_defaults(func=writes_folder(run_transplant), _parser=q)
+    q.set_defaults(func=writes_folder(partial(run_transplant, parser=q)))
 
     q = add_parser(ops, "direction", help="semantic manipulation along a learned direction",
                    description="""
@@ -176,7 +177,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_mask_args(q, required=False)
     add_paste_back(q)
     _common(q)
-    q.set_defaults(func=writes_folder(run_direction), _parser=q)
+    q.set_defaults(func=writes_folder(partial(run_direction, parser=q)))
 
     q = add_parser(ops, "replay", help="run the edit a record.json describes again",
                    description="""
@@ -228,62 +229,28 @@ def _parameters(args: argparse.Namespace) -> dict[str, Any]:
             if not k.startswith("_") and k not in skip and isinstance(v, (str, int, float, bool, list, type(None)))}
 
 
-def _finish(args, ses, operation, out, frames, tiles, inputs, *, paste=None, extra_files=()):
+def _finish(args, parser, ses, operation, out, frames, tiles, inputs, *, paste=None,
+            extra_files=()):
     """Write frames, grid, optional paste-back and the record; print a summary."""
-    from stylemapgan.commands._editio import canonical_argv, write_frames, write_record
-    from stylemapgan.imaging.images import save_png
+    from stylemapgan.commands._editio import canonical_argv
 
-    written = write_frames(out, frames, tiles, overwrite=args.overwrite, gif_ms=args.gif_ms)
-    if paste is not None:
-        written.append(save_png(paste, out / "pasted.png", overwrite=args.overwrite))
-    argv = [operation, *canonical_argv(args._parser, args)]
-    write_record(out, operation=operation, argv=argv, session=ses, inputs=inputs,
-                 extra_files=extra_files, parameters=_parameters(args), outputs=written,
-                 overwrite=args.overwrite)
-    names = ", ".join(p.name for p in written[:3]) + (", ..." if len(written) > 3 else "")
-    print(f"{operation}: wrote {len(written) + 1} file(s) to {out} ({names}, record.json)")
+    written = ses.write(out, operation=operation, argv=[operation, *canonical_argv(parser, args)],
+                        frames=frames, tiles=tiles, inputs=inputs, parameters=_parameters(args),
+                        paste=paste, extra_files=extra_files, overwrite=args.overwrite,
+                        gif_ms=args.gif_ms)
+    files = written[:-1]  # record.json is named last
+    names = ", ".join(p.name for p in files[:3]) + (", ..." if len(files) > 3 else "")
+    print(f"{operation}: wrote {len(written)} file(s) to {out} ({names}, record.json)")
     return 0
 
 
-def _paste(args, src, frame, mask=None):
-    from stylemapgan.errors import InputError
-    from stylemapgan.imaging.placement import paste_back
-
+def _paste(args, ses, src, frame, mask=None):
+    """pasted.png's pixels with --paste-back, else None."""
     if not args.paste_back:
         return None
-    if src.photo is None or src.placement is None:
-        raise InputError(f"--paste-back needs the source photo: give the image {src.path.name} "
-                         "was projected from instead of the stylemap")
-    ses = args._session
-    if mask is not None:  # the footprint: all the edit can change
-        from stylemapgan.editing.regions import paste_mask
-
-        mask = paste_mask(ses.config, mask, space=getattr(args, "space", None) or "w",
-                          mode=getattr(args, "mask_mode", "area"), area=args.paste_area)
-    recon = None
-    if args.paste_mode == "residual":
-        from stylemapgan.imaging.images import to_uint8
-
-        recon = to_uint8(ses.editor.reconstruct(src.w))[0]
-    pasted = paste_back(src.photo, frame, src.placement, feather=args.feather, mask=mask,
-                        mode=args.paste_mode, reconstruction=recon)
-    return _in_photo_mode(pasted, src.path)
-
-
-def _in_photo_mode(pasted, path):
-    """The pasted photo in its file's kind of pixels: grayscale stays grayscale, and a photo
-    with transparency keeps its own alpha channel (EXIF orientation applied, as on reading)."""
-    import numpy as np
-    from PIL import Image, ImageOps
-
-    with Image.open(path) as im:
-        mode = im.mode
-        if mode in ("L", "I", "I;16", "I;16B", "I;16L", "F", "1"):
-            return np.asarray(Image.fromarray(pasted).convert("L"))
-        if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info):
-            alpha = np.asarray(ImageOps.exif_transpose(im).convert("RGBA").getchannel("A"))
-            return np.dstack([pasted, alpha])
-    return pasted
+    return ses.paste(src, frame, mask, space=getattr(args, "space", None) or "w",  # direction: w
+                     mask_mode=getattr(args, "mask_mode", "area"), area=args.paste_area,
+                     mode=args.paste_mode, feather=args.feather)
 
 
 def _check_paste_source(args, path: str) -> None:
@@ -315,23 +282,20 @@ def _input_files(args) -> list[str]:
     return found
 
 
-def _begin(args, k: int):
+def _begin(args, k: int, runtime=None):
     from pathlib import Path
 
-    from stylemapgan.commands._editio import Session, planned_outputs
+    from stylemapgan.commands._editio import align_choice
+    from stylemapgan.editing.session import EditSession, planned_outputs
     from stylemapgan.imaging.images import check_writable
 
     out = Path(args.out)
     check_writable(planned_outputs(out, k, paste=bool(getattr(args, "paste_back", False))),
                    args.overwrite, inputs=_input_files(args))
-    from stylemapgan.commands._editio import align_choice
-
-    args.model = resolve_model(args.model)
-    ses = Session(args.model, args.device, args.batch_size, align=align_choice(args),
-                  align_refs=bool(getattr(args, "align_ref", False)),
-                  source_box=hasattr(args, "source_box"), fast=args.fast,
-                  runtime=getattr(args, "_runtime", None))
-    args._session = ses
+    args.model = resolve_model(args.model)  # the record names the file itself
+    ses = EditSession(args.model, args.device, args.batch_size, align=align_choice(args),
+                      align_refs=bool(getattr(args, "align_ref", False)),
+                      source_box=hasattr(args, "source_box"), fast=args.fast, runtime=runtime)
     return out, ses
 
 
@@ -346,44 +310,47 @@ def _mask(args, ses, src):
 
 
 # --------------------------------------------------------------------------- operations
-def run_reconstruct(args: argparse.Namespace) -> int:
+def run_reconstruct(args: argparse.Namespace, parser: argparse.ArgumentParser,
+                   runtime=None) -> int:
     from stylemapgan.imaging.images import to_uint8
 
     _check_paste_source(args, args.source)
-    out, ses = _begin(args, 1)
+    out, ses = _begin(args, 1, runtime)
     src = ses.read(args.source, args.fit, _source_box(args))
     ses.project([src])
     frames = to_uint8(ses.editor.reconstruct(src.w))
-    paste = _paste(args, src, frames[-1])
-    return _finish(args, ses, "reconstruct", out, frames, [ses.preview(src)], [("source", src)],
+    paste = _paste(args, ses, src, frames[-1])
+    return _finish(args, parser, ses, "reconstruct", out, frames, [ses.preview(src)], [("source", src)],
                    paste=paste)
 
 
-def run_mix(args: argparse.Namespace) -> int:
+def run_mix(args: argparse.Namespace, parser: argparse.ArgumentParser,
+           runtime=None) -> int:
     from stylemapgan.editing.operations import layer_selection
     from stylemapgan.imaging.images import to_uint8
 
     _check_paste_source(args, args.source)
-    out, ses = _begin(args, 1)
+    out, ses = _begin(args, 1, runtime)
     layer_selection(args.layers, ses.config.num_styles)  # fail early on a bad spec
     a = ses.read(args.source, args.fit, _source_box(args))
     b = ses.read(args.reference, args.fit, reference=True)
     ses.project([a, b])
     frames = to_uint8(ses.editor.mix(a.w, b.w, args.layers))
-    paste = _paste(args, a, frames[-1])
-    return _finish(args, ses, "mix", out, frames, [ses.preview(a), ses.preview(b)],
+    paste = _paste(args, ses, a, frames[-1])
+    return _finish(args, parser, ses, "mix", out, frames, [ses.preview(a), ses.preview(b)],
                    [("source", a), ("reference", b)], paste=paste)
 
 
-def run_interpolate(args: argparse.Namespace) -> int:
+def run_interpolate(args: argparse.Namespace, parser: argparse.ArgumentParser,
+                   runtime=None) -> int:
     from stylemapgan.imaging.images import to_uint8
 
-    out, ses = _begin(args, args.steps)
+    out, ses = _begin(args, args.steps, runtime)
     a = ses.read(args.source, args.fit)
     b = ses.read(args.reference, args.fit, reference=True)
     ses.project([a, b])
     frames = to_uint8(ses.editor.interpolate(a.w, b.w, args.steps, space=args.space))
-    return _finish(args, ses, "interpolate", out, frames, [ses.preview(a), ses.preview(b)],
+    return _finish(args, parser, ses, "interpolate", out, frames, [ses.preview(a), ses.preview(b)],
                    [("source", a), ("reference", b)])
 
 
@@ -393,12 +360,13 @@ def _t(k: int):
     return steps(k) if k > 1 else None
 
 
-def run_local(args: argparse.Namespace) -> int:
+def run_local(args: argparse.Namespace, parser: argparse.ArgumentParser,
+             runtime=None) -> int:
     from stylemapgan.imaging.images import mask_to_rgb, to_uint8
     from stylemapgan.imaging.masks import as_tensor
 
     _check_paste_source(args, args.source)
-    out, ses = _begin(args, args.steps)
+    out, ses = _begin(args, args.steps, runtime)
     src = ses.read(args.source, args.fit, _source_box(args))
     ref = ses.read(args.reference, args.fit, reference=True)
     spec, mask = _mask(args, ses, src)
@@ -408,9 +376,9 @@ def run_local(args: argparse.Namespace) -> int:
     images = ses.editor.local_edit(src.w, ref.w, as_tensor(mask), space=args.space,
                                    mode=args.mask_mode, t=_t(args.steps))
     frames = to_uint8(images)
-    paste = _paste(args, src, frames[-1], mask)
+    paste = _paste(args, ses, src, frames[-1], mask)
     extra = [("mask", spec.path)] if spec.path else []
-    return _finish(args, ses, "local", out, frames,
+    return _finish(args, parser, ses, "local", out, frames,
                    [ses.preview(src), ses.preview(ref), mask_to_rgb(mask)],
                    [("source", src), ("reference", ref)], paste=paste, extra_files=extra)
 
@@ -428,14 +396,15 @@ def _regions(args, ses, refs):
     return regions, moved_union(regions, ses.size), files
 
 
-def run_transplant(args: argparse.Namespace) -> int:
+def run_transplant(args: argparse.Namespace, parser: argparse.ArgumentParser,
+                  runtime=None) -> int:
     import torch
 
     from stylemapgan.editing.operations import steps
     from stylemapgan.imaging.images import mask_to_rgb, to_uint8
 
     _check_paste_source(args, args.source)
-    out, ses = _begin(args, args.steps)
+    out, ses = _begin(args, args.steps, runtime)
     src = ses.read(args.source, args.fit, _source_box(args))
     refs = [ses.read(r, args.fit, reference=True) for r in args.refs]
     regions, union, files = _regions(args, ses, refs)
@@ -444,14 +413,15 @@ def run_transplant(args: argparse.Namespace) -> int:
     images = ses.editor.transplant(src.w, torch.cat([r.w for r in refs]), regions,
                                    space=args.space, alpha=alpha)
     frames = to_uint8(images)
-    paste = _paste(args, src, frames[-1], union)
+    paste = _paste(args, ses, src, frames[-1], union)
     tiles = [ses.preview(src), *(ses.preview(r) for r in refs), mask_to_rgb(union)]
     inputs = [("source", src), *((f"reference {i}", r) for i, r in enumerate(refs))]
-    return _finish(args, ses, "transplant", out, frames, tiles, inputs, paste=paste,
+    return _finish(args, parser, ses, "transplant", out, frames, tiles, inputs, paste=paste,
                    extra_files=files)
 
 
-def run_direction(args: argparse.Namespace) -> int:
+def run_direction(args: argparse.Namespace, parser: argparse.ArgumentParser,
+                 runtime=None) -> int:
     import torch
 
     from stylemapgan.editing.directions import load_direction
@@ -460,7 +430,7 @@ def run_direction(args: argparse.Namespace) -> int:
 
     _check_paste_source(args, args.source)
     direction = load_direction(args.direction)
-    out, ses = _begin(args, args.steps)
+    out, ses = _begin(args, args.steps, runtime)
     if tuple(direction.vector.shape) != ses.config.stylemap_shape:
         from stylemapgan.errors import InputError
 
@@ -476,10 +446,10 @@ def run_direction(args: argparse.Namespace) -> int:
                                         mask=None if mask is None else as_tensor(mask),
                                         mode=args.mask_mode)
     frames = to_uint8(images)
-    paste = _paste(args, src, frames[-1], mask)
+    paste = _paste(args, ses, src, frames[-1], mask)
     tiles = [ses.preview(src)] + ([mask_to_rgb(mask)] if mask is not None else [])
     files = [("direction", args.direction)] + ([("mask", spec.path)] if spec and spec.path else [])
-    return _finish(args, ses, "direction", out, frames, tiles, [("source", src)], paste=paste,
+    return _finish(args, parser, ses, "direction", out, frames, tiles, [("source", src)], paste=paste,
                    extra_files=files)
 
 
@@ -573,8 +543,7 @@ def _replay_command(args, path, record) -> int:
     # --out, --device and --overwrite are the user's, whatever the record's words say.
     ns.out, ns.device, ns.overwrite = args.out, device, bool(args.overwrite)
     # A --fast edit runs again with the fast path it had (not this device's pick).
-    ns._runtime = _recorded_runtime(path, record.get("model") or {})
-    rc = ns.func(ns)
+    rc = ns.func(ns, runtime=_recorded_runtime(path, record.get("model") or {}))
     if rc:
         return rc
     return _compare(Path(args.out), record, args)
