@@ -82,17 +82,19 @@ def add_output(p: argparse.ArgumentParser) -> None:
 def add_paste_back(p: argparse.ArgumentParser) -> None:
     p.add_argument("--paste-back", action="store_true",
                    help="also write pasted.png: the result put back into the full source photo "
-                        "(only where the edit can change pixels: its mask grown by the model's "
-                        "receptive field, with a feathered seam)")
-    p.add_argument("--paste-area", choices=("footprint", "mask"), default="footprint",
-                   help="where the result goes back: footprint (default) = the mask grown by the "
-                        "model's receptive field, everything the edit can change; mask = the mask "
-                        "itself (grown by --feather only)")
+                        "(with a mask only around it: the mask grown by --feather and feathered; "
+                        "every other pixel is the photo's own)")
+    p.add_argument("--paste-area", choices=("mask", "footprint"), default="mask",
+                   help="where the result goes back: mask (default) = the mask grown by "
+                        "--feather photo pixels, feathered; footprint = the mask grown by the "
+                        "model's receptive field, every pixel the edit can change (far more: a "
+                        "mouth can change the whole face)")
     p.add_argument("--paste-mode", choices=("replace", "residual"), default="replace",
                    help="replace (default): paste the result's pixels; residual: add only the "
                         "edit's change G(w_edit) - G(w_src), keeping the photo's own detail")
     p.add_argument("--feather", type=float_in(0.0, 1024.0), default=8.0,
-                   help="width of the paste-back seam in photo pixels, 0..1024 (default: 8)")
+                   help="how far the pasted area grows past the mask and the width of its "
+                        "seam, in photo pixels, 0..1024 (default: 8)")
 
 
 def mask_spec(args: argparse.Namespace):

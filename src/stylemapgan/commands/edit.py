@@ -18,7 +18,6 @@ from stylemapgan.commands._common import (
     add_model,
     add_overwrite,
     add_parser,
-    dump_json,
     finite_float,
     int_in,
     model_file,
@@ -594,10 +593,10 @@ def _replay_web(args, path, record) -> int:
 
     from stylemapgan.editing.editor import Editor
     from stylemapgan.editing.record import frame_names
+    from stylemapgan.editing.session import replay_web_record
     from stylemapgan.errors import InputError
-    from stylemapgan.files import atomic_write
     from stylemapgan.formats.checkpoint import default_model_path, load_model
-    from stylemapgan.imaging.images import check_writable, save_png
+    from stylemapgan.imaging.images import check_writable
     from stylemapgan.nn.runtime import RuntimeOptions
     from stylemapgan.utils import resolve_device
 
@@ -632,13 +631,6 @@ def _replay_web(args, path, record) -> int:
     editor = Editor(load_model(model_path, device=device), runtime=runtime)
     print(f"replaying a web editor edit ({record.get('parameters', {}).get('method', '?')}) with "
           f"{model_path.name} on {device}")
-    painted = editor.replay_web_record(record, str(path))
-    frames, method = painted.frames, painted.method
-    level = int(record.get("png_compress_level", 1))
-    names = frame_names(len(frames))
-    for name, frame in zip(names, frames, strict=True):
-        save_png(frame, out / name, overwrite=args.overwrite, compress_level=level)
-    with atomic_write(out / "record.json", overwrite=args.overwrite) as tmp:
-        tmp.write_text(dump_json(record, f"{path}: the record"))
+    names, method = replay_web_record(editor, record, str(path), out, overwrite=args.overwrite)
     print(f"replay: wrote {len(names)} frame(s) to {out} ({method})")
     return _compare(out, record, args)

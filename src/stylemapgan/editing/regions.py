@@ -35,9 +35,11 @@ if TYPE_CHECKING:
 __all__ = ["PASTE_AREAS", "Region", "moved_union", "parse_region", "paste_mask",
            "round_half_away", "shift"]
 
-#: Where a paste-back puts the result: ``footprint`` = every pixel the edit can change (the
-#: mask grown by the model's receptive field), ``mask`` = the moved mask itself.
-PASTE_AREAS = ("footprint", "mask")
+#: Where a paste-back puts the result: ``mask`` = the (moved) mask itself, which the paste-back
+#: grows by its feather (what a user who masks a mouth expects: the mouth); ``footprint`` =
+#: every pixel the edit can change (the mask grown by the model's receptive field; a mouth can
+#: reach the whole face).
+PASTE_AREAS = ("mask", "footprint")
 
 
 def round_half_away(x: float) -> int:
@@ -141,8 +143,8 @@ def moved_union(regions: Sequence[Region], size: int) -> np.ndarray:
     return union[0, 0].numpy()
 
 
-def paste_mask(config: ModelConfig, mask: np.ndarray, *, space: str = "wplus",
-               mode: str = "area", area: str = "footprint") -> np.ndarray:
+def paste_mask(config: ModelConfig, mask: np.ndarray, *, area: str, space: str = "wplus",
+               mode: str = "area") -> np.ndarray:
     """The part of the model's square a paste-back covers, float32 [size, size]: ``mask``
     itself (``area="mask"``) or every pixel an edit of ``mask`` in ``space`` can change
     (``"footprint"``: :func:`~stylemapgan.editing.operations.edit_footprint`)."""

@@ -26,7 +26,8 @@ if TYPE_CHECKING:  # heavy imports stay inside functions
     from stylemapgan.imaging.placement import Placement
     from stylemapgan.nn.runtime import RuntimeOptions
 
-__all__ = ["EditSession", "Input", "in_photo_mode", "planned_outputs", "write_frames"]
+__all__ = ["EditSession", "Input", "in_photo_mode", "planned_outputs", "replay_web_record",
+           "write_frames"]
 
 
 # --------------------------------------------------------------------------- inputs
@@ -138,7 +139,7 @@ class EditSession:
             x.w = w[None]
 
     def paste(self, src: Input, frame: np.ndarray, mask: np.ndarray | None = None, *,
-              space: str = "w", mask_mode: str = "area", area: str = "footprint",
+              space: str = "w", mask_mode: str = "area", area: str = "mask",
               mode: str = "replace", feather: float = 8.0) -> np.ndarray:
         """``frame`` (the edit of ``src``) put back into ``src``'s photo, in the photo file's
         kind of pixels (:func:`in_photo_mode`): only inside ``mask``'s paste area
@@ -273,3 +274,22 @@ def write_record(out: Path, *, operation: str, argv: list[str], session: EditSes
     with atomic_write(path, overwrite=overwrite) as tmp:
         tmp.write_text(text)
     return path
+
+
+def replay_web_record(editor: Editor, record: dict[str, Any], where: str, out: Path, *,
+                      overwrite: bool = False) -> tuple[list[str], str]:
+    """Run the edit a web editor record describes (:meth:`Editor.replay_web_record`) and write
+    its frames into ``out`` with the recorded PNG level (so the bytes match) and the record
+    beside them. Returns the frame names and the method used."""
+    from stylemapgan.editing.record import dumps, frame_names
+    from stylemapgan.files import atomic_write
+    from stylemapgan.imaging.images import save_png
+
+    painted = editor.replay_web_record(record, where)
+    level = int(record.get("png_compress_level", 1))
+    names = frame_names(len(painted.frames))
+    for name, frame in zip(names, painted.frames, strict=True):
+        save_png(frame, out / name, overwrite=overwrite, compress_level=level)
+    with atomic_write(out / "record.json", overwrite=overwrite) as tmp:
+        tmp.write_text(dumps(record))
+    return names, painted.method

@@ -358,8 +358,9 @@ class EditEngine:
         if original.photo is not None and original.placement is not None:
             result.source_photo, result.placement = original.photo, original.placement
             result.feather = max(2.0, _scale_of(original.placement))
+            # The page's full photo shows every pixel the edit can change.
             result.paste_mask = paste_mask(self.config, moved_union(used, self.size),
-                                           space=spec.space)
+                                           area="footprint", space=spec.space)
         self.results.put(rid, result)
         return result
 
