@@ -310,7 +310,7 @@ def _mask(args, ses, src):
 
 # --------------------------------------------------------------------------- operations
 def run_reconstruct(args: argparse.Namespace, parser: argparse.ArgumentParser,
-                   runtime=None) -> int:
+                    runtime=None) -> int:
     from stylemapgan.imaging.images import to_uint8
 
     _check_paste_source(args, args.source)
@@ -324,7 +324,7 @@ def run_reconstruct(args: argparse.Namespace, parser: argparse.ArgumentParser,
 
 
 def run_mix(args: argparse.Namespace, parser: argparse.ArgumentParser,
-           runtime=None) -> int:
+            runtime=None) -> int:
     from stylemapgan.editing.operations import layer_selection
     from stylemapgan.imaging.images import to_uint8
 
@@ -341,7 +341,7 @@ def run_mix(args: argparse.Namespace, parser: argparse.ArgumentParser,
 
 
 def run_interpolate(args: argparse.Namespace, parser: argparse.ArgumentParser,
-                   runtime=None) -> int:
+                    runtime=None) -> int:
     from stylemapgan.imaging.images import to_uint8
 
     out, ses = _begin(args, args.steps, runtime)
@@ -360,7 +360,7 @@ def _t(k: int):
 
 
 def run_local(args: argparse.Namespace, parser: argparse.ArgumentParser,
-             runtime=None) -> int:
+              runtime=None) -> int:
     from stylemapgan.imaging.images import mask_to_rgb, to_uint8
     from stylemapgan.imaging.masks import as_tensor
 
@@ -396,7 +396,7 @@ def _regions(args, ses, refs):
 
 
 def run_transplant(args: argparse.Namespace, parser: argparse.ArgumentParser,
-                  runtime=None) -> int:
+                   runtime=None) -> int:
     import torch
 
     from stylemapgan.editing.operations import steps
@@ -420,7 +420,7 @@ def run_transplant(args: argparse.Namespace, parser: argparse.ArgumentParser,
 
 
 def run_direction(args: argparse.Namespace, parser: argparse.ArgumentParser,
-                 runtime=None) -> int:
+                  runtime=None) -> int:
     import torch
 
     from stylemapgan.editing.directions import load_direction

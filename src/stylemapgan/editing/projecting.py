@@ -163,16 +163,18 @@ def _read_all(req: ProjectRequest, size: int, box, bar) -> _Photos:
     squares: dict[Path, tuple[np.ndarray, Any]] = {}  # with align: the faces found, kept
     bad: list[tuple[Path, InputError]] = []
     progress = bar(desc="check", total=len(paths), leave=False, disable=len(paths) < 16)
-    for path in paths:
-        try:
-            sq = photo_square(path, size, fit=req.fit, box=box, align=req.align, aligner=aligner,
-                              no_face=NO_FACE)
-            if req.align is not None:
-                squares[path] = (sq.pixels, sq.placement)
-        except InputError as exc:
-            bad.append((path, exc))
-        progress.update(1)
-    progress.close()
+    try:  # the bar is closed before an error is shown
+        for path in paths:
+            try:
+                sq = photo_square(path, size, fit=req.fit, box=box, align=req.align,
+                                  aligner=aligner, no_face=NO_FACE)
+                if req.align is not None:
+                    squares[path] = (sq.pixels, sq.placement)
+            except InputError as exc:
+                bad.append((path, exc))
+            progress.update(1)
+    finally:
+        progress.close()
     skipped = []
     if bad:
         if not req.skip_bad:
@@ -369,22 +371,24 @@ def project_photos(req: ProjectRequest, *,
     pj = _Projector(req, editor, device, photos, box, _lpips(req, device), _typical_mse(metadata))
     skipped = photos.skipped
     progress = bar(desc="project", total=len(photos.paths), leave=True, disable=False)
-    for start in range(0, len(photos.paths), req.batch_size):
-        chunk = []
-        for path, name in zip(photos.paths[start: start + req.batch_size],
-                              photos.names[start: start + req.batch_size], strict=True):
-            try:
-                chunk.append(pj.read(path, name, size))
-            except InputError as exc:
-                if not req.skip_bad:
-                    raise
-                log.warning("skipped: %s", exc)
-                skipped.append({"path": str(path), "error": str(exc)})
-                progress.update(1)
-        if chunk:
-            pj.project(chunk, start, progress)
-            progress.update(len(chunk))
-    progress.close()
+    try:  # the bar is closed before an error is shown
+        for start in range(0, len(photos.paths), req.batch_size):
+            chunk = []
+            for path, name in zip(photos.paths[start: start + req.batch_size],
+                                  photos.names[start: start + req.batch_size], strict=True):
+                try:
+                    chunk.append(pj.read(path, name, size))
+                except InputError as exc:
+                    if not req.skip_bad:
+                        raise
+                    log.warning("skipped: %s", exc)
+                    skipped.append({"path": str(path), "error": str(exc)})
+                    progress.update(1)
+            if chunk:
+                pj.project(chunk, start, progress)
+                progress.update(len(chunk))
+    finally:
+        progress.close()
     if not pj.entries:
         raise InputError("no image could be read" + (f" ({len(skipped)} skipped)" if skipped else ""))
     record = _write_record(req, pj, skipped)
