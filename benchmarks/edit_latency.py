@@ -35,10 +35,11 @@ import torch
 from PIL import Image
 
 from stylemapgan.config import get_preset
+from stylemapgan.editing.regions import Region
 from stylemapgan.formats.checkpoint import build_empty, load_model
 from stylemapgan.nn.networks import StyleMapGAN
 from stylemapgan.utils import cpu_name, resolve_device
-from stylemapgan.web.engine import EditEngine, EditSpec, RegionSpec
+from stylemapgan.web.engine import EditEngine, EditSpec
 
 
 def sync(device: torch.device) -> None:
@@ -99,9 +100,9 @@ def specs(engine: EditEngine, ids: list[str]) -> dict[str, EditSpec]:
     s = engine.size
     mask = left_mask(s)
     return {
-        "local W+": EditSpec(ids[0], (ids[1],), (RegionSpec(0, mask),), "wplus"),
-        "local W": EditSpec(ids[0], (ids[1],), (RegionSpec(0, mask),), "w"),
-        "moved region (W+)": EditSpec(ids[0], (ids[1],), (RegionSpec(0, mask, dx=s // 4, dy=s // 8),), "wplus"),
+        "local W+": EditSpec(ids[0], (ids[1],), (Region(mask),), "wplus"),
+        "local W": EditSpec(ids[0], (ids[1],), (Region(mask),), "w"),
+        "moved region (W+)": EditSpec(ids[0], (ids[1],), (Region(mask, dx=s // 4, dy=s // 8),), "wplus"),
     }
 
 

@@ -190,15 +190,27 @@ def test_local_edit_with_every_kind_of_mask(tmp_path, photos, extras, tiny_model
     # the feather (2 px) and blurred (3 sigma = 3 px): rows from 26 on keep their values.
     assert np.array_equal(pasted[:, :10], photo[:, :10]) and np.array_equal(pasted[:, 50:], photo[:, 50:])
     assert np.array_equal(pasted[26:], photo[26:]) and not np.array_equal(pasted[:26], photo[:26])
-    # By default the paste reaches as far as the edit can: the mask grown by the receptive field
-    # (all of the tiny model's 32 px square), never outside the crop.
+    # --paste-area footprint reaches as far as the edit can: the mask grown by the receptive
+    # field (all of the tiny model's 32 px square), never outside the crop.
     out = tmp_path / "footprint"
     rc, _, err = _run([*base, "--mask-box", "1,1,5,4", "--feather", "2", "--out", out,
-                       "--paste-back"], capsys)
+                       "--paste-back", "--paste-area", "footprint"], capsys)
     assert rc == 0, err
     grown = _png(out / "pasted.png")
     assert np.array_equal(grown[:, :10], photo[:, :10]) and np.array_equal(grown[:, 50:], photo[:, 50:])
     assert not np.array_equal(grown[30:, 10:50], photo[30:, 10:50])
+    # The default is the mask's area (grown by the feather): what the user masked, not the
+    # whole footprint (issue 21: a mouth mask changed the whole face).
+    out = tmp_path / "default"
+    rc, _, err = _run([*base, "--mask-box", "1,1,5,4", "--feather", "2", "--out", out,
+                       "--paste-back"], capsys)
+    assert rc == 0, err
+    default = _png(out / "pasted.png")
+    assert np.array_equal(default, pasted)
+    n_mask = int((np.abs(default.astype(int) - photo).max(-1) > 0).sum())
+    n_footprint = int((np.abs(grown.astype(int) - photo).max(-1) > 0).sum())
+    print(f"paste-back changed {n_mask} photo pixels (mask), {n_footprint} (footprint)")
+    assert 0 < n_mask < n_footprint
 
 
 def test_zero_and_full_masks_give_source_and_reference(tmp_path, photos, extras, tiny_model_file,

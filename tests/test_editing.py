@@ -7,6 +7,7 @@ import torch
 from conftest import assert_close_to_scale, make_model
 from stylemapgan.config import PRESETS, ModelConfig
 from stylemapgan.editing import operations as E
+from stylemapgan.editing.regions import round_half_away
 from stylemapgan.errors import InputError
 from stylemapgan.imaging.masks import as_tensor, mask_from_box
 
@@ -234,7 +235,7 @@ def test_transplant_moves_the_reference_content():
         keep[y0 + dy: y1 + dy, x0 + dx: x1 + dx] = False
         assert torch.equal(o[..., keep], s[..., keep])
     # Half-cell moves round the same way at every size (away from zero), not to even.
-    assert [E._round_half_away(v) for v in (0.5, 1.5, 2.5, -0.5, -2.5)] == [1, 2, 3, -1, -3]
+    assert [round_half_away(v) for v in (0.5, 1.5, 2.5, -0.5, -2.5)] == [1, 2, 3, -1, -3]
 
 
 def test_transplant_steps_and_errors(tiny):
@@ -289,3 +290,31 @@ def test_no_function_mutates_its_inputs(tiny):
     E.edit_footprint(TINY, mask, "w")
     for t, t0 in zip(everything, before, strict=True):
         assert torch.equal(t, t0)
+
+
+def test_one_region_type_moves_its_mask_the_same_way_everywhere():
+    """editing.regions: the mask at image size (grid, paste-back) and at every W+ resolution
+    (the edit) is moved by Region.move; a numpy mask and a tensor mask are the same region."""
+    import numpy as np
+
+    from stylemapgan.editing.regions import Region, moved_union, paste_mask
+
+    m = np.zeros((32, 32), np.float32)
+    m[4:12, 8:16] = 1  # whole 4 px cells at 8x8
+    a, b = Region(m, dy=8, dx=-4, reference=1), Region(torch.from_numpy(m), dy=8, dx=-4, reference=1)
+    assert a.moved and a.mask.shape == (1, 1, 32, 32) and torch.equal(a.mask, b.mask)
+    union = moved_union([a], 32)
+    want = np.zeros_like(m)
+    want[12:20, 4:12] = 1
+    assert np.array_equal(union, want)
+    # At 8x8 cells the move is 2 cells down, 1 left: the same place, coarser.
+    assert torch.equal(a.placed_mask(8, 32)[0, 0] > 0, torch.from_numpy(want[::4, ::4] > 0))
+    assert not Region(m).moved and Region(np.zeros_like(m)).is_empty
+    with pytest.raises(InputError):
+        Region(m * 2)  # values outside [0, 1]
+    # The paste area: the mask itself, or everything the edit can reach (far more).
+    area = paste_mask(TINY, union, area="mask")
+    reach = paste_mask(TINY, union, area="footprint", space="wplus")
+    assert np.array_equal(area, union) and reach.sum() > area.sum() and (reach >= area).all()
+    with pytest.raises(InputError, match="paste area"):
+        paste_mask(TINY, union, area="everything")

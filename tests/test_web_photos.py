@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from stylemapgan.editing.regions import Region
 from stylemapgan.errors import InputError
-from stylemapgan.web.engine import EditEngine, EditSpec, RegionSpec
+from stylemapgan.web.engine import EditEngine, EditSpec
 from stylemapgan.web.settings import WebSettings
 
 FIXTURE = Path(__file__).parent / "fixtures" / "photos" / "astronaut-256.jpg"
@@ -36,7 +37,7 @@ def test_a_drawn_square_is_cut_edited_and_pasted_back(tiny_model, wide_photo):
     assert src.photo == photo.id and src.placement.square == (40, 10, 136, 106)
     mask = np.zeros((32, 32), np.float32)
     mask[4:12, 4:12] = 1
-    res = engine.edit(EditSpec(src.id, (ref.id,), (RegionSpec(0, mask),)))
+    res = engine.edit(EditSpec(src.id, (ref.id,), (Region(mask),)))
     assert "full" in res.urls()
     full = _png(engine.full_png(res.id, 0))
     base = np.asarray(wide_photo)
@@ -50,7 +51,7 @@ def test_a_drawn_square_is_cut_edited_and_pasted_back(tiny_model, wide_photo):
     assert xs.min() >= 40 - 4 and ys.min() >= 10 - 4 and xs.max() < 136 and ys.max() < 106
     print(f"paste-back: {int(changed.sum())} of {changed.size} photo pixels changed")
     # An edit whose region is empty gives the photo back byte for byte.
-    empty = engine.edit(EditSpec(src.id, (ref.id,), (RegionSpec(0, np.zeros((32, 32), np.float32)),)))
+    empty = engine.edit(EditSpec(src.id, (ref.id,), (Region(np.zeros((32, 32), np.float32)),)))
     assert np.array_equal(_png(engine.full_png(empty.id, 0)), base)
 
 
@@ -77,7 +78,7 @@ def test_faces_are_found_once_and_a_face_is_cut_aligned(tiny_model):
         engine.crop_photo(photo.id, face=3)
     mask = np.zeros((32, 32), np.float32)
     mask[18:26, 10:22] = 1  # about the mouth
-    res = engine.edit(EditSpec(crop.id, (crop.id,), (RegionSpec(0, mask, dx=2),)))
+    res = engine.edit(EditSpec(crop.id, (crop.id,), (Region(mask, dx=2),)))
     full = _png(engine.full_png(res.id, 0))
     base = np.asarray(img)
     changed = np.abs(full.astype(int) - base).max(-1) > 0

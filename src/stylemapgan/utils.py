@@ -1,9 +1,12 @@
-"""Small helpers shared by the library and the interfaces: devices, seed lists, the CPU's name."""
+"""Small helpers shared by the library and the interfaces: devices, seed lists, the CPU's name,
+JSON text that is always valid JSON."""
 
 from __future__ import annotations
 
+import math
 import platform
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -102,3 +105,30 @@ def exit_with_parent() -> None:
         return
     if os.getppid() != parent:  # the parent died before the request took effect
         os._exit(1)
+
+
+def dump_json(obj: Any, what: str, **kwargs: Any) -> str:
+    """``obj`` as indented JSON text ending in a newline, never with NaN or Infinity (which
+    are not JSON): a non-finite number raises an :class:`~stylemapgan.errors.InputError`
+    naming ``what`` before anything is written."""
+    import json
+
+    try:
+        return json.dumps(obj, indent=2, allow_nan=False, **kwargs) + "\n"
+    except ValueError as exc:
+        raise InputError(f"{what}: a value is not finite ({exc}); nothing was written") from None
+
+
+def finite_or_none(obj: Any, where: str = "", found: list[str] | None = None) -> Any:
+    """A copy of a JSON-like ``obj`` with every NaN or infinite float replaced by None; the
+    paths of the replaced values are appended to ``found``."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        if found is not None:
+            found.append(where or "value")
+        return None
+    if isinstance(obj, dict):
+        return {k: finite_or_none(v, f"{where}.{k}" if where else str(k), found)
+                for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_none(v, f"{where}[{i}]", found) for i, v in enumerate(obj)]
+    return obj

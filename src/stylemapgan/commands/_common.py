@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from stylemapgan.utils import dump_json, finite_or_none  # noqa: F401  (the commands' JSON)
+
 
 def add_parser(sub: argparse._SubParsersAction, name: str, help: str, description: str,
                examples: str) -> argparse.ArgumentParser:
@@ -174,35 +176,6 @@ fraction = float_in(0.0, 1.0, hi_open=True)
 
 
 # --------------------------------------------------------------------------- writing outputs
-def dump_json(obj: Any, what: str, **kwargs: Any) -> str:
-    """``obj`` as indented JSON text ending in a newline, never with NaN or Infinity (which
-    are not JSON): a non-finite number raises an :class:`~stylemapgan.errors.InputError`
-    naming ``what`` before anything is written."""
-    import json
-
-    from stylemapgan.errors import InputError
-
-    try:
-        return json.dumps(obj, indent=2, allow_nan=False, **kwargs) + "\n"
-    except ValueError as exc:
-        raise InputError(f"{what}: a value is not finite ({exc}); nothing was written") from None
-
-
-def finite_or_none(obj: Any, where: str = "", found: list[str] | None = None) -> Any:
-    """A copy of a JSON-like ``obj`` with every NaN or infinite float replaced by None; the
-    paths of the replaced values are appended to ``found``."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        if found is not None:
-            found.append(where or "value")
-        return None
-    if isinstance(obj, dict):
-        return {k: finite_or_none(v, f"{where}.{k}" if where else str(k), found)
-                for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [finite_or_none(v, f"{where}[{i}]", found) for i, v in enumerate(obj)]
-    return obj
-
-
 _HELD: set[str] = set()  # output folders this process holds the lock of
 
 
@@ -242,13 +215,13 @@ def output_folder(folder: str | os.PathLike[str], command: str = "stylemapgan") 
                 path.rmdir()  # only if empty
 
 
-def writes_folder(run: Callable[[argparse.Namespace], int], attr: str = "out"):
-    """Wrap a command's ``run(args)`` so that it holds the lock of the output folder
+def writes_folder(run: Callable[..., int], attr: str = "out"):
+    """Wrap a command's ``run(args, **kwargs)`` so that it holds the lock of the output folder
     ``args.<attr>`` for as long as it runs; a second process writing there is refused at once
     with a one-line :class:`~stylemapgan.files.FolderBusyError`."""
 
     @functools.wraps(run)
-    def locked(args: argparse.Namespace) -> int:
+    def locked(args: argparse.Namespace, **kwargs: Any) -> int:
         out = str(getattr(args, attr))
         if not out.strip():  # "" would silently mean the current folder
             from stylemapgan.errors import InputError
@@ -256,6 +229,6 @@ def writes_folder(run: Callable[[argparse.Namespace], int], attr: str = "out"):
             raise InputError(f"--{attr.replace('_', '-')} is empty; give the output folder, e.g. "
                              f"--{attr.replace('_', '-')} out")
         with output_folder(out, _command_line(args, out)):
-            return run(args)
+            return run(args, **kwargs)
 
     return locked

@@ -18,7 +18,7 @@ from stylemapgan.commands._common import (
     resolve_model,
     seed_int,
 )
-from stylemapgan.commands._editio import add_fit, align_choice, load_photo
+from stylemapgan.commands._editio import add_fit, align_choice
 
 TRUE = {"1", "+1", "true", "yes", "y", "pos", "positive"}
 FALSE = {"0", "-1", "false", "no", "n", "neg", "negative"}
@@ -118,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
         from_uint8,
         list_images,
     )
+    from stylemapgan.imaging.photos import photo_square
     from stylemapgan.utils import resolve_device
 
     if not 0 <= args.val_fraction < 1:
@@ -164,10 +165,10 @@ def run(args: argparse.Namespace) -> int:
                     if is_stylemap_file(path):
                         ws.append(load_stylemap(path, editor.config, model_sha).w.to(device))
                     else:
-                        pixels.append(load_photo(path, editor.size, fit=args.fit,
-                                                 align=align, aligner=aligner,
-                                                 no_face="leave it out of the examples, or "
-                                                         "leave out --align")[0])
+                        pixels.append(photo_square(path, editor.size, fit=args.fit,
+                                                   align=align, aligner=aligner,
+                                                   no_face="leave it out of the examples, or "
+                                                           "leave out --align").pixels)
                 if pixels:
                     ws.append(editor.project(from_uint8(np.stack(pixels)).to(device)))
                 bar.update(len(chunk))

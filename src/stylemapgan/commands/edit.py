@@ -8,6 +8,7 @@ and record.json into ``--out``.
 from __future__ import annotations
 
 import argparse
+from functools import partial
 from typing import Any
 
 from stylemapgan.commands._common import (
@@ -17,7 +18,6 @@ from stylemapgan.commands._common import (
     add_model,
     add_overwrite,
     add_parser,
-    dump_json,
     finite_float,
     int_in,
     model_file,
@@ -74,7 +74,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("source", type=abspath, help="photo or saved stylemap")
     add_paste_back(q)
     _common(q)
-    q.set_defaults(func=writes_folder(run_reconstruct), _parser=q)
+    q.set_defaults(func=writes_folder(partial(run_reconstruct, parser=q)))
 
     q = add_parser(ops, "mix", help="style mixing: some W+ layers from a second image",
                    description="""
@@ -97,7 +97,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "B's last two layers), or B's layers as a:b or 1,2,3")
     add_paste_back(q)
     _common(q, references=True)
-    q.set_defaults(func=writes_folder(run_mix), _parser=q)
+    q.set_defaults(func=writes_folder(partial(run_mix, parser=q)))
 
     q = add_parser(ops, "interpolate", help="interpolation in W or W+, N steps, grid and GIF",
                    description="""
@@ -112,7 +112,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--steps", type=steps_int, default=8, help="number of images, 1..1000 (default: 8)")
     q.add_argument("--space", choices=("w", "wplus"), default="w", help="W (default) or W+")
     _common(q, source_box=False, references=True)
-    q.set_defaults(func=writes_folder(run_interpolate), _parser=q)
+    q.set_defaults(func=writes_folder(partial(run_interpolate, parser=q)))
 
     q = add_parser(ops, "local", help="local editing: the reference inside a mask",
                    description="""
@@ -134,7 +134,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_mask_args(q, required=True)
     add_paste_back(q)
     _common(q, references=True)
-    q.set_defaults(func=writes_folder(run_local), _parser=q)
+    q.set_defaults(func=writes_folder(partial(run_local, parser=q)))
 
     q = add_parser(ops, "transplant", help="unaligned transplantation of regions between images",
                    description="""
@@ -160,7 +160,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--steps", type=steps_int, default=1, help="interpolation steps, 1..1000 (default: 1)")
     add_paste_back(q)
     _common(q, references=True)
-    q.set_defaults(func=writes_folder(run_transplant), _parser=q)
+    q.set_defaults(func=writes_folder(partial(run_transplant, parser=q)))
 
     q = add_parser(ops, "direction", help="semantic manipulation along a learned direction",
                    description="""
@@ -180,7 +180,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_mask_args(q, required=False)
     add_paste_back(q)
     _common(q)
-    q.set_defaults(func=writes_folder(run_direction), _parser=q)
+    q.set_defaults(func=writes_folder(partial(run_direction, parser=q)))
 
     q = add_parser(ops, "replay", help="run the edit a record.json describes again",
                    description="""
@@ -232,64 +232,28 @@ def _parameters(args: argparse.Namespace) -> dict[str, Any]:
             if not k.startswith("_") and k not in skip and isinstance(v, (str, int, float, bool, list, type(None)))}
 
 
-def _finish(args, ses, operation, out, frames, tiles, inputs, *, paste=None, extra_files=()):
+def _finish(args, parser, ses, operation, out, frames, tiles, inputs, *, paste=None,
+            extra_files=()):
     """Write frames, grid, optional paste-back and the record; print a summary."""
-    from stylemapgan.commands._editio import canonical_argv, write_frames, write_record
-    from stylemapgan.imaging.images import save_png
+    from stylemapgan.commands._editio import canonical_argv
 
-    written = write_frames(out, frames, tiles, overwrite=args.overwrite, gif_ms=args.gif_ms)
-    if paste is not None:
-        written.append(save_png(paste, out / "pasted.png", overwrite=args.overwrite))
-    argv = [operation, *canonical_argv(args._parser, args)]
-    write_record(out, operation=operation, argv=argv, session=ses, inputs=inputs,
-                 extra_files=extra_files, parameters=_parameters(args), outputs=written,
-                 overwrite=args.overwrite)
-    names = ", ".join(p.name for p in written[:3]) + (", ..." if len(written) > 3 else "")
-    print(f"{operation}: wrote {len(written) + 1} file(s) to {out} ({names}, record.json)")
+    written = ses.write(out, operation=operation, argv=[operation, *canonical_argv(parser, args)],
+                        frames=frames, tiles=tiles, inputs=inputs, parameters=_parameters(args),
+                        paste=paste, extra_files=extra_files, overwrite=args.overwrite,
+                        gif_ms=args.gif_ms)
+    files = written[:-1]  # record.json is named last
+    names = ", ".join(p.name for p in files[:3]) + (", ..." if len(files) > 3 else "")
+    print(f"{operation}: wrote {len(written)} file(s) to {out} ({names}, record.json)")
     return 0
 
 
-def _paste(args, src, frame, mask=None):
-    from stylemapgan.errors import InputError
-    from stylemapgan.imaging.placement import paste_back
-
+def _paste(args, ses, src, frame, mask=None):
+    """pasted.png's pixels with --paste-back, else None."""
     if not args.paste_back:
         return None
-    if src.photo is None or src.placement is None:
-        raise InputError(f"--paste-back needs the source photo: give the image {src.path.name} "
-                         "was projected from instead of the stylemap")
-    ses = args._session
-    if mask is not None and args.paste_area == "footprint":  # all the edit can change
-        from stylemapgan.editing.operations import edit_footprint
-        from stylemapgan.imaging.masks import as_tensor
-
-        mode = getattr(args, "mask_mode", "area")
-        space = getattr(args, "space", None) or "w"  # direction edits w itself
-        mask = edit_footprint(ses.config, as_tensor(mask), space, mode)[0, 0].numpy().astype("float32")
-    recon = None
-    if args.paste_mode == "residual":
-        from stylemapgan.imaging.images import to_uint8
-
-        recon = to_uint8(ses.editor.reconstruct(src.w))[0]
-    pasted = paste_back(src.photo, frame, src.placement, feather=args.feather, mask=mask,
-                        mode=args.paste_mode, reconstruction=recon)
-    return _in_photo_mode(pasted, src.path)
-
-
-def _in_photo_mode(pasted, path):
-    """The pasted photo in its file's kind of pixels: grayscale stays grayscale, and a photo
-    with transparency keeps its own alpha channel (EXIF orientation applied, as on reading)."""
-    import numpy as np
-    from PIL import Image, ImageOps
-
-    with Image.open(path) as im:
-        mode = im.mode
-        if mode in ("L", "I", "I;16", "I;16B", "I;16L", "F", "1"):
-            return np.asarray(Image.fromarray(pasted).convert("L"))
-        if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info):
-            alpha = np.asarray(ImageOps.exif_transpose(im).convert("RGBA").getchannel("A"))
-            return np.dstack([pasted, alpha])
-    return pasted
+    return ses.paste(src, frame, mask, space=getattr(args, "space", None) or "w",  # direction: w
+                     mask_mode=getattr(args, "mask_mode", "area"), area=args.paste_area,
+                     mode=args.paste_mode, feather=args.feather)
 
 
 def _check_paste_source(args, path: str) -> None:
@@ -321,23 +285,20 @@ def _input_files(args) -> list[str]:
     return found
 
 
-def _begin(args, k: int):
+def _begin(args, k: int, runtime=None):
     from pathlib import Path
 
-    from stylemapgan.commands._editio import Session, planned_outputs
+    from stylemapgan.commands._editio import align_choice
+    from stylemapgan.editing.session import EditSession, planned_outputs
     from stylemapgan.imaging.images import check_writable
 
     out = Path(args.out)
     check_writable(planned_outputs(out, k, paste=bool(getattr(args, "paste_back", False))),
                    args.overwrite, inputs=_input_files(args))
-    from stylemapgan.commands._editio import align_choice
-
-    args.model = resolve_model(args.model)
-    ses = Session(args.model, args.device, args.batch_size, align=align_choice(args),
-                  align_refs=bool(getattr(args, "align_ref", False)),
-                  source_box=hasattr(args, "source_box"), fast=args.fast,
-                  runtime=getattr(args, "_runtime", None))
-    args._session = ses
+    args.model = resolve_model(args.model)  # the record names the file itself
+    ses = EditSession(args.model, args.device, args.batch_size, align=align_choice(args),
+                      align_refs=bool(getattr(args, "align_ref", False)),
+                      source_box=hasattr(args, "source_box"), fast=args.fast, runtime=runtime)
     return out, ses
 
 
@@ -352,44 +313,47 @@ def _mask(args, ses, src):
 
 
 # --------------------------------------------------------------------------- operations
-def run_reconstruct(args: argparse.Namespace) -> int:
+def run_reconstruct(args: argparse.Namespace, parser: argparse.ArgumentParser,
+                    runtime=None) -> int:
     from stylemapgan.imaging.images import to_uint8
 
     _check_paste_source(args, args.source)
-    out, ses = _begin(args, 1)
+    out, ses = _begin(args, 1, runtime)
     src = ses.read(args.source, args.fit, _source_box(args))
     ses.project([src])
     frames = to_uint8(ses.editor.reconstruct(src.w))
-    paste = _paste(args, src, frames[-1])
-    return _finish(args, ses, "reconstruct", out, frames, [ses.preview(src)], [("source", src)],
+    paste = _paste(args, ses, src, frames[-1])
+    return _finish(args, parser, ses, "reconstruct", out, frames, [ses.preview(src)], [("source", src)],
                    paste=paste)
 
 
-def run_mix(args: argparse.Namespace) -> int:
+def run_mix(args: argparse.Namespace, parser: argparse.ArgumentParser,
+            runtime=None) -> int:
     from stylemapgan.editing.operations import layer_selection
     from stylemapgan.imaging.images import to_uint8
 
     _check_paste_source(args, args.source)
-    out, ses = _begin(args, 1)
+    out, ses = _begin(args, 1, runtime)
     layer_selection(args.layers, ses.config.num_styles)  # fail early on a bad spec
     a = ses.read(args.source, args.fit, _source_box(args))
     b = ses.read(args.reference, args.fit, reference=True)
     ses.project([a, b])
     frames = to_uint8(ses.editor.mix(a.w, b.w, args.layers))
-    paste = _paste(args, a, frames[-1])
-    return _finish(args, ses, "mix", out, frames, [ses.preview(a), ses.preview(b)],
+    paste = _paste(args, ses, a, frames[-1])
+    return _finish(args, parser, ses, "mix", out, frames, [ses.preview(a), ses.preview(b)],
                    [("source", a), ("reference", b)], paste=paste)
 
 
-def run_interpolate(args: argparse.Namespace) -> int:
+def run_interpolate(args: argparse.Namespace, parser: argparse.ArgumentParser,
+                    runtime=None) -> int:
     from stylemapgan.imaging.images import to_uint8
 
-    out, ses = _begin(args, args.steps)
+    out, ses = _begin(args, args.steps, runtime)
     a = ses.read(args.source, args.fit)
     b = ses.read(args.reference, args.fit, reference=True)
     ses.project([a, b])
     frames = to_uint8(ses.editor.interpolate(a.w, b.w, args.steps, space=args.space))
-    return _finish(args, ses, "interpolate", out, frames, [ses.preview(a), ses.preview(b)],
+    return _finish(args, parser, ses, "interpolate", out, frames, [ses.preview(a), ses.preview(b)],
                    [("source", a), ("reference", b)])
 
 
@@ -399,12 +363,13 @@ def _t(k: int):
     return steps(k) if k > 1 else None
 
 
-def run_local(args: argparse.Namespace) -> int:
+def run_local(args: argparse.Namespace, parser: argparse.ArgumentParser,
+              runtime=None) -> int:
     from stylemapgan.imaging.images import mask_to_rgb, to_uint8
     from stylemapgan.imaging.masks import as_tensor
 
     _check_paste_source(args, args.source)
-    out, ses = _begin(args, args.steps)
+    out, ses = _begin(args, args.steps, runtime)
     src = ses.read(args.source, args.fit, _source_box(args))
     ref = ses.read(args.reference, args.fit, reference=True)
     spec, mask = _mask(args, ses, src)
@@ -414,105 +379,35 @@ def run_local(args: argparse.Namespace) -> int:
     images = ses.editor.local_edit(src.w, ref.w, as_tensor(mask), space=args.space,
                                    mode=args.mask_mode, t=_t(args.steps))
     frames = to_uint8(images)
-    paste = _paste(args, src, frames[-1], mask)
+    paste = _paste(args, ses, src, frames[-1], mask)
     extra = [("mask", spec.path)] if spec.path else []
-    return _finish(args, ses, "local", out, frames,
+    return _finish(args, parser, ses, "local", out, frames,
                    [ses.preview(src), ses.preview(ref), mask_to_rgb(mask)],
                    [("source", src), ("reference", ref)], paste=paste, extra_files=extra)
 
 
-def _parse_pair(text: str, what: str) -> tuple[float, float]:
-    import math
-
-    from stylemapgan.errors import InputError
-
-    try:
-        a, b = (float(v) for v in text.split(","))
-    except ValueError:
-        a = b = math.nan
-    if not (math.isfinite(a) and math.isfinite(b)):
-        raise InputError(f"region {what}={text!r}: expected two finite numbers X,Y")
-    return a, b
-
-
 def _regions(args, ses, refs):
-    """Turn --region token lists into editing.Region objects (+ masks for grid/paste-back)."""
-    import numpy as np
+    """The --region word lists as Regions (:func:`stylemapgan.editing.regions.parse_region`),
+    their moved union (for the grid and the paste-back) and the mask files they read."""
+    from stylemapgan.editing.regions import moved_union, parse_region
 
-    from stylemapgan.editing.operations import Region
-    from stylemapgan.errors import InputError
-    from stylemapgan.imaging.masks import MaskSpec, as_tensor
-    from stylemapgan.imaging.placement import parse_box
-
-    size, cells = ses.size, ses.config.stylemap_size
-    regions, moved_masks, files = [], [], []
-    known = {"ref", "box", "mask", "labels", "parts", "move", "to", "units"}
-    for i, tokens in enumerate(args.regions):
-        kv: dict[str, str] = {}
-        for tok in tokens:
-            k, _, v = tok.partition("=")
-            if k not in known:
-                raise InputError(f"region {i}: unknown key {k!r}; use {', '.join(sorted(known))}")
-            kv[k] = v
-        units = kv.get("units", args.units)
-        if units not in ("cells", "px"):
-            raise InputError(f"region {i}: units must be cells or px, got {units!r}")
-        try:
-            r = int(kv.get("ref", "0"))
-        except ValueError:
-            raise InputError(f"region {i}: ref must be an integer index into --ref") from None
-        if not 0 <= r < len(refs):
-            raise InputError(f"region {i}: ref={r}, but {len(refs)} reference(s) were given "
-                             f"(indices 0..{len(refs) - 1})")
-        kinds = [k for k in ("box", "mask", "labels") if k in kv]
-        if len(kinds) != 1:
-            raise InputError(f"region {i}: give exactly one of box=, mask=, labels= (got {kinds or 'none'})")
-        if kinds[0] == "box":
-            parse_box(kv["box"], f"region {i}: box=")  # an error names the region
-            spec = MaskSpec("box", box=kv["box"], units=units)
-        elif kinds[0] == "mask":
-            spec = MaskSpec("image", path=kv["mask"])
-        else:
-            if "parts" not in kv:
-                raise InputError(f"region {i}: labels= needs parts=, e.g. parts=eyes")
-            spec = MaskSpec("labels", path=kv["labels"], parts=kv["parts"])
-        if spec.path:
-            files.append((f"region {i} mask", spec.path))
-        m = spec.build(size, cells, refs[r].placement, photo=str(refs[r].path))
-        if float(m.max()) == 0:
-            raise InputError(f"region {i}: the region ({spec.describe()}) selects nothing")
-        scale = size / cells if units == "cells" else 1.0
-        if "move" in kv and "to" in kv:
-            raise InputError(f"region {i}: give move= or to=, not both")
-        if "to" in kv:
-            ys, xs = np.nonzero(m > 0)
-            tx, ty = _parse_pair(kv["to"], "to")
-            dx, dy = tx * scale - xs.min(), ty * scale - ys.min()
-        elif "move" in kv:
-            mx, my = _parse_pair(kv["move"], "move")
-            dx, dy = mx * scale, my * scale
-        else:
-            dx = dy = 0.0
-        dx, dy = round(dx), round(dy)
-        if abs(dx) >= size or abs(dy) >= size:
-            raise InputError(f"region {i}: a move of ({dx}, {dy}) px leaves the {size}x{size} image")
-        regions.append(Region(as_tensor(m), dy=dy, dx=dx, reference=r))
-        moved = np.zeros_like(m)
-        ys0, ys1 = max(dy, 0), size + min(dy, 0)
-        xs0, xs1 = max(dx, 0), size + min(dx, 0)
-        moved[ys0:ys1, xs0:xs1] = m[ys0 - dy: ys1 - dy, xs0 - dx: xs1 - dx]
-        moved_masks.append(moved)
-    return regions, np.maximum.reduce(moved_masks), files
+    parsed = [parse_region(tokens, i, size=ses.size, cells=ses.config.stylemap_size,
+                           units=args.units, references=[(r.path, r.placement) for r in refs])
+              for i, tokens in enumerate(args.regions)]
+    files = [(f"region {i} mask", path) for i, (_, path) in enumerate(parsed) if path]
+    regions = [r for r, _ in parsed]
+    return regions, moved_union(regions, ses.size), files
 
 
-def run_transplant(args: argparse.Namespace) -> int:
+def run_transplant(args: argparse.Namespace, parser: argparse.ArgumentParser,
+                   runtime=None) -> int:
     import torch
 
     from stylemapgan.editing.operations import steps
     from stylemapgan.imaging.images import mask_to_rgb, to_uint8
 
     _check_paste_source(args, args.source)
-    out, ses = _begin(args, args.steps)
+    out, ses = _begin(args, args.steps, runtime)
     src = ses.read(args.source, args.fit, _source_box(args))
     refs = [ses.read(r, args.fit, reference=True) for r in args.refs]
     regions, union, files = _regions(args, ses, refs)
@@ -521,14 +416,15 @@ def run_transplant(args: argparse.Namespace) -> int:
     images = ses.editor.transplant(src.w, torch.cat([r.w for r in refs]), regions,
                                    space=args.space, alpha=alpha)
     frames = to_uint8(images)
-    paste = _paste(args, src, frames[-1], union)
+    paste = _paste(args, ses, src, frames[-1], union)
     tiles = [ses.preview(src), *(ses.preview(r) for r in refs), mask_to_rgb(union)]
     inputs = [("source", src), *((f"reference {i}", r) for i, r in enumerate(refs))]
-    return _finish(args, ses, "transplant", out, frames, tiles, inputs, paste=paste,
+    return _finish(args, parser, ses, "transplant", out, frames, tiles, inputs, paste=paste,
                    extra_files=files)
 
 
-def run_direction(args: argparse.Namespace) -> int:
+def run_direction(args: argparse.Namespace, parser: argparse.ArgumentParser,
+                  runtime=None) -> int:
     import torch
 
     from stylemapgan.editing.directions import load_direction
@@ -537,7 +433,7 @@ def run_direction(args: argparse.Namespace) -> int:
 
     _check_paste_source(args, args.source)
     direction = load_direction(args.direction)
-    out, ses = _begin(args, args.steps)
+    out, ses = _begin(args, args.steps, runtime)
     if tuple(direction.vector.shape) != ses.config.stylemap_shape:
         from stylemapgan.errors import InputError
 
@@ -553,10 +449,10 @@ def run_direction(args: argparse.Namespace) -> int:
                                         mask=None if mask is None else as_tensor(mask),
                                         mode=args.mask_mode)
     frames = to_uint8(images)
-    paste = _paste(args, src, frames[-1], mask)
+    paste = _paste(args, ses, src, frames[-1], mask)
     tiles = [ses.preview(src)] + ([mask_to_rgb(mask)] if mask is not None else [])
     files = [("direction", args.direction)] + ([("mask", spec.path)] if spec and spec.path else [])
-    return _finish(args, ses, "direction", out, frames, tiles, [("source", src)], paste=paste,
+    return _finish(args, parser, ses, "direction", out, frames, tiles, [("source", src)], paste=paste,
                    extra_files=files)
 
 
@@ -650,8 +546,7 @@ def _replay_command(args, path, record) -> int:
     # --out, --device and --overwrite are the user's, whatever the record's words say.
     ns.out, ns.device, ns.overwrite = args.out, device, bool(args.overwrite)
     # A --fast edit runs again with the fast path it had (not this device's pick).
-    ns._runtime = _recorded_runtime(path, record.get("model") or {})
-    rc = ns.func(ns)
+    rc = ns.func(ns, runtime=_recorded_runtime(path, record.get("model") or {}))
     if rc:
         return rc
     return _compare(Path(args.out), record, args)
@@ -701,11 +596,11 @@ def _replay_web(args, path, record) -> int:
     from pathlib import Path
 
     from stylemapgan.editing.editor import Editor
-    from stylemapgan.editing.record import frame_names, render_embedded
+    from stylemapgan.editing.record import frame_names
+    from stylemapgan.editing.session import replay_web_record
     from stylemapgan.errors import InputError
-    from stylemapgan.files import atomic_write
     from stylemapgan.formats.checkpoint import default_model_path, load_model
-    from stylemapgan.imaging.images import check_writable, save_png
+    from stylemapgan.imaging.images import check_writable
     from stylemapgan.nn.runtime import RuntimeOptions
     from stylemapgan.utils import resolve_device
 
@@ -740,12 +635,6 @@ def _replay_web(args, path, record) -> int:
     editor = Editor(load_model(model_path, device=device), runtime=runtime)
     print(f"replaying a web editor edit ({record.get('parameters', {}).get('method', '?')}) with "
           f"{model_path.name} on {device}")
-    frames, method = render_embedded(record, editor, str(path))
-    level = int(record.get("png_compress_level", 1))
-    names = frame_names(len(frames))
-    for name, frame in zip(names, frames, strict=True):
-        save_png(frame, out / name, overwrite=args.overwrite, compress_level=level)
-    with atomic_write(out / "record.json", overwrite=args.overwrite) as tmp:
-        tmp.write_text(dump_json(record, f"{path}: the record"))
+    names, method = replay_web_record(editor, record, str(path), out, overwrite=args.overwrite)
     print(f"replay: wrote {len(names)} frame(s) to {out} ({method})")
     return _compare(out, record, args)

@@ -39,6 +39,7 @@ import torch
 
 from stylemapgan.editing import operations as E
 from stylemapgan.editing.cache import ByteLRU
+from stylemapgan.editing.regions import Region
 from stylemapgan.errors import InputError
 from stylemapgan.nn.networks import StyleMapGAN
 from stylemapgan.nn.runtime import Runner, RuntimeOptions, prepare
@@ -69,6 +70,17 @@ class Projection:
     @property
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.w, *self.styles))
+
+
+@dataclass(frozen=True)
+class PaintedEdit:
+    """What :meth:`Editor.paint` made: ``frames`` [K, S, S, 3] uint8, the ``method`` used
+    (reconstruction, local_edit_w/wplus, transplant_w/wplus) and the indices of the regions
+    that were used (the non-empty ones)."""
+
+    frames: Any
+    method: str
+    used: list[int]
 
 
 @dataclass
@@ -367,13 +379,13 @@ class Editor:
         return w, styles
 
     def transplant(self, src: torch.Tensor | Projection,
-                   refs: torch.Tensor | Sequence[Projection], regions: Sequence[E.Region], *,
+                   refs: torch.Tensor | Sequence[Projection], regions: Sequence[Region], *,
                    space: E.Space = "wplus", alpha: Strength = 1.0) -> torch.Tensor:
         """Unaligned transplantation: each region of its reference moved onto the original.
         ``alpha`` with K values gives K interpolation steps."""
         w_src = self._w(src, "original")
         w_refs, ref_styles = self._refs(refs)
-        regions = [E.Region(self._mask(r.mask), r.dy, r.dx, r.reference) for r in regions]
+        regions = [r.to(self.device) for r in regions]
         with torch.inference_mode():
             if E.check_space(space) == "w":
                 return self.render(E.transplant([w_src], [w_refs], regions, self.size, alpha)[0])
@@ -381,7 +393,7 @@ class Editor:
                                             alpha))
 
     def edit_regions(self, src: torch.Tensor | Projection,
-                     refs: torch.Tensor | Sequence[Projection], regions: Sequence[E.Region], *,
+                     refs: torch.Tensor | Sequence[Projection], regions: Sequence[Region], *,
                      space: E.Space = "wplus", t: Strength | None = None,
                      mode: E.MaskMode = "area") -> tuple[torch.Tensor, str]:
         """Painted regions of references onto the source, as the web editor sends them: no
@@ -393,13 +405,40 @@ class Editor:
         if not regions:
             styles = [s.expand(k, -1, -1, -1) for s in self.pyramid(src)]
             return self.render(styles), "reconstruction"
-        if len(regions) == 1 and regions[0].dx == 0 and regions[0].dy == 0:
+        if len(regions) == 1 and not regions[0].moved:
             r = regions[0]
             ref = refs[r.reference: r.reference + 1] if isinstance(refs, torch.Tensor) else refs[r.reference]
             return (self.local_edit(src, ref, r.mask, space=space, mode=mode, t=t),
                     f"local_edit_{space}")
         alpha = 1.0 if t is None else t
         return self.transplant(src, refs, regions, space=space, alpha=alpha), f"transplant_{space}"
+
+    def paint(self, src: torch.Tensor | Projection, refs: torch.Tensor | Sequence[Projection],
+              regions: Sequence[Region], *, space: E.Space = "wplus", steps: int = 1,
+              mode: E.MaskMode = "area") -> PaintedEdit:
+        """The web editor's edit: ``regions`` of ``refs`` onto ``src`` as ``steps`` frames
+        from the reconstruction to the full edit (:meth:`edit_regions`), empty regions left
+        out. The web editor and the replay of its records (:meth:`replay_web_record`) both
+        run this, so they give the same pixels."""
+        from stylemapgan.imaging.images import to_uint8
+
+        E.check_space(space)
+        used = [i for i, r in enumerate(regions) if not r.is_empty]
+        images, method = self.edit_regions(src, refs, [regions[i] for i in used], space=space,
+                                           t=E.steps(steps), mode=mode)
+        return PaintedEdit(to_uint8(images), method, used)
+
+    def replay_web_record(self, record: dict[str, Any], where: str = "record") -> PaintedEdit:
+        """Run the edit a web editor record describes (its embedded images and masks, see
+        :func:`stylemapgan.editing.record.decode_embedded`) as the web editor ran it."""
+        from stylemapgan.editing.record import decode_embedded
+        from stylemapgan.imaging.images import from_uint8
+
+        spec = decode_embedded(record, self.size, where)
+        self.batch_size = max(1, spec.batch_size)
+        projections = [self.projection(from_uint8(im)) for im in spec.images]
+        return self.paint(projections[0], projections[1:], spec.regions, space=spec.space,
+                          steps=spec.steps, mode=spec.mask_mode)
 
     def apply_direction(self, w: torch.Tensor | Projection, direction: torch.Tensor,
                         strength: Strength, *, mask: torch.Tensor | None = None,

@@ -19,14 +19,13 @@ away, by a small amount.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
 
+from stylemapgan.editing.regions import Region, shift
 from stylemapgan.errors import InputError
 from stylemapgan.nn.ops import BLUR_TAPS, up_blur_padding
 
@@ -199,42 +198,12 @@ def steps(n: int) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- transplantation
-@dataclass(frozen=True)
-class Region:
-    """A region of a reference image moved onto the original.
-
-    mask: [1, 1, H, W] in [0, 1] in the reference's image coordinates.
-    dy, dx: displacement in pixels of the image (positive: down / right).
-    reference: index of the reference in the batch of references.
-    """
-
-    mask: torch.Tensor
-    dy: int = 0
-    dx: int = 0
-    reference: int = 0
-
-
-def _round_half_away(x: float) -> int:
-    """Round to the nearest integer, halves away from zero (Python's ``round`` rounds halves
-    to even, which would move +16 px and +48 px regions inconsistently)."""
-    return int(math.copysign(math.floor(abs(x) + 0.5), x))
-
-
-def shift(t: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
-    """Translate [N, C, H, W] by (dy, dx) cells, filling with zeros (no wrap-around)."""
-    h, w = t.shape[-2:]
-    if abs(dy) >= h or abs(dx) >= w:
-        return torch.zeros_like(t)
-    padded = F.pad(t, (max(dx, 0), max(-dx, 0), max(dy, 0), max(-dy, 0)))
-    y0, x0 = max(-dy, 0), max(-dx, 0)
-    return padded[..., y0: y0 + h, x0: x0 + w]
-
-
 def transplant(styles_src: Sequence[torch.Tensor], styles_refs: Sequence[torch.Tensor],
                regions: Sequence[Region], image_size: int,
                alpha: float | Sequence[float] | torch.Tensor = 1.0) -> Styles:
     """Unaligned transplantation in W+: copy each region of its reference's stylemaps to a new
-    place on the original's, at every layer's resolution.
+    place on the original's, at every layer's resolution (each moved by
+    :meth:`~stylemapgan.editing.regions.Region.move`, the one move of a region).
 
     ``styles_src``: W+ of the original (batch 1). ``styles_refs``: W+ of the references (batch
     R). ``alpha``: blend strength (one value, or K values to get K interpolation steps as a
@@ -256,14 +225,12 @@ def transplant(styles_src: Sequence[torch.Tensor], styles_refs: Sequence[torch.T
     for s, refs in zip(styles_src, styles_refs, strict=True):
         if s.shape[0] != 1:
             raise InputError("transplant edits one original at a time")
-        res = s.shape[-1]
-        scale = res / image_size
         a = _weights(alpha, s)
         x = s.expand(a.shape[0], -1, -1, -1)
         for reg, m in zip(regions, masks, strict=True):
-            dy, dx = _round_half_away(reg.dy * scale), _round_half_away(reg.dx * scale)
-            m_moved = shift(resize_mask(m, res).to(device=s.device, dtype=s.dtype), dy, dx)
-            ref_moved = shift(refs[reg.reference: reg.reference + 1], dy, dx)
+            m_moved = reg.move(resize_mask(m, s.shape[-1]).to(device=s.device, dtype=s.dtype),
+                              image_size)
+            ref_moved = reg.move(refs[reg.reference: reg.reference + 1], image_size)
             x = torch.lerp(x, ref_moved, m_moved * a)
         out.append(x)
     return out

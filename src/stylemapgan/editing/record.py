@@ -8,7 +8,7 @@ A record says what was edited, with what model, and how to get the same pixels a
 - **web editor** records (``"source": "web"``) carry their inputs: every image at the model's
   size as an embedded PNG and every painted mask exactly as the browser sent it, so a record
   downloaded from the editor replays with nothing but the model file. Replay runs the same
-  :meth:`~stylemapgan.editing.Editor.edit_regions` call and writes the frames with the recorded
+  :meth:`~stylemapgan.editing.Editor.paint` call and writes the frames with the recorded
   PNG compression level, so the PNG bytes match.
 
 Both list their outputs with checksums. Format ``stylemapgan-edit-record``: version 1 (command
@@ -36,7 +36,8 @@ from stylemapgan.errors import InputError
 if TYPE_CHECKING:
     import numpy as np
 
-    from stylemapgan.editing.editor import Editor
+    from stylemapgan.editing.regions import Region
+
 
 RECORD_FORMAT = "stylemapgan-edit-record"
 RECORD_VERSION = 2
@@ -54,8 +55,6 @@ __all__ = [
     "frame_names",
     "new_record",
     "read_record",
-    "render_embedded",
-    "run_painted",
     "sha256_bytes",
     "user_only_option",
 ]
@@ -101,10 +100,9 @@ def new_record(*, source: str, operation: str, model: dict[str, Any], device: st
 
 def dumps(record: dict[str, Any]) -> str:
     """The record as JSON text (never NaN or Infinity)."""
-    try:
-        return json.dumps(record, indent=2, allow_nan=False) + "\n"
-    except ValueError as exc:
-        raise InputError(f"edit record: a value is not finite ({exc}); nothing was written") from None
+    from stylemapgan.utils import dump_json
+
+    return dump_json(record, "edit record")
 
 
 def read_record(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -383,7 +381,7 @@ class EmbeddedEdit:
     """What a web record says to do, decoded: images [S, S, 3] uint8, regions, parameters."""
 
     images: list[np.ndarray]  # the original first, then the references
-    regions: list[tuple[int, np.ndarray, int, int]]  # (reference, mask [S, S], dx, dy)
+    regions: list[Region]  # masks [S, S] as the browser sent them (data_url kept)
     space: str
     steps: int
     mask_mode: str
@@ -407,6 +405,7 @@ def decode_embedded(record: dict[str, Any], size: int, where: str = "record") ->
     import numpy as np
     from PIL import Image
 
+    from stylemapgan.editing.regions import Region
     from stylemapgan.imaging.images import decode_png_data_url
     from stylemapgan.imaging.masks import mask_from_png
 
@@ -458,43 +457,6 @@ def decode_embedded(record: dict[str, Any], size: int, where: str = "record") ->
         except Exception as exc:  # any decoder error: a damaged embedded PNG
             raise InputError(f"{what}: not a readable PNG ({type(exc).__name__}); the record is "
                              "damaged") from None
-        regions.append((ref, mask, dx, dy))
+        regions.append(Region(mask, dy=dy, dx=dx, reference=ref, data_url=str(r["mask"])))
     return EmbeddedEdit(images, regions, str(p.get("space", "wplus")), int(p.get("steps", 1)),
                         str(p.get("mask_mode", "area")), int(p.get("batch_size", 16)))
-
-
-def run_painted(editor: Editor, src: Any, refs: Sequence[Any],
-                painted: Sequence[tuple[int, np.ndarray, int, int]], *, space: str, n_steps: int,
-                mask_mode: str = "area") -> tuple[np.ndarray, str, list[int]]:
-    """The web editor's edit: ``painted`` regions (reference index, mask [S, S] in [0, 1], dx,
-    dy in image pixels) of ``refs`` onto ``src`` (projections or stylemaps), as ``n_steps``
-    frames from the reconstruction to the full edit. Empty masks are left out. Returns (frames
-    [K, S, S, 3] uint8, the method, the indices of the regions used). The web editor and the
-    replay of its records both run this, so they give the same pixels."""
-    import numpy as np
-    import torch
-
-    from stylemapgan.editing.operations import Region, check_space, steps
-    from stylemapgan.imaging.images import to_uint8
-
-    check_space(space)
-    used = [i for i, (_, m, _, _) in enumerate(painted) if float(np.max(m, initial=0.0)) > 0.0]
-    regions = [Region(torch.from_numpy(np.ascontiguousarray(painted[i][1], dtype=np.float32))[None, None],
-                      dy=painted[i][3], dx=painted[i][2], reference=painted[i][0]) for i in used]
-    images, method = editor.edit_regions(src, list(refs), regions, space=space,
-                                         t=steps(n_steps), mode=mask_mode)
-    return to_uint8(images), method, used
-
-
-def render_embedded(record: dict[str, Any], editor: Editor, where: str = "record") -> tuple[np.ndarray, str]:
-    """Run the edit a web record describes with ``editor``: frames [K, S, S, 3] uint8 and the
-    method used (as the web editor ran it)."""
-    from stylemapgan.imaging.images import from_uint8
-
-    spec = decode_embedded(record, editor.size, where)
-    editor.batch_size = max(1, spec.batch_size)
-    projections = [editor.projection(from_uint8(im)) for im in spec.images]
-    frames, method, _ = run_painted(editor, projections[0], projections[1:], spec.regions,
-                                    space=spec.space, n_steps=spec.steps,
-                                    mask_mode=spec.mask_mode)
-    return frames, method

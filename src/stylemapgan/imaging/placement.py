@@ -373,10 +373,12 @@ def fit_square(img: Image.Image, size: int, fit: str = "crop",
 def load_image(path: str | os.PathLike[str] | Image.Image, size: int, *, fit: str = "crop",
                box: tuple[float, float, float, float] | None = None,
                name: str | None = None) -> tuple[np.ndarray, Placement, Image.Image]:
-    """Read a photo and fit it to the model: ([size, size, 3] uint8, placement, RGB photo)."""
-    img = load_rgb(path, name=name)
-    pl = place(img.size, size, fit, box, name=name or str(path))
-    return fit_rgb(img, pl), pl, img
+    """Read a photo and fit it to the model: ([size, size, 3] uint8, placement, RGB photo), by
+    :func:`stylemapgan.imaging.photos.photo_square` (which also aligns faces)."""
+    from stylemapgan.imaging.photos import photo_square
+
+    sq = photo_square(load_rgb(path, name=name), size, fit=fit, box=box, name=name or str(path))
+    return sq.pixels, sq.placement, sq.photo
 
 
 # --------------------------------------------------------------------------- square -> photo

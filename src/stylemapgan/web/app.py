@@ -45,9 +45,10 @@ from pydantic import BaseModel, Field
 from stylemapgan.editing.cache import ByteLRU
 from stylemapgan.editing.operations import Space
 from stylemapgan.editing.record import dumps as dumps_record
+from stylemapgan.editing.regions import Region
 from stylemapgan.errors import InputError, StyleMapGANError
 from stylemapgan.imaging.images import load_rgb
-from stylemapgan.web.engine import EditEngine, EditSpec, NotFound, RegionSpec
+from stylemapgan.web.engine import EditEngine, EditSpec, NotFound
 from stylemapgan.web.gallery import Gallery
 from stylemapgan.web.imaging import UploadError, decode_mask, decode_slot, display_name, read_upload
 from stylemapgan.web.photos import add_photo_routes
@@ -351,8 +352,8 @@ def create_app(engine: EditEngine, gallery: Gallery | None = None, *,
     def edit(body: EditIn) -> dict[str, Any]:
         spec = EditSpec(
             original=body.original, references=tuple(body.references),
-            regions=tuple(RegionSpec(r.reference, decode_mask(r.mask, engine.size, f"region {i} mask"),
-                                     dx=r.dx, dy=r.dy, data_url=r.mask)
+            regions=tuple(Region(decode_mask(r.mask, engine.size, f"region {i} mask"),
+                                 dy=r.dy, dx=r.dx, reference=r.reference, data_url=r.mask)
                           for i, r in enumerate(body.regions)),
             space=body.space, steps=body.steps,
         )

@@ -25,13 +25,16 @@ from PIL import Image
 from stylemapgan.editing.cache import ByteLRU
 from stylemapgan.editing.editor import Editor, Projection
 from stylemapgan.editing.operations import Space, check_space
-from stylemapgan.editing.record import frame_names, new_record, run_painted, sha256_bytes
+from stylemapgan.editing.record import frame_names, new_record, sha256_bytes
+from stylemapgan.editing.regions import Region, moved_union, paste_mask
 from stylemapgan.errors import InputError
+from stylemapgan.imaging import images
 from stylemapgan.imaging.images import from_uint8, to_uint8
-from stylemapgan.imaging.placement import Placement, fit_rgb, fit_square, paste_back, place
+from stylemapgan.imaging.photos import photo_faces, photo_square
+from stylemapgan.imaging.placement import Placement, paste_back
 from stylemapgan.nn.networks import StyleMapGAN
 from stylemapgan.nn.runtime import RuntimeOptions
-from stylemapgan.web.imaging import WEB_PNG_LEVEL, encode_png
+from stylemapgan.web.imaging import WEB_PNG_LEVEL
 from stylemapgan.web.settings import WebSettings
 
 log = logging.getLogger(__name__)
@@ -94,23 +97,10 @@ class StoredPhoto:
 
 
 @dataclass(frozen=True)
-class RegionSpec:
-    """One painted region: ``mask`` [S, S] in [0, 1] on reference ``reference``, moved by
-    (dx, dy) image pixels onto the original. ``data_url``: the mask as the browser sent it
-    (kept in the record, so a replay decodes exactly the same mask)."""
-
-    reference: int
-    mask: np.ndarray
-    dx: int = 0
-    dy: int = 0
-    data_url: str | None = None
-
-
-@dataclass(frozen=True)
 class EditSpec:
     original: str
     references: tuple[str, ...] = ()
-    regions: tuple[RegionSpec, ...] = ()
+    regions: tuple[Region, ...] = ()  # painted masks [S, S], data_url = as the browser sent it
     space: Space = "wplus"
     steps: int = 1
 
@@ -207,11 +197,12 @@ class EditEngine:
     def add_image(self, img: Image.Image, name: str, source: str = "upload") -> StoredImage:
         """Store ``img`` at the model's resolution (center crop) and project it (once per
         content)."""
-        pixels = fit_square(img, self.size, "crop")
+        pixels = photo_square(img, self.size, fit="crop", name=name).pixels
         iid = image_id(pixels)
         stored = self.images.get(iid)
         if stored is None:
-            stored = StoredImage(iid, name, source, pixels, encode_png(pixels))
+            stored = StoredImage(iid, name, source, pixels,
+                                 images.encode_png(pixels, WEB_PNG_LEVEL))
             self.images.put(iid, stored)
         self.reconstruction_png(iid, stored)
         return stored
@@ -234,7 +225,7 @@ class EditEngine:
         png = self.reconstructions.get(iid)
         if png is None:
             proj = self.projection(iid, stored)
-            png = encode_png(to_uint8(self.editor.reconstruct(proj))[0])
+            png = images.encode_png(to_uint8(self.editor.reconstruct(proj))[0], WEB_PNG_LEVEL)
             self.generator_passes += 1
             self.reconstructions.put(iid, png)
         return png
@@ -248,7 +239,7 @@ class EditEngine:
         rgba = np.zeros((*err.shape, 4), np.uint8)
         rgba[..., 0] = 255
         rgba[..., 3] = np.clip(err / 127.5 * 255 * 2, 0, 255).astype(np.uint8)
-        return encode_png(rgba)
+        return images.encode_png(rgba, WEB_PNG_LEVEL)
 
     # ------------------------------------------------------------------ full photos
     def _face_aligner(self):
@@ -269,17 +260,14 @@ class EditEngine:
             return stored
         faces: list[dict[str, Any]] = []
         if self.align:
-            from stylemapgan.imaging.faces import aligned_placement
-
-            h, w = pixels.shape[:2]
-            for f in self._face_aligner().detect(pixels):
-                pl = aligned_placement((w, h), self.size, f.landmarks)
-                faces.append({"box": list(f.box), "score": round(f.score, 3), "placement": pl})
+            faces = [{"box": list(f.box), "score": round(f.score, 3), "placement": pl}
+                     for f, pl in photo_faces(pixels, self.size, self._face_aligner())]
         preview = img.convert("RGB")
         if max(preview.size) > PREVIEW_SIDE:
             preview = preview.copy()
             preview.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE), Image.Resampling.LANCZOS)
-        stored = StoredPhoto(pid, name, source, pixels, tuple(faces), encode_png(np.asarray(preview)))
+        stored = StoredPhoto(pid, name, source, pixels, tuple(faces),
+                             images.encode_png(np.asarray(preview), WEB_PNG_LEVEL))
         self.photos.put(pid, stored)
         return stored
 
@@ -292,19 +280,17 @@ class EditEngine:
         ``box`` in photo pixels (left, top, right, bottom). Stored like an upload, projected
         once, and remembered with its placement for pasting edits back."""
         photo = self.photo(pid)
-        h, w = photo.pixels.shape[:2]
         if (face is None) == (box is None):
             raise InputError("give either a face number or a box to cut from the photo")
-        if face is not None:
-            if not 0 <= face < len(photo.faces):
-                raise InputError(f"the photo has {len(photo.faces)} detected face(s); there is "
-                                 f"no face {face}" + ("" if photo.faces else "; draw a square"))
-            pl = photo.faces[face]["placement"]
-        else:
-            pl = place((w, h), self.size, "crop", box, name=photo.name)
-        pixels = fit_rgb(Image.fromarray(photo.pixels), pl)
-        iid = image_id(pixels)
-        stored = StoredImage(iid, photo.name, photo.source, pixels, encode_png(pixels), pid, pl)
+        if face is not None and not 0 <= face < len(photo.faces):
+            raise InputError(f"the photo has {len(photo.faces)} detected face(s); there is "
+                             f"no face {face}" + ("" if photo.faces else "; draw a square"))
+        sq = photo_square(Image.fromarray(photo.pixels), self.size, fit="crop", box=box,
+                          placement=None if face is None else photo.faces[face]["placement"],
+                          name=photo.name)
+        iid = image_id(sq.pixels)
+        stored = StoredImage(iid, photo.name, photo.source, sq.pixels,
+                             images.encode_png(sq.pixels, WEB_PNG_LEVEL), pid, sq.placement)
         self.images.put(iid, stored)
         self.reconstruction_png(iid, stored)
         return stored
@@ -326,8 +312,9 @@ class EditEngine:
             raise NotFound(f"result {rid} has {len(res.frames)} frame(s); there is no frame {k}")
         photo = self.photo(res.source_photo)
         frame = np.asarray(Image.open(io.BytesIO(res.frames[k])).convert("RGB"))
-        png = encode_png(paste_back(photo.pixels, frame, res.placement, feather=res.feather,
-                                    mask=res.paste_mask))
+        pasted = paste_back(photo.pixels, frame, res.placement, feather=res.feather,
+                            mask=res.paste_mask)
+        png = images.encode_png(pasted, WEB_PNG_LEVEL)
         self.pasted.put(key, png)
         return png
 
@@ -345,8 +332,9 @@ class EditEngine:
             if not 0 <= r.reference < len(spec.references):
                 raise InputError(f"region {i} uses reference {r.reference}, but the edit has "
                                  f"{len(spec.references)} reference(s)")
-            if r.mask.shape != (self.size, self.size):
-                raise InputError(f"region {i}: mask is {r.mask.shape}, expected {self.size}x{self.size}")
+            if tuple(r.mask.shape[-2:]) != (self.size, self.size):
+                raise InputError(f"region {i}: mask is {tuple(r.mask.shape[-2:])}, expected "
+                                 f"{self.size}x{self.size}")
             if abs(r.dx) > self.size or abs(r.dy) > self.size:
                 raise InputError(f"region {i}: offset ({r.dx}, {r.dy}) is outside the image")
 
@@ -358,42 +346,23 @@ class EditEngine:
         t0 = time.perf_counter()
         src = self.projection(spec.original)
         refs = [self.projection(r) for r in spec.references]
-        painted = [(r.reference, r.mask, r.dx, r.dy) for r in spec.regions]
-        frames_u8, method, used = run_painted(self.editor, src, refs, painted, space=spec.space,
-                                              n_steps=spec.steps)
+        painted = self.editor.paint(src, refs, spec.regions, space=spec.space, steps=spec.steps)
+        method, used = painted.method, [spec.regions[i] for i in painted.used]
         self.generator_passes += 1
-        frames = [encode_png(im) for im in frames_u8]
+        frames = [images.encode_png(im, WEB_PNG_LEVEL) for im in painted.frames]
         compute_ms = 1000 * (time.perf_counter() - t0)
         rid = secrets.token_urlsafe(12)
-        record = self._record(spec, [spec.regions[i] for i in used], method, frames, rid)
+        record = self._record(spec, used, method, frames, rid)
         result = EditResult(rid, frames, record, compute_ms, method)
         original = self.image(spec.original)
         if original.photo is not None and original.placement is not None:
             result.source_photo, result.placement = original.photo, original.placement
             result.feather = max(2.0, _scale_of(original.placement))
-            result.paste_mask = self._paste_mask([spec.regions[i] for i in used], spec.space)
+            # The page's full photo shows every pixel the edit can change.
+            result.paste_mask = paste_mask(self.config, moved_union(used, self.size),
+                                           area="footprint", space=spec.space)
         self.results.put(rid, result)
         return result
-
-    def _paste_mask(self, regions: list[RegionSpec], space: str) -> np.ndarray:
-        """Where an edit can change pixels: the union of its regions at their new places,
-        grown by the receptive field (:func:`stylemapgan.editing.edit_footprint`)."""
-        from stylemapgan.editing.operations import edit_footprint
-
-        s = self.size
-        union = np.zeros((s, s), np.float32)
-        for r in regions:
-            moved = np.zeros_like(union)
-            ys0, ys1 = max(r.dy, 0), s + min(r.dy, 0)
-            xs0, xs1 = max(r.dx, 0), s + min(r.dx, 0)
-            moved[ys0:ys1, xs0:xs1] = r.mask[ys0 - r.dy: ys1 - r.dy, xs0 - r.dx: xs1 - r.dx]
-            union = np.maximum(union, moved)
-        if not union.any():
-            return union
-        import torch
-
-        grown = edit_footprint(self.config, torch.from_numpy(union)[None, None], space)
-        return grown[0, 0].numpy().astype(np.float32)
 
     def result(self, rid: str) -> EditResult:
         res = self.results.get(rid)
@@ -401,7 +370,7 @@ class EditEngine:
             raise NotFound("unknown result id: it has been dropped from memory; run the edit again")
         return res
 
-    def _record(self, spec: EditSpec, regions: list[RegionSpec], method: str,
+    def _record(self, spec: EditSpec, regions: list[Region], method: str,
                 frames: list[bytes], rid: str) -> dict[str, Any]:
         """The downloadable record: it carries the inputs at model size and the masks as sent,
         so ``stylemapgan edit replay`` reproduces the frames byte for byte."""
@@ -433,9 +402,7 @@ class EditEngine:
             model=model, device=str(self.device), inputs=inputs, parameters=parameters,
             outputs=outputs, png_compress_level=WEB_PNG_LEVEL,
             image_ids="first 32 hex digits of the SHA-256 of the RGB pixels at model resolution",
-            regions=[{"reference": r.reference, "dx": r.dx, "dy": r.dy,
-                      "coverage": round(float(r.mask.mean()), 6),
-                      "mask": r.data_url or _mask_url(r.mask)} for r in regions],
+            regions=[r.describe() for r in regions],
             result=rid)
 
     # ------------------------------------------------------------------ info
@@ -475,11 +442,5 @@ def _data_url(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def _mask_url(mask: np.ndarray) -> str:
-    """A mask given without its original PNG (Python callers): 8-bit gray PNG data URL."""
-    gray = np.clip(np.rint(mask * 255.0), 0, 255).astype(np.uint8)
-    return _data_url(encode_png(gray))
-
-
-__all__ = ["EditEngine", "EditResult", "EditSpec", "NotFound", "RegionSpec", "StoredImage",
-           "StoredPhoto", "image_id"]
+__all__ = ["EditEngine", "EditResult", "EditSpec", "NotFound", "StoredImage", "StoredPhoto",
+           "image_id"]

@@ -85,12 +85,8 @@ def decode_image(data: bytes, name: str, *, max_bytes: int, max_pixels: int) -> 
 
 
 #: zlib level of the PNGs the editor serves (fast: they are made live); records name it.
+#: They are made by :func:`stylemapgan.imaging.images.encode_png` at this level.
 WEB_PNG_LEVEL = 1
-
-
-def encode_png(array: np.ndarray, compress_level: int = WEB_PNG_LEVEL) -> bytes:
-    """[H, W, 3] or [H, W] uint8 -> PNG bytes (fast compression: these are served live)."""
-    return images.encode_png(array, compress_level)
 
 
 def _check_mask_size(w: int, h: int, what: str) -> None:
