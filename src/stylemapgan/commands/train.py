@@ -91,11 +91,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _resolve(args: argparse.Namespace):
-    import json
     from pathlib import Path
 
     from stylemapgan.config import ModelConfig, get_preset
-    from stylemapgan.errors import ConfigError, InputError
+    from stylemapgan.errors import ConfigError
     from stylemapgan.training import TrainConfig, parse_overrides
 
     model_changes, train_changes = parse_overrides(args.overrides)
@@ -103,12 +102,10 @@ def _resolve(args: argparse.Namespace):
         raise ConfigError("--init-from starts a new run and --resume continues one; pass one "
                           "of them (a resumed run keeps the weights it started from)")
     if args.resume:
+        from stylemapgan.training.run_folder import read_run_config
+
         run_dir = Path(args.resume)
-        cfg_path = run_dir / "config.json"
-        if not cfg_path.is_file():
-            raise InputError(f"--resume {run_dir}: no config.json there; give a run folder "
-                             "made by `stylemapgan train`")
-        saved = json.loads(cfg_path.read_text(encoding="utf-8"))
+        saved = read_run_config(run_dir)
         if args.preset:
             raise ConfigError("--resume keeps the run's model; do not pass --preset with it")
         if model_changes:
