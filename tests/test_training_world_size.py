@@ -103,3 +103,41 @@ def test_two_processes_train_what_one_process_trains(tmp_path):
     assert one_losses[0] != _train(Trainer(
         PRESETS["tiny-32"], TrainConfig(**{**CONFIG, "batch_size": 4}), _data(), None,
         perceptual=one_tr.percept))[0]
+
+
+def test_processes_take_interleaved_samples_of_the_same_global_batch():
+    from stylemapgan.training import StepBatchSampler
+    from stylemapgan.training.sampling import local_rows
+
+    idx = list(range(100, 120))
+    one = StepBatchSampler(idx, 8, 0, 1, seed=3, interleaved=True)
+    two = [StepBatchSampler(idx, 8, r, 2, seed=3, interleaved=True) for r in range(2)]
+    for step in range(5):
+        merged = [None] * 8
+        for r in range(2):
+            merged[local_rows(r, 2)] = two[r].batch(step)
+        assert merged == one.batch(step) == StepBatchSampler(idx, 8, 0, 1, seed=3).batch(step)
+    assert two[0].batch(0) == one.batch(0)[0::2] and two[1].batch(0) == one.batch(0)[1::2]
+
+
+def test_losses_are_read_once_per_interval_and_nan_names_its_iteration():
+    from stylemapgan.training.distributed import LossMeter
+
+    meter = LossMeter.on(torch.device("cpu"))
+    meter.add({"d": torch.tensor(1.0), "adv": torch.tensor(2.0)}, 1)
+    meter.add({"d": torch.tensor(3.0), "adv": torch.tensor(4.0), "r1": torch.tensor(5.0)}, 2)
+    means, bad_at, bad = meter.reduce(DistInfo())
+    assert means == {"d": 2.0, "adv": 3.0, "r1": 5.0} and bad_at is None and bad == []
+    meter.add({"d": torch.tensor(1.0), "adv": torch.tensor(float("inf"))}, 3)
+    meter.add({"d": torch.tensor(float("nan")), "adv": torch.tensor(float("nan"))}, 4)
+    _, bad_at, bad = meter.reduce(DistInfo())
+    assert bad_at == 3 and bad == ["adv"]
+    assert meter.reduce(DistInfo())[0] == {}  # a new interval
+
+
+def test_progress_reports_the_last_interval_means(tmp_path):
+    cfg = TrainConfig(**{**CONFIG, "iterations": 4, "log_every": 2, "batch_size": 4,
+                         "r1_interval": 16})
+    tr = Trainer(PRESETS["tiny-32"], cfg, _data(), None)
+    seen = _train(tr)
+    assert seen[0] == {} and seen[1] == seen[2] != {} and seen[3] != seen[1]

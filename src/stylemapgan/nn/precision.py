@@ -56,7 +56,8 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
         return None
     if amp == "auto":
         if device.type != "cuda":
-            return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else None
+            native = device.type == "cpu" and cpu_has_native_bf16()
+            return torch.bfloat16 if native else None
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if amp == "fp16":
         if device.type != "cuda":

@@ -22,9 +22,9 @@ import torch
 from torch import nn
 
 from stylemapgan.errors import ConfigError
+from stylemapgan.nn import precision
 from stylemapgan.nn.layers import UpsamplingLayer
 from stylemapgan.nn.networks import StyleMapGAN
-from stylemapgan.nn.precision import cpu_has_native_bf16
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class RuntimeOptions:
         if device.type == "cuda":
             bf16 = torch.cuda.is_bf16_supported()
             return cls(precision="bfloat16" if bf16 else "float16", channels_last=True)
-        if device.type == "cpu" and cpu_has_native_bf16():
+        if device.type == "cpu" and precision.cpu_has_native_bf16():
             return cls(precision="bfloat16", channels_last=True)
         return cls(channels_last=device.type == "cpu")
 
