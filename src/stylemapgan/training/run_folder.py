@@ -16,6 +16,9 @@ writer is created), image grids in ``images/`` and ``checkpoints/``
   ``SummaryWriter(purge_step=...)``, TensorBoard events), so every step is recorded once.
 * :func:`config_changes` — the training settings that differ between two configs (the run's
   ``history`` of changes on resume).
+* :func:`run_info` — the facts about a run that config.json and checkpoints keep (dataset,
+  command, sessions), checking on resume that the dataset still has its image count.
+* :meth:`RunFolder.append_skipped` — ``skipped.txt``, the unreadable files of the dataset.
 """
 
 from __future__ import annotations
@@ -30,13 +33,14 @@ from typing import Any
 
 import numpy as np
 
-from stylemapgan.errors import InputError
+from stylemapgan.errors import ConfigError, InputError
 from stylemapgan.files import atomic_write
 from stylemapgan.training.checkpoints import list_checkpoints
 from stylemapgan.training.checkpoints import remove_temporary_files as _remove_checkpoint_tmp
 from stylemapgan.training.config import TrainConfig
 
-__all__ = ["EventWriter", "RunFolder", "config_changes", "new_run_dir", "read_run_config"]
+__all__ = ["EventWriter", "RunFolder", "config_changes", "new_run_dir", "read_run_config",
+           "run_info"]
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +83,29 @@ def config_changes(saved: TrainConfig, new: TrainConfig, step: int) -> list[dict
     return [{"step": step, "key": f.name, "old": getattr(saved, f.name),
              "new": getattr(new, f.name)}
             for f in fields(TrainConfig) if getattr(saved, f.name) != getattr(new, f.name)]
+
+
+def run_info(*, data: str, val_data: str | None, dataset_images: int, skipped: int,
+             preset: str, command: str, saved: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The facts about a run kept in config.json and its checkpoints. ``saved``: the
+    config.json of the run being resumed; its first command, earlier resume commands and
+    ``init_from`` are kept, and a dataset whose image count changed since is a
+    :class:`~stylemapgan.errors.ConfigError` (the data order would change)."""
+    info: dict[str, Any] = {
+        "dataset": str(data), "val_dataset": str(val_data) if val_data else None,
+        "dataset_images": dataset_images, "preset": preset,
+        "command": (saved or {}).get("command", command), "skipped_files": skipped}
+    if saved is None:
+        return info
+    info["resumed_with"] = [*saved.get("resumed_with", []), command]
+    if saved.get("init_from"):
+        info["init_from"] = saved["init_from"]
+    if saved.get("dataset_images") not in (None, dataset_images):
+        raise ConfigError(
+            f"the dataset {data} now has {dataset_images} images, the run started with "
+            f"{saved['dataset_images']}; the data order would change, so resuming would "
+            "not continue the same run (start a new run instead)")
+    return info
 
 
 class EventWriter:
@@ -135,6 +162,19 @@ class RunFolder:
         """Append one record to ``log.jsonl``."""
         with open(self.path / "log.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
+
+    def append_skipped(self, entries: list[tuple[str, str]]) -> Path:
+        """Append ``name<TAB>reason`` lines to ``skipped.txt``, never through a link planted
+        in the run folder (an :class:`~stylemapgan.errors.InputError` then); returns its path."""
+        path = self.path / "skipped.txt"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+        except OSError as exc:
+            raise InputError(f"cannot write {path} ({exc.strerror}); it must be a plain file "
+                             "in the run folder") from None
+        with open(fd, "a", encoding="utf-8") as f:
+            f.writelines(f"{name}\t{reason}\n" for name, reason in entries)
+        return path
 
     def events(self) -> EventWriter:
         """The TensorBoard writer of this session, created on first use (the only place)."""
