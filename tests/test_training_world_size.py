@@ -133,6 +133,12 @@ def test_losses_are_read_once_per_interval_and_nan_names_its_iteration():
     _, bad_at, bad = meter.reduce(DistInfo())
     assert bad_at == 3 and bad == ["adv"]
     assert meter.reduce(DistInfo())[0] == {}  # a new interval
+    # A check between log lines leaves the interval's sums alone.
+    meter = LossMeter.on(torch.device("cpu"))
+    meter.add({"d": torch.tensor(1.0)}, 1)
+    assert meter.reduce(DistInfo(), end_interval=False) == ({}, None, [])
+    meter.add({"d": torch.tensor(3.0)}, 2)
+    assert meter.reduce(DistInfo())[0] == {"d": 2.0}
 
 
 def test_progress_reports_the_last_interval_means(tmp_path):
@@ -141,3 +147,16 @@ def test_progress_reports_the_last_interval_means(tmp_path):
     tr = Trainer(PRESETS["tiny-32"], cfg, _data(), None)
     seen = _train(tr)
     assert seen[0] == {} and seen[1] == seen[2] != {} and seen[3] != seen[1]
+
+
+def test_log_lines_average_the_whole_interval_whatever_else_is_due(tmp_path):
+    import json
+
+    runs = {}
+    for name, every in (("plain", 0), ("checkpoints", 1)):
+        cfg = TrainConfig(**{**CONFIG, "iterations": 4, "log_every": 4, "batch_size": 4,
+                             "checkpoint_every": every})
+        Trainer(PRESETS["tiny-32"], cfg, _data(), tmp_path / name).train()
+        runs[name] = [json.loads(x)["losses"]
+                      for x in (tmp_path / name / "log.jsonl").read_text().splitlines()]
+    assert runs["plain"] == runs["checkpoints"] and len(runs["plain"]) == 1

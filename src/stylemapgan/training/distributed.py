@@ -163,17 +163,22 @@ class LossMeter:
         bad = ~torch.isfinite(vec) & torch.isinf(self.first_bad)
         self.first_bad = torch.where(bad, float(iteration), self.first_bad)
 
-    def reduce(self, dist_info: DistInfo) -> tuple[dict[str, float], int | None, list[str]]:
-        """(the mean of each term seen over all processes, the first iteration a term became
-        NaN/Inf or None, those terms); starts the next interval."""
+    def reduce(self, dist_info: DistInfo, *, end_interval: bool = True,
+               ) -> tuple[dict[str, float], int | None, list[str]]:
+        """(the mean of each term seen this interval over all processes, the first iteration a
+        term became NaN/Inf or None, those terms). ``end_interval`` False only checks for
+        NaN/Inf (the means are then empty and the interval goes on)."""
         n = len(self.names)
-        totals = all_reduce(torch.cat([self.sums, self.counts]), dist_info)
         first = all_reduce(self.first_bad, dist_info, op="min")
-        means, counts, first = torch.stack(
-            [totals[:n] / totals[n:].clamp(min=1), totals[n:], first]).tolist()
-        self.sums.zero_()
-        self.counts.zero_()
-        seen = {k: m for k, m, c in zip(self.names, means, counts, strict=True) if c > 0}
+        if end_interval:
+            totals = all_reduce(torch.cat([self.sums, self.counts]), dist_info)
+            means, counts, first = torch.stack(
+                [totals[:n] / totals[n:].clamp(min=1), totals[n:], first]).tolist()
+            self.sums.zero_()
+            self.counts.zero_()
+            seen = {k: m for k, m, c in zip(self.names, means, counts, strict=True) if c > 0}
+        else:
+            first, seen = first.tolist(), {}
         worst = min(first)
         if worst == float("inf"):
             return seen, None, []

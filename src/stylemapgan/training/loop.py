@@ -500,15 +500,17 @@ class Trainer(Checkpointing):
             self.save_checkpoint()
 
     def _log_losses(self, meter: LossMeter, step: int, seconds: float, steps: int,
-                    write: bool) -> None:
-        """Reduce the interval's losses (the one host sync for them), stop on NaN/Inf, and
-        write the log record when ``write`` (rank 0, at a log step)."""
-        means, bad_at, bad = meter.reduce(self.dist)
+                    at_log: bool) -> None:
+        """Stop on a NaN/Inf loss (the one host sync for the losses); at a log step also reduce
+        the interval's means and write the log record (rank 0)."""
+        means, bad_at, bad = meter.reduce(self.dist, end_interval=at_log)
         if bad_at is not None:
             raise TrainingError(f"loss {', '.join(bad)} became NaN/Inf in iteration {bad_at}; "
                                 f"training stopped; {self._last_good_hint()}")
+        if not at_log:
+            return
         self._last_losses = means
-        if not (write and self.folder is not None):
+        if self.folder is None:
             return
         c = self.config
         record = {"step": step, "images_seen": step * c.batch_size,
