@@ -2,6 +2,7 @@
 the check really fails when a module imports a layer above its own."""
 
 import ast
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -78,18 +79,24 @@ def test_a_forbidden_import_breaks_the_contracts(tmp_path):
 
 
 def _old_flat_names() -> set[str]:
-    return {p.stem for p in (PACKAGE / "_compat").glob("*.py")}
+    """The flat module names of the first layout, removed in issue 24 (the version was 0.1.0
+    and nothing depended on them)."""
+    return {"avatars", "checkpoint", "directions", "editor", "images", "layers", "losses",
+            "masks", "networks", "onnx_export", "ops", "perceptual", "runtime", "stylemaps",
+            "weights"}
+
+
+def test_the_old_flat_names_are_gone():
+    for name in sorted(_old_flat_names()):
+        assert importlib.util.find_spec(f"stylemapgan.{name}") is None, name
+    assert not (PACKAGE / "_compat").exists()
 
 
 def test_the_package_does_not_import_the_old_flat_names():
-    # The _compat shims are outside the import graph import-linter sees (no __init__.py): an
-    # import of stylemapgan.checkpoint would hide a dependency from the contracts.
     old = _old_flat_names()
     assert "checkpoint" in old
     found = []
     for path in sorted(PACKAGE.rglob("*.py")):
-        if "_compat" in path.relative_to(PACKAGE).parts:
-            continue
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             names = []
             if isinstance(node, ast.Import):
@@ -100,4 +107,4 @@ def test_the_package_does_not_import_the_old_flat_names():
                 parts = name.split(".")
                 if len(parts) >= 2 and parts[0] == "stylemapgan" and parts[1] in old:
                     found.append(f"{path.relative_to(PACKAGE)}:{node.lineno}: {name}")
-    assert not found, "use the new module names (see _compat/): " + "; ".join(found)
+    assert not found, "use the new module names (stylemapgan.LAYER.NAME): " + "; ".join(found)

@@ -75,7 +75,7 @@ def _tiny_stages():
 
     cfg = PRESETS["tiny-32"]
     torch.manual_seed(0)
-    return losses.TrainingStages(Generator(cfg), Encoder(cfg), Discriminator(cfg)), cfg
+    return losses.Networks(Generator(cfg), Encoder(cfg), Discriminator(cfg)), cfg
 
 
 def test_discriminator_phase_is_the_logistic_loss_on_the_stage_outputs():
@@ -103,23 +103,27 @@ def test_discriminator_phase_is_the_logistic_loss_on_the_stage_outputs():
 
 
 def _fake_stages(calls):
-    """A stand-in for TrainingStages: fixed outputs, records the stages asked for."""
-    def stages(stage, *args):
-        calls.append(stage)
-        if stage == "sample":
-            return torch.ones(2, 3, 4, 4), torch.zeros(2, 5), torch.full((2, 1), 2.0)
-        if stage == "encode_sample":
-            return torch.ones(2, 5)
-        if stage == "r1":
-            (real,) = args
-            assert real.requires_grad
-            pred = (real * 3).flatten(1).sum(1, keepdim=True)
-            return losses.r1_penalty(pred, real), pred
-        if stage == "reconstruct":
-            (real,) = args
-            return real * 0.5, torch.full((2, 1), -1.0)
-        raise AssertionError(stage)
-    return stages
+    """Stand-ins for G, E and D: fixed outputs, each call recorded ("mapping", "G", "E", "D")."""
+    class G:
+        def mapping(self, z):
+            calls.append("mapping")
+            return torch.zeros(2, 5)
+
+        def __call__(self, w):  # samples from F(z) = 0; reconstructions x / 2 from E(x) = 1
+            calls.append("G")
+            return torch.ones(2, 3, 4, 4) * (1 - 0.5 * float(w.mean()))
+
+    def encoder(x):
+        calls.append("E")
+        return torch.ones(2, 5)
+
+    def discriminator(x):
+        calls.append("D")
+        if x.requires_grad:  # R1 on reals
+            return (x * 3).flatten(1).sum(1, keepdim=True)
+        return torch.full((2, 1), 2.0 if float(x.mean()) == 1.0 else -1.0)
+
+    return losses.Networks(G(), encoder, discriminator)
 
 
 def test_phases_weight_their_terms():
@@ -147,7 +151,7 @@ def test_phases_weight_their_terms():
     expected = 0.25 + phase.terms["e_adv"] * 0.1 + 0.5 * 10.0
     assert torch.allclose(phase.loss, expected)
     assert "perceptual" not in losses.reconstruction_phase(stages, real).terms
-    assert calls == ["sample", "encode_sample", "r1", "reconstruct", "reconstruct"]
+    assert calls == ["mapping", "G", "D", "E", "D", *["E", "G", "D"] * 2]
     # The forward pass runs inside the autocast context.
     entered = []
 

@@ -11,20 +11,12 @@ The package is layered, bottom to top (checked by the import contracts in pyproj
   directions and edit records
 - :mod:`.data`, :mod:`.metrics`, :mod:`.training`
 - :mod:`.web` (the editor's server), :mod:`.commands` and :mod:`.cli` (the command line)
-
-Older flat names (``stylemapgan.checkpoint``, ``stylemapgan.editor``, ``stylemapgan.images``,
-...) still import: they live in the ``_compat`` folder, which is part of this package's path.
 """
-
-import os as _os
 
 from stylemapgan.config import PRESETS, ModelConfig, get_preset
 from stylemapgan.errors import ConfigError, InputError, ModelFileError, StyleMapGANError
 
 __version__ = "0.1.0"
-
-# The old flat module names (thin re-exports) sit in _compat/ so the tree shows the layers.
-__path__.append(_os.path.join(_os.path.dirname(__file__), "_compat"))
 
 __all__ = [
     "PRESETS",

@@ -91,11 +91,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _resolve(args: argparse.Namespace):
-    import json
     from pathlib import Path
 
     from stylemapgan.config import ModelConfig, get_preset
-    from stylemapgan.errors import ConfigError, InputError
+    from stylemapgan.errors import ConfigError
     from stylemapgan.training import TrainConfig, parse_overrides
 
     model_changes, train_changes = parse_overrides(args.overrides)
@@ -103,12 +102,10 @@ def _resolve(args: argparse.Namespace):
         raise ConfigError("--init-from starts a new run and --resume continues one; pass one "
                           "of them (a resumed run keeps the weights it started from)")
     if args.resume:
+        from stylemapgan.training.run_folder import read_run_config
+
         run_dir = Path(args.resume)
-        cfg_path = run_dir / "config.json"
-        if not cfg_path.is_file():
-            raise InputError(f"--resume {run_dir}: no config.json there; give a run folder "
-                             "made by `stylemapgan train`")
-        saved = json.loads(cfg_path.read_text(encoding="utf-8"))
+        saved = read_run_config(run_dir)
         if args.preset:
             raise ConfigError("--resume keeps the run's model; do not pass --preset with it")
         if model_changes:
@@ -184,20 +181,63 @@ def _lock_run_dir(stack, run_dir, command: str, dist_info) -> None:
         raise FolderBusyError(message)
 
 
-def run(args: argparse.Namespace) -> int:
-    import contextlib
-    import json
-    import os
+def _print_start(trainer, args: argparse.Namespace, data_path, val_dataset, dist_info) -> None:
+    """What the run starts from, what it resumes, its held-out images and its folder."""
     import sys
-    from pathlib import Path
 
-    from stylemapgan.training import (
-        Trainer,
-        broadcast_object,
-        init_distributed,
-        new_run_dir,
-        shutdown_distributed,
-    )
+    import torch
+
+    if not dist_info.is_main:
+        return
+    train, run_dir = trainer.config, trainer.run_dir
+    if trainer.init_source is not None:
+        src = trainer.init_source
+        fresh = src.get("fresh") or []
+        print(f"starting from {src['file']} ({src['kind']}, SHA-256 {src['sha256'][:12]}...)"
+              + (f"; {', '.join(fresh)} fresh (not in that file)" if fresh else ""),
+              file=sys.stderr)
+    if args.resume:
+        if trainer.resumed_from is None:
+            print(f"{run_dir}: no checkpoint was written yet; training it again from step 0 "
+                  "with its recorded config", file=sys.stderr)
+        else:
+            print(f"resuming from {trainer.resumed_from} (step {trainer.step})", file=sys.stderr)
+        for h in trainer.history:
+            if h["step"] == trainer.step:
+                print(f"changed at step {h['step']}: {h['key']} {h['old']!r} -> {h['new']!r}",
+                      file=sys.stderr)
+    held = len(trainer.val_data) if trainer.val_data is not None else 0
+    if val_dataset is None and held < train.val_images:
+        print(f"warning: {data_path} has {len(trainer.dataset)} images, so {held} of "
+              f"val_images={train.val_images} are held out for validation (a tenth of a "
+              "small dataset, at least one); pass --val-data to validate on separate "
+              "images", file=sys.stderr)
+    print(f"run folder: {run_dir}  ({len(trainer.train_indices)} training images, {held} held "
+          f"out; {dist_info.world_size} process(es) on {dist_info.device}; "
+          f"precision {trainer.amp_dtype or torch.float32})".replace("torch.", ""),
+          file=sys.stderr)
+
+
+def _train_with_bar(trainer, dist_info) -> None:
+    """Train, showing a progress bar on rank 0 (the losses of the last log interval)."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=trainer.config.iterations, initial=trainer.step, unit="it", desc="train",
+               dynamic_ncols=True, disable=not dist_info.is_main)
+
+    def progress(report) -> None:
+        bar.update(1)
+        shown = {k: report.losses[k] for k in ("d", "adv", "x_rec") if k in report.losses}
+        bar.set_postfix({k: f"{v:.3f}" for k, v in shown.items()}, refresh=False)
+
+    try:
+        trainer.train(progress)
+    finally:
+        bar.close()
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
 
     model, train, data_path, val_path, run_dir, saved = _resolve(args)
     preset = saved.get("preset") or "run"
@@ -208,16 +248,34 @@ def run(args: argparse.Namespace) -> int:
                           "resume": str(run_dir) if run_dir else None,
                           "init_from": init.source if init is not None else None}, indent=2))
         return 0
+    _train(args, model, train, data_path, val_path, run_dir, saved, preset)
+    return 0
+
+
+def _train(args: argparse.Namespace, model, train, data_path, val_path, run_dir, saved,
+           preset: str) -> None:
+    """Open the data, make or lock the run folder, train and say where the result is."""
+    import contextlib
+    import sys
+    from pathlib import Path
 
     import torch
-    from tqdm import tqdm
+
+    from stylemapgan.data.datasets import open_dataset
+    from stylemapgan.errors import ConfigError
+    from stylemapgan.training import (
+        Trainer,
+        broadcast_object,
+        build_perceptual,
+        init_distributed,
+        new_run_dir,
+        resolve_amp,
+        shutdown_distributed,
+    )
+    from stylemapgan.training.run_folder import RunFolder, run_info
 
     if args.threads:
         torch.set_num_threads(args.threads)
-
-    from stylemapgan.data.datasets import open_dataset
-    from stylemapgan.errors import ConfigError, InputError
-    from stylemapgan.training import build_perceptual, resolve_amp
 
     dist_info = init_distributed(args.device)
     stack = contextlib.ExitStack()  # the run folder's lock, held until the end
@@ -240,79 +298,22 @@ def run(args: argparse.Namespace) -> int:
                 run_dir.mkdir(parents=True)
             run_dir = Path(broadcast_object(str(run_dir) if run_dir else None, dist_info))
             _lock_run_dir(stack, run_dir, command, dist_info)
-        info = {"dataset": str(data_path), "val_dataset": str(val_path) if val_path else None,
-                "dataset_images": len(dataset), "preset": preset,
-                "command": saved.get("command", command),
-                "skipped_files": len(getattr(dataset, "skipped", []))}
-        if args.resume:
-            info["resumed_with"] = [*saved.get("resumed_with", []), command]
-            if saved.get("init_from"):
-                info["init_from"] = saved["init_from"]
-            if saved.get("dataset_images") not in (None, len(dataset)):
-                raise ConfigError(
-                    f"the dataset {data_path} now has {len(dataset)} images, the run started with "
-                    f"{saved['dataset_images']}; the data order would change, so resuming would "
-                    "not continue the same run (start a new run instead)")
-        if dist_info.is_main and getattr(dataset, "skipped", None):
-            # Appended, never through a link planted in the run folder.
-            try:
-                fd = os.open(run_dir / "skipped.txt",
-                             os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
-            except OSError as exc:
-                raise InputError(f"cannot write {run_dir / 'skipped.txt'} ({exc.strerror}); "
-                                 "it must be a plain file in the run folder") from None
-            with open(fd, "a", encoding="utf-8") as f:
-                f.writelines(f"{name}\t{reason}\n" for name, reason in dataset.skipped)
-            print(f"skipped {len(dataset.skipped)} unreadable file(s) in {data_path}; listed in "
-                  f"{run_dir / 'skipped.txt'}", file=sys.stderr)
+        skipped = getattr(dataset, "skipped", None) or []
+        info = run_info(data=data_path, val_data=val_path, dataset_images=len(dataset),
+                        skipped=len(skipped), preset=preset, command=command,
+                        saved=saved if args.resume else None)
+        if dist_info.is_main and skipped:
+            listed = RunFolder(run_dir).append_skipped(skipped)
+            print(f"skipped {len(skipped)} unreadable file(s) in {data_path}; listed in "
+                  f"{listed}", file=sys.stderr)
         trainer = Trainer(model, train, dataset, run_dir, dist_info=dist_info,
                           val_dataset=val_dataset, perceptual=percept, resume=bool(args.resume),
                           extra_info=info, init_weights=saved.get("init"))
-        if dist_info.is_main and trainer.init_source is not None:
-            src = trainer.init_source
-            fresh = src.get("fresh") or []
-            print(f"starting from {src['file']} ({src['kind']}, SHA-256 {src['sha256'][:12]}...)"
-                  + (f"; {', '.join(fresh)} fresh (not in that file)" if fresh else ""),
-                  file=sys.stderr)
-        if dist_info.is_main and args.resume:
-            if trainer.resumed_from is None:
-                print(f"{run_dir}: no checkpoint was written yet; training it again from step 0 "
-                      "with its recorded config", file=sys.stderr)
-            else:
-                print(f"resuming from {trainer.resumed_from} (step {trainer.step})",
-                      file=sys.stderr)
-            for h in trainer.history:
-                if h["step"] == trainer.step:
-                    print(f"changed at step {h['step']}: {h['key']} {h['old']!r} -> "
-                          f"{h['new']!r}", file=sys.stderr)
-        held = len(trainer.val_data) if trainer.val_data is not None else 0
-        if dist_info.is_main and val_dataset is None and held < train.val_images:
-            print(f"warning: {data_path} has {len(dataset)} images, so {held} of "
-                  f"val_images={train.val_images} are held out for validation (a tenth of a "
-                  "small dataset, at least one); pass --val-data to validate on separate "
-                  "images", file=sys.stderr)
-        if dist_info.is_main:
-            print(f"run folder: {run_dir}  ({len(trainer.train_indices)} training images, "
-                  f"{len(trainer.val_data) if trainer.val_data is not None else 0} held out; "
-                  f"{dist_info.world_size} process(es) on {dist_info.device}; "
-                  f"precision {trainer.amp_dtype or torch.float32})".replace("torch.", ""),
-                  file=sys.stderr)
-        bar = tqdm(total=train.iterations, initial=trainer.step, unit="it", desc="train",
-                   dynamic_ncols=True, disable=not dist_info.is_main)
-
-        def progress(report) -> None:
-            bar.update(1)
-            shown = {k: report.losses[k] for k in ("d", "adv", "x_rec") if k in report.losses}
-            bar.set_postfix({k: f"{v:.3f}" for k, v in shown.items()}, refresh=False)
-
-        try:
-            trainer.train(progress)
-        finally:
-            bar.close()
+        _print_start(trainer, args, data_path, val_dataset, dist_info)
+        _train_with_bar(trainer, dist_info)
         if dist_info.is_main:
             print(f"trained {trainer.step} iterations; checkpoints in {run_dir / 'checkpoints'}; "
                   f"export with: stylemapgan export {run_dir} --out model.safetensors")
     finally:
         stack.close()
         shutdown_distributed()
-    return 0

@@ -106,7 +106,7 @@ def refine_stylemaps(generator: torch.nn.Module, images: torch.Tensor, w_init: t
     minimized with Adam on ``w`` only (the generator's weights get no gradients). Images are
     independent (the loss is a sum of per-image terms and Adam works per element), so the
     result does not depend on the batch. Returns the lowest-loss ``w`` seen for each image.
-    ``lpips`` is needed when ``lpips_weight > 0`` (see :class:`stylemapgan.perceptual.LPIPS`).
+    ``lpips`` is needed when ``lpips_weight > 0`` (see :class:`stylemapgan.nn.perceptual.LPIPS`).
     """
     if steps < 0:
         raise InputError(f"refine steps must be >= 0, got {steps}")

