@@ -7,7 +7,8 @@ through FastAPI's test client, in this interpreter):
 1. uploads a small image once (the model's first pass, the thread pool);
 2. uploads the large PNG alone, and measures the peak resident memory above the start;
 3. uploads it ``--uploads`` times at once from as many threads, and measures the peak above
-   the start and what is still held afterwards (after handing freed memory back).
+   the start and what is still held afterwards (after handing freed memory back); ``--rounds``
+   times, each against the start of the first (memory must not grow round by round).
 
 Both routes: ``/api/images`` (cut to the model's square) and ``/api/photos`` (a full photo,
 kept with its longer side at least ``WebSettings.photo_side``). Prints the numbers in MB with
@@ -72,6 +73,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="uploads decoded at once (default: the server's DECODE_SLOTS)")
     p.add_argument("--no-reduce", action="store_true",
                    help="decode uploads at full size (the behaviour before reduction)")
+    p.add_argument("--rounds", type=int, default=1, help="rounds of concurrent uploads")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     return p.parse_args(argv)
 
@@ -145,14 +147,24 @@ def main(argv=None) -> int:
                 for t in threads:
                     t.join()
 
-            start, peak, after, wall = measured(concurrent)
+            rounds = []
+            for _ in range(args.rounds):
+                start, peak, after, wall = measured(concurrent)
+                if rounds:  # against the start of the first round
+                    shift = start - rounds[0]["start_mb"]
+                    peak, after = peak + shift, after + shift
+                    start = rounds[0]["start_mb"]
+                rounds.append({"start_mb": round(start, 1), "peak_mb": round(peak, 1),
+                               "after_mb": round(after, 1), "wall_s": round(wall, 2)})
             results["routes"][route] = {"one_peak_mb": round(one, 1), "one_s": round(one_s, 2),
-                                        "start_mb": round(start, 1), "peak_mb": round(peak, 1),
-                                        "after_mb": round(after, 1), "wall_s": round(wall, 2)}
-            print(f"/api/{route}: one upload {one:7.1f} MB peak ({one_s:.2f} s); "
-                  f"{args.uploads} at once {peak:7.1f} MB peak, {after:6.1f} MB held after "
-                  f"({wall:.2f} s); RSS at start {start:.0f} MB; kept "
-                  f"{'x'.join(map(str, results.get('kept', {}).get(route, [])))}")
+                                        **rounds[0], "peak_mb": max(r["peak_mb"] for r in rounds),
+                                        "after_mb": rounds[-1]["after_mb"], "rounds": rounds}
+            kept = "x".join(map(str, results.get("kept", {}).get(route, [])))
+            print(f"/api/{route}: one upload {one:7.1f} MB peak ({one_s:.2f} s); RSS at start "
+                  f"{rounds[0]['start_mb']:.0f} MB; kept {kept}")
+            for i, r in enumerate(rounds):
+                print(f"  round {i + 1}: {args.uploads} at once {r['peak_mb']:7.1f} MB peak, "
+                      f"{r['after_mb']:6.1f} MB held after ({r['wall_s']:.2f} s)")
     if failures:
         print("failed uploads:\n" + "\n".join(failures), file=sys.stderr)
         return 1

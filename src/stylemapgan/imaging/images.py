@@ -152,6 +152,7 @@ def _reduced_rgb(img: Image.Image, keep: tuple[int, int], background: tuple[int,
     if img.format in ("JPEG", "MPO"):
         img.draft(None, (-(-w // factor), -(-h // factor)))  # a power of 2 <= factor
     img.load()
+    # Read once decoded, as ImageOps.exif_transpose does (a TIFF applies its own when decoded).
     with metadata_warnings(label):
         exif = img.getexif()
         method = _ORIENTATION.get(exif.get(ExifTags.Base.Orientation, 1))
