@@ -1218,3 +1218,304 @@ def test_align_never_replaces_its_inputs(tmp_path, capsys):
     rc, _, err = _run(["align", photo, "--out", tmp_path, "--overwrite"], capsys)  # me.png again
     assert rc == 2 and "would replace the input" in err, err
     assert photo.read_bytes() == before
+
+
+# ------------------------------------------------------------------ 7: full and read-only disks
+def _safetensors_fails(monkeypatch, code):
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    kind, message = {28: ("StorageFull", "No space left on device"),
+                     30: ("ReadOnlyFilesystem", "Read-only file system")}[code]
+
+    def fail(*a, **k):
+        raise SafetensorError(f'Error while serializing: IoError(Os {{ code: {code}, kind: '
+                              f'{kind}, message: "{message}" }})')
+
+    monkeypatch.setattr(safetensors.torch, "save_file", fail)
+
+
+def _train_args(data, outdir, *sets):
+    args = ["train", "--data", data, "--preset", "tiny-32", "--outdir", outdir, "--device", "cpu",
+            "--threads", "1"]
+    for s in ("batch_size=2", "perceptual=none", "workers=0", "val_images=0", "image_every=0",
+              "amp=off", "log_every=1", "iterations=2", "checkpoint_every=2", *sets):
+        args += ["--set", s]
+    return args
+
+
+@pytest.fixture(scope="module")
+def train_data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("train_data")
+    for i in range(4):
+        arr = np.random.default_rng(i).integers(0, 256, (40, 40, 3), dtype=np.uint8)
+        Image.fromarray(arr).save(d / f"{i}.png")
+    return d
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, train_data):
+    torch.set_num_threads(1)
+    runs = tmp_path_factory.mktemp("runs")
+    assert main([str(a) for a in _train_args(train_data, runs)]) == 0
+    return next(runs.iterdir())
+
+
+def _one_line_unwritable(rc, err, path, why):
+    assert rc == 2, err
+    assert "Traceback" not in err and "Exception in thread" not in err, err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith(f"error: cannot write {path}") and why in line, err
+    assert ".tmp" not in line, err
+
+
+@pytest.mark.parametrize("code, why", [(28, "free some disk space"), (30, "read-only")])
+@pytest.mark.parametrize("command", ["project", "direction", "export"])
+def test_safetensors_errors_of_each_writer_are_one_line(tmp_path, tiny_model_file, photo,
+                                                        monkeypatch, capsys, command, code, why,
+                                                        request):
+    """Stylemaps (project), directions and model files (export) share write_tagged: a
+    SafetensorError of a full or read-only disk is "cannot write FILE", exit status 2."""
+    if command == "project":
+        argv = ["project", photo, "--model", tiny_model_file, "--out", tmp_path / "p",
+                "--device", "cpu"]
+        target = tmp_path / "p" / "img.stylemap.safetensors"
+    elif command == "direction":
+        other = tmp_path / "other.png"
+        Image.new("RGB", (32, 32), (200, 10, 10)).save(other)
+        argv = ["direction", "--positive", photo, "--negative", other, "--model",
+                tiny_model_file, "--out", tmp_path / "d.safetensors", "--device", "cpu"]
+        target = tmp_path / "d.safetensors"
+    else:
+        argv = ["export", request.getfixturevalue("tiny_run"), "--out", tmp_path / "m.safetensors"]
+        target = tmp_path / "m.safetensors"
+    _safetensors_fails(monkeypatch, code)
+    rc, _, err = _run(argv, capsys)
+    _one_line_unwritable(rc, err, target, why)
+    assert not target.exists()
+    assert not target.parent.exists() or not [
+        p for p in target.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_full_disk_under_tensorboard_is_one_line(tmp_path, train_data, monkeypatch, capsys):
+    """The event file fills up while training: TensorBoard's writer thread meets ENOSPC; the
+    run stops with one line naming the event file (no thread traceback), exit status 2."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.compat.tensorflow_stub.io import gfile
+
+    real = gfile.LocalFileSystem.append
+    writes = {"n": 0}
+
+    def append(self, filename, content, binary_mode=False):
+        writes["n"] += 1
+        if "tfevents" in str(filename) and writes["n"] > 1:  # the file's header went through
+            raise OSError(errno.ENOSPC, "No space left on device", filename)
+        return real(self, filename, content, binary_mode)
+
+    monkeypatch.setattr(gfile.LocalFileSystem, "append", append)
+    runs = tmp_path / "runs"
+    rc, _, err = _run(_train_args(train_data, runs, "iterations=4"), capsys)
+    assert writes["n"] > 1
+    run = next(runs.iterdir())
+    _one_line_unwritable(rc, err, run / "events.out.tfevents", "free some disk space")
+
+
+def test_a_read_only_run_folder_under_tensorboard_is_one_line(tmp_path, monkeypatch):
+    """The event writer is made only after a byte was written into the folder: a read-only
+    or full disk fails there, in the training thread, as one UnwritableError."""
+    pytest.importorskip("tensorboard")
+    import tempfile
+
+    from stylemapgan.training.events import open_summary_writer
+
+    def read_only(*a, **k):
+        raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / ".events-probe.x.tmp"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    with pytest.raises(UnwritableError) as e:
+        open_summary_writer(tmp_path)
+    assert str(e.value).startswith(f"cannot write {tmp_path} (Read-only file system)")
+    assert e.value.errno == errno.EROFS and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("code, why", [(errno.EROFS, "read-only"),
+                                       (errno.ENOSPC, "free some disk space")])
+def test_train_on_a_read_only_or_full_disk_is_one_line(tmp_path, train_data, monkeypatch, capsys,
+                                                       code, why):
+    """The run folder cannot be made (a read-only mount: OSError 30, or a full disk): one line
+    naming it, exit status 2. Injected: tests may run as root, whom chmod does not stop."""
+    real = Path.mkdir
+    runs = tmp_path / "runs"
+
+    def mkdir(self, *a, **k):
+        if self.parent == runs:
+            raise OSError(code, os.strerror(code), str(self))
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    rc, _, err = _run(_train_args(train_data, runs), capsys)
+    _one_line_unwritable(rc, err, runs / "00000-tiny-32", why)
+
+
+def test_train_log_on_a_full_disk_is_one_line(tmp_path, train_data, monkeypatch, capsys):
+    """A write that names no file (log.jsonl's append) names the run folder."""
+    import builtins
+
+    real = builtins.open
+
+    class _Full:
+        def __init__(self, f):
+            self._f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            self._f.close()
+
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    def fake_open(file, mode="r", *a, **k):
+        f = real(file, mode, *a, **k)
+        return _Full(f) if str(file).endswith("log.jsonl") and "a" in mode else f
+
+    monkeypatch.setattr(builtins, "open", fake_open)
+    runs = tmp_path / "runs"
+    rc, _, err = _run(_train_args(train_data, runs), capsys)
+    _one_line_unwritable(rc, err, runs / "00000-tiny-32", "free some disk space")
+
+
+def test_prepare_data_on_a_read_only_mount_is_one_line(tmp_path, image_folder, monkeypatch,
+                                                       capsys):
+    """OSError 30 from the folder prepare-data makes beside OUT (mkdir itself)."""
+    real = os.mkdir
+
+    def mkdir(path, *a, **k):
+        if str(path).startswith(str(tmp_path / ".db")):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    rc, _, err = _run(["prepare-data", image_folder, "--out", tmp_path / "db", "--size", "16",
+                       "--workers", "1"], capsys)
+    _one_line_unwritable(rc, err, tmp_path / "db", "read-only")
+
+
+def test_any_command_meeting_a_full_disk_says_so_in_one_line(monkeypatch, capsys):
+    """The last net: a raw OSError 28 or 30 that no writer mapped is still one line."""
+    import stylemapgan.commands.info as info
+
+    def full(args):
+        raise OSError(errno.ENOSPC, "No space left on device", "/somewhere/out.png")
+
+    monkeypatch.setattr(info, "run", full)
+    from stylemapgan.commands import build_parser
+
+    parser = build_parser()
+    ns = parser.parse_args(["info"])
+    monkeypatch.setattr(ns, "func", full, raising=False)
+    monkeypatch.setattr("stylemapgan.cli.build_parser", lambda: _Fixed(parser, ns))
+    rc, _, err = _run(["info"], capsys)
+    _one_line_unwritable(rc, err, "/somewhere/out.png", "free some disk space")
+
+
+class _Fixed:
+    def __init__(self, parser, ns):
+        self.parser, self.ns = parser, ns
+
+    def parse_args(self, argv):
+        return self.ns
+
+
+# ------------------------------------------------------------------ Pillow's metadata warnings
+def _truncated_exif_jpeg(path):
+    """A JPEG whose EXIF Make tag points past the end of its block: Pillow warns "Truncated
+    File Read" (a UserWarning printed with its source line) and reads the pixels."""
+    import struct
+
+    ex = Image.Exif()
+    ex[0x010F] = "a camera maker name"
+    raw = bytearray(ex.tobytes())
+    at = raw.find(b"\x01\x0f\x00\x02")
+    raw[at + 8:at + 12] = struct.pack(">L", 5000)
+    Image.fromarray(_gradient(24, 16)).save(path, "JPEG", exif=bytes(raw))
+    return path
+
+
+def test_damaged_metadata_is_one_log_line_not_a_warning(tmp_path, caplog, capsys, tiny_model_file):
+    import logging
+    import warnings
+
+    from stylemapgan.imaging.images import load_rgb
+    from stylemapgan.web.imaging import decode_image
+
+    path = _truncated_exif_jpeg(tmp_path / "odd.jpg")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning that escapes fails the test
+        for read in (lambda: load_rgb(path), lambda: load_rgb(path, keep=(4, 0)),
+                     lambda: decode_image(path.read_bytes(), "odd.jpg", max_bytes=1 << 20,
+                                          max_pixels=1 << 20, keep=(4, 0))):
+            caplog.clear()
+            with caplog.at_level(logging.WARNING):
+                assert read().mode == "RGB"
+            lines = [r.getMessage() for r in caplog.records]
+            assert len(lines) == 1 and "odd.jpg: damaged metadata ignored" in lines[0] \
+                and "Truncated File Read" in lines[0], lines
+    caplog.clear()
+    rc, _, err = _run(["edit", "reconstruct", path, "--model", tiny_model_file, "--out",
+                       tmp_path / "e", "--device", "cpu"], capsys)
+    assert rc == 0 and "UserWarning" not in err, err
+    assert sum("damaged metadata" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_metadata_warnings_from_threads_leave_the_warning_machinery_as_it_was(tmp_path, caplog):
+    """Eight threads reading damaged files at once: each logs its line, no warning escapes,
+    and the process's warning handler is the one it had (catch_warnings is process-wide)."""
+    import logging
+    import threading
+    import warnings
+
+    from stylemapgan.imaging.images import load_rgb
+
+    path = _truncated_exif_jpeg(tmp_path / "odd.jpg")
+    before = (warnings.showwarning, list(warnings.filters))
+    errors = []
+
+    def read():
+        try:
+            for _ in range(5):
+                load_rgb(path)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    with caplog.at_level(logging.WARNING):
+        threads = [threading.Thread(target=read) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not errors
+    assert sum("damaged metadata" in r.getMessage() for r in caplog.records) == 40
+    assert (warnings.showwarning, list(warnings.filters)) == before
+    with pytest.warns(UserWarning, match="still shown"):  # other code's warnings pass on
+        from stylemapgan.imaging.images import metadata_warnings
+
+        with metadata_warnings("x"):
+            warnings.warn("still shown", UserWarning, stacklevel=2)
+
+
+# ------------------------------------------------------------------ replay into its own folder
+def test_replay_never_writes_over_the_record_it_replays(tmp_path, photo, tiny_model_file, capsys):
+    out = tmp_path / "e"
+    assert _run(["edit", "reconstruct", photo, "--model", tiny_model_file, "--out", out,
+                 "--device", "cpu"], capsys)[0] == 0
+    record = out / "record.json"
+    before = record.read_bytes()
+    for target in (out, Path(str(out) + "/"), tmp_path / "." / "e"):
+        rc, _, err = _run(["edit", "replay", record, "--out", target, "--overwrite"], capsys)
+        assert rc == 2 and err.count("\n") == 1, err
+        assert "over the record it replays" in err and "choose another --out" in err, err
+    assert record.read_bytes() == before
+    rc, stdout, err = _run(["edit", "replay", record, "--out", tmp_path / "again"], capsys)
+    assert rc == 0 and "identical" in stdout, err
