@@ -167,11 +167,17 @@ def _reduced_rgb(img: Image.Image, keep: tuple[int, int], background: tuple[int,
     if img.mode in _WIDE_MODES:
         extrema = img.getextrema()
         peak = float(max(0, extrema[1] if isinstance(extrema[1], (int, float)) else 0))
-    out = Image.new("RGB", (-(-w // factor), -(-h // factor)))
-    rows = factor * max(1, (1 << 20) // (w * factor))  # about a megapixel at a time
-    for top in range(0, h, rows):
-        part = _as_rgb(img.crop((0, top, w, min(h, top + rows))), background, peak)
-        out.paste(part.reduce(factor), (0, top // factor))
+    if img.mode in ("RGB", "L"):  # averaged as they are: the small result is all that is made
+        out = _as_rgb(img.reduce(factor), background)
+    else:
+        # Converted to RGB a strip at a time. Small strips: each thread's allocator keeps the
+        # largest it saw (glibc does not trim a thread arena's top), so large strips would
+        # stay resident after the upload, in every server thread.
+        out = Image.new("RGB", (-(-w // factor), -(-h // factor)))
+        rows = factor * max(1, (1 << 16) // (w * factor))  # about 64 thousand pixels
+        for top in range(0, h, rows):
+            part = _as_rgb(img.crop((0, top, w, min(h, top + rows))), background, peak)
+            out.paste(part.reduce(factor), (0, top // factor))
     return out.transpose(method) if method is not None else out
 
 
