@@ -1446,6 +1446,7 @@ def test_damaged_metadata_is_one_log_line_not_a_warning(tmp_path, caplog, capsys
     import logging
     import warnings
 
+    from stylemapgan.data.datasets import check_image_header
     from stylemapgan.imaging.images import load_rgb
     from stylemapgan.web.imaging import decode_image
 
@@ -1461,6 +1462,10 @@ def test_damaged_metadata_is_one_log_line_not_a_warning(tmp_path, caplog, capsys
             lines = [r.getMessage() for r in caplog.records]
             assert len(lines) == 1 and "odd.jpg: damaged metadata ignored" in lines[0] \
                 and "Truncated File Read" in lines[0], lines
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):  # a header check says nothing: decoding will
+            assert check_image_header(path, "odd.jpg") is None
+        assert not caplog.records
     caplog.clear()
     rc, _, err = _run(["edit", "reconstruct", path, "--model", tiny_model_file, "--out",
                        tmp_path / "e", "--device", "cpu"], capsys)

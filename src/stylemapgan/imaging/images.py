@@ -65,7 +65,8 @@ def _short(exc: BaseException) -> str:
 
 # warnings.catch_warnings swaps the process's warning handler: two threads nesting it (the
 # web server decodes uploads in threads) could leave the wrong one in place, so it is held
-# under this lock, only while Pillow reads a file's header and metadata.
+# under this lock, only while Pillow reads a file's header and metadata (and, reading at full
+# size, turns the image by its EXIF tag), never while it decodes the pixels.
 _PIL_WARNINGS_LOCK = threading.RLock()
 _PIL_DIR = os.path.dirname(Image.__file__)
 
@@ -145,8 +146,9 @@ def _reduced_rgb(img: Image.Image, keep: tuple[int, int], background: tuple[int,
                  label: str) -> Image.Image:
     """An opened (not yet decoded) image larger than ``keep`` needs -> RGB reduced while it is
     decoded: a JPEG by libjpeg's scaled decoding (1/2, 1/4 or 1/8), then any image by the
-    remaining whole factor, averaging boxes of pixels, one strip of rows at a time, so no
-    full-size converted copy is ever made; EXIF orientation is applied to the small result."""
+    remaining whole factor, averaging boxes of pixels (RGB and gray images at once, others
+    converted to RGB a strip of rows at a time), so no full-size copy is ever made; EXIF
+    orientation is applied to the small result."""
     w, h = img.size
     factor = reduction((w, h), keep)
     if img.format in ("JPEG", "MPO"):
