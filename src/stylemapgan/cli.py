@@ -42,6 +42,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             PermissionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:
+        # A full or read-only disk met by a write that did not say so itself: still one line.
+        from stylemapgan.files import disk_write_error
+
+        mapped = disk_write_error(exc)
+        if mapped is None:
+            raise
+        print(f"error: {mapped}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -29,8 +29,9 @@ import torch
 
 from stylemapgan.errors import InputError, StyleMapGANError
 
-__all__ = ["LOCK_NAME", "FolderBusyError", "TaggedFile", "UnwritableError", "as_oserror", "atomic_write", "first_line",
-           "folder_lock", "process_umask", "read_tagged", "sha256_file", "unwritable", "write_tagged"]
+__all__ = ["LOCK_NAME", "WRITE_ERRNOS", "FolderBusyError", "TaggedFile", "UnwritableError", "as_oserror",
+           "atomic_write", "disk_write_error", "first_line", "folder_lock", "process_umask",
+           "read_tagged", "sha256_file", "unwritable", "write_tagged"]
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
@@ -77,6 +78,24 @@ def unwritable(path: str | os.PathLike[str], exc: OSError) -> UnwritableError:
     """The one-line :class:`UnwritableError` for an ``OSError`` met writing ``path``: it names
     ``path`` (never a temporary file) and the fix (free space, another folder, ...)."""
     return _unwritable(Path(path), exc)
+
+
+#: The errors only a write meets: a full disk or quota, a file too large, a read-only file
+#: system (mounted so, or remounted read-only after a disk error).
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
+
+
+def disk_write_error(exc: BaseException, where: str | os.PathLike[str] | None = None
+                     ) -> UnwritableError | None:
+    """The one-line :class:`UnwritableError` for a raw ``OSError`` of :data:`WRITE_ERRNOS`
+    (naming the file it names, else ``where``, else "an output file"); None for any other
+    exception (an ``UnwritableError`` already made is returned as it is)."""
+    if isinstance(exc, UnwritableError):
+        return exc
+    if not isinstance(exc, OSError) or isinstance(exc, StyleMapGANError) \
+            or exc.errno not in WRITE_ERRNOS:
+        return None
+    return _unwritable(Path(exc.filename or where or "an output file"), exc)
 
 
 _LMDB_ERRNO = (("No space left", errno.ENOSPC), ("Read-only file system", errno.EROFS),

@@ -463,10 +463,25 @@ def run_replay(args: argparse.Namespace) -> int:
     from stylemapgan.editing.record import read_record
 
     path = Path(args.record)
+    # A replay writes OUT/record.json: never over the record it reads, even with --overwrite.
+    if _same_file(Path(args.out) / "record.json", path):
+        from stylemapgan.errors import InputError
+
+        raise InputError(f"--out {args.out}: the replay would write its record.json over the "
+                         f"record it replays ({path}); choose another --out folder")
     record = read_record(path)
     if record.get("source") == "web":
         return _replay_web(args, path, record)
     return _replay_command(args, path, record)
+
+
+def _same_file(a, b) -> bool:
+    import os
+
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # either is missing (or unreadable): not one file
+        return False
 
 
 def _check_file(path, role: str, p, sha256: str | None, force: bool) -> None:

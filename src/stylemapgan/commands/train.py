@@ -314,6 +314,13 @@ def _train(args: argparse.Namespace, model, train, data_path, val_path, run_dir,
         if dist_info.is_main:
             print(f"trained {trainer.step} iterations; checkpoints in {run_dir / 'checkpoints'}; "
                   f"export with: stylemapgan export {run_dir} --out model.safetensors")
+    except OSError as exc:  # a full or read-only disk anywhere in the run: one line naming it
+        from stylemapgan.files import disk_write_error
+
+        mapped = disk_write_error(exc, run_dir or args.outdir)
+        if mapped is None or mapped is exc:
+            raise
+        raise mapped from None
     finally:
         stack.close()
         shutdown_distributed()

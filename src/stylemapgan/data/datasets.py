@@ -35,7 +35,12 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from stylemapgan.errors import InputError
-from stylemapgan.imaging.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, load_rgb
+from stylemapgan.imaging.images import (
+    DEFAULT_MAX_PIXELS,
+    IMAGE_SUFFIXES,
+    load_rgb,
+    metadata_warnings,
+)
 from stylemapgan.imaging.placement import FITS, Fit, fit_square
 
 log = logging.getLogger(__name__)
@@ -81,7 +86,9 @@ def check_image_header(source: str | os.PathLike[str] | io.BytesIO, name: str) -
 
             if not stat.S_ISREG(os.stat(source).st_mode):  # a FIFO would block
                 return "not a regular file"
-        with Image.open(source) as img:
+        with metadata_warnings(name, quiet=True):  # logged when it is decoded, if at all
+            img = Image.open(source)
+        with img:
             w, h = img.size
             if w < 1 or h < 1:
                 return "image has no pixels"

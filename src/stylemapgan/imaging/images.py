@@ -10,18 +10,23 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import math
 import os
+import threading
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from stylemapgan.errors import InputError
 from stylemapgan.files import atomic_write
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 DEFAULT_MAX_PIXELS = 64_000_000  # refuse larger images (decompression bombs)
@@ -58,8 +63,40 @@ def _short(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _open(source: str | os.PathLike[str] | Image.Image, max_pixels: int, label: str) -> Image.Image:
-    """Open, size-check, decode and EXIF-orient an image (inside ``_decoding``). A path must
+# warnings.catch_warnings swaps the process's warning handler: two threads nesting it (the
+# web server decodes uploads in threads) could leave the wrong one in place, so it is held
+# under this lock, only while Pillow reads a file's header and metadata (and, reading at full
+# size, turns the image by its EXIF tag), never while it decodes the pixels.
+_PIL_WARNINGS_LOCK = threading.RLock()
+_PIL_DIR = os.path.dirname(Image.__file__)
+
+
+@contextlib.contextmanager
+def metadata_warnings(label: str, *, quiet: bool = False) -> Iterator[None]:
+    """Turn the warnings Pillow raises about a damaged file's metadata (a corrupt or truncated
+    EXIF block, a malformed MPO header, ...) into at most one log line naming the file,
+    instead of a printed ``UserWarning`` per problem that looks like a traceback. The pixels
+    are still read; only the damaged metadata is ignored. ``quiet``: no line at all (a header
+    check whose file is decoded, and logged, later). Warnings other code raises meanwhile
+    are passed on unchanged; when the block raises, its error says enough and nothing is
+    logged."""
+    with _PIL_WARNINGS_LOCK, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    ours = [w for w in caught if os.path.dirname(w.filename) == _PIL_DIR]
+    for w in caught:
+        if w not in ours:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+    if ours and not quiet:
+        first = " ".join(str(ours[0].message).split())[:160]
+        more = f"; {len(ours) - 1} more" if len(ours) > 1 else ""
+        log.warning("%s: damaged metadata ignored (%s%s); the pixels were read", label, first,
+                    more)
+
+
+def _opened(source: str | os.PathLike[str] | Image.Image, max_pixels: int,
+            label: str) -> Image.Image:
+    """Open an image (header only) and check its size (inside ``_decoding``). A path must
     name a regular file: a FIFO or device would block or never end."""
     if isinstance(source, (str, os.PathLike)):
         import stat
@@ -69,55 +106,143 @@ def _open(source: str | os.PathLike[str] | Image.Image, max_pixels: int, label: 
             raise InputError(f"{label}: is a directory, not an image")
         if not stat.S_ISREG(mode):
             raise InputError(f"{label}: not a regular file (a FIFO or device); give an image file")
-    img = source if isinstance(source, Image.Image) else Image.open(source)
+    if isinstance(source, Image.Image):
+        img = source
+    else:
+        with metadata_warnings(label):
+            img = Image.open(source)
     w, h = img.size
     if w < 1 or h < 1:
         raise InputError(f"{label}: image has no pixels")
     if w * h > max_pixels:
         raise InputError(f"{label}: {w}x{h} pixels is more than the limit of {max_pixels:,}; "
                          "resize it first")
+    return img
+
+
+def _open(source: str | os.PathLike[str] | Image.Image, max_pixels: int, label: str) -> Image.Image:
+    """Open, size-check, decode and EXIF-orient an image (inside ``_decoding``)."""
+    img = _opened(source, max_pixels, label)
     img.load()
-    return ImageOps.exif_transpose(img)
+    with metadata_warnings(label):
+        return ImageOps.exif_transpose(img)
+
+
+_ORIENTATION = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+                4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+                6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+                8: Image.Transpose.ROTATE_90}
+
+
+def reduction(size: tuple[int, int], keep: tuple[int, int]) -> int:
+    """The largest whole factor by which an image of ``size`` (width, height) may be reduced
+    while its shorter side stays at least ``keep[0]`` and its longer side at least
+    ``keep[1]`` pixels; 1 (not reduced) when it is that small already."""
+    short, long = sorted(size)
+    return max(1, min(short // max(1, keep[0]), long // max(1, keep[1])))
+
+
+def _reduced_rgb(img: Image.Image, keep: tuple[int, int], background: tuple[int, int, int],
+                 label: str) -> Image.Image:
+    """An opened (not yet decoded) image larger than ``keep`` needs -> RGB reduced while it is
+    decoded: a JPEG by libjpeg's scaled decoding (1/2, 1/4 or 1/8), then any image by the
+    remaining whole factor, averaging boxes of pixels (RGB and gray images at once, others
+    converted to RGB a strip of rows at a time), so no full-size copy is ever made; EXIF
+    orientation is applied to the small result."""
+    w, h = img.size
+    factor = reduction((w, h), keep)
+    if img.format in ("JPEG", "MPO"):
+        img.draft(None, (-(-w // factor), -(-h // factor)))  # a power of 2 <= factor
+    img.load()
+    # Read once decoded, as ImageOps.exif_transpose does (a TIFF applies its own when decoded).
+    with metadata_warnings(label):
+        exif = img.getexif()
+        method = _ORIENTATION.get(exif.get(ExifTags.Base.Orientation, 1))
+        if method is not None:
+            # The check ImageOps.exif_transpose makes when it writes the tags back: a tag that
+            # cannot be written is a corrupt file, as on the full-size path.
+            exif.tobytes()
+    w, h = img.size
+    factor = reduction((w, h), keep)
+    # 16-bit and float images scale by their whole range, not each strip's.
+    peak = None
+    if img.mode in _WIDE_MODES:
+        extrema = img.getextrema()
+        peak = float(max(0, extrema[1] if isinstance(extrema[1], (int, float)) else 0))
+    if img.mode in ("RGB", "L"):  # averaged as they are: the small result is all that is made
+        out = _as_rgb(img.reduce(factor), background)
+    else:
+        # Converted to RGB a strip at a time. Small strips: each thread's allocator keeps the
+        # largest it saw (glibc does not trim a thread arena's top), so large strips would
+        # stay resident after the upload, in every server thread.
+        out = Image.new("RGB", (-(-w // factor), -(-h // factor)))
+        rows = factor * max(1, (1 << 16) // (w * factor))  # about 64 thousand pixels
+        for top in range(0, h, rows):
+            part = _as_rgb(img.crop((0, top, w, min(h, top + rows))), background, peak)
+            out.paste(part.reduce(factor), (0, top // factor))
+    return out.transpose(method) if method is not None else out
 
 
 def _label(source: Any, name: str | None) -> str:
     return name or (str(source) if not isinstance(source, Image.Image) else "image")
 
 
-def _wide_to_l(img: Image.Image) -> Image.Image:
-    """16-bit and float single-channel images -> 8-bit "L" (other modes unchanged)."""
+_WIDE_MODES = ("I;16", "I;16B", "I;16L", "I", "F")
+
+
+def _wide_to_l(img: Image.Image, peak: float | None = None) -> Image.Image:
+    """16-bit and float single-channel images -> 8-bit "L" (other modes unchanged). ``peak``:
+    the image's largest value when ``img`` is a part of it (else its own)."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(img, dtype=np.float64)
-        hi = 65535.0 if arr.max(initial=0) > 255 else 255.0
+        top = arr.max(initial=0) if peak is None else peak
+        hi = 65535.0 if top > 255 else 255.0
         return Image.fromarray(np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
     if img.mode == "F":
         arr = np.asarray(img, dtype=np.float64)
-        return Image.fromarray(np.clip(arr * (255.0 if arr.max(initial=0) <= 1 else 1.0) + 0.5,
+        top = arr.max(initial=0) if peak is None else peak
+        return Image.fromarray(np.clip(arr * (255.0 if top <= 1 else 1.0) + 0.5,
                                        0, 255).astype(np.uint8), "L")
     return img
 
 
+def _as_rgb(img: Image.Image, background: tuple[int, int, int],
+            peak: float | None = None) -> Image.Image:
+    """Any mode -> 8-bit RGB, transparency flattened onto ``background``."""
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    img = _wide_to_l(img, peak)
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        flat = Image.new("RGB", rgba.size, background)
+        flat.paste(rgba, mask=rgba.getchannel("A"))
+        return flat
+    return img.convert("RGB")
+
+
 def load_rgb(source: str | os.PathLike[str] | Image.Image, *, max_pixels: int = DEFAULT_MAX_PIXELS,
-             background: tuple[int, int, int] = (255, 255, 255), name: str | None = None) -> Image.Image:
+             background: tuple[int, int, int] = (255, 255, 255), name: str | None = None,
+             keep: tuple[int, int] | None = None) -> Image.Image:
     """Open an image of any common format and mode as 8-bit RGB.
 
     EXIF orientation is applied; transparency (RGBA, LA, P with a transparent color) is
     flattened onto ``background``; grayscale, 16-bit, palette and CMYK images are converted.
     Images with more than ``max_pixels`` pixels are refused before decoding. Raises
     :class:`InputError` naming the file for anything unreadable.
+
+    ``keep`` (shorter side, longer side): what the caller needs at most. A larger image is
+    reduced by the largest whole factor that keeps both (see :func:`reduction`) while it is
+    decoded, so it never costs memory for its full size in RGB; an image that small already
+    is read exactly as without ``keep``.
     """
     label = _label(source, name)
     with _decoding(label):
-        img = _open(source, max_pixels, label)
-        if img.mode == "P":
-            img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-        img = _wide_to_l(img)
-        if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-            rgba = img.convert("RGBA")
-            flat = Image.new("RGB", rgba.size, background)
-            flat.paste(rgba, mask=rgba.getchannel("A"))
-            return flat
-        return img.convert("RGB")
+        if keep is not None:
+            img = _opened(source, max_pixels, label)
+            if reduction(img.size, keep) > 1:
+                return _reduced_rgb(img, keep, background, label)
+            source = img
+        return _as_rgb(_open(source, max_pixels, label), background)
 
 
 def load_gray(source: str | os.PathLike[str] | Image.Image, *, max_pixels: int = DEFAULT_MAX_PIXELS,

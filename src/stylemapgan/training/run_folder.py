@@ -117,13 +117,13 @@ class EventWriter:
 
     def __init__(self, log_dir: Path, purge_step: int | None = None) -> None:
         try:
-            from torch.utils.tensorboard import SummaryWriter
+            from stylemapgan.training.events import open_summary_writer  # disk errors: one line
         except ImportError:  # tensorboard not installed: JSONL and PNGs still work
             log.warning("tensorboard is not installed; no TensorBoard events are written "
                         "(pip install tensorboard)")
             self._w = None
             return
-        self._w = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
+        self._w = open_summary_writer(log_dir, purge_step=purge_step)
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         if self._w is not None:

@@ -50,7 +50,14 @@ from stylemapgan.errors import InputError, StyleMapGANError
 from stylemapgan.imaging.images import load_rgb
 from stylemapgan.web.engine import EditEngine, EditSpec, NotFound
 from stylemapgan.web.gallery import Gallery
-from stylemapgan.web.imaging import UploadError, decode_mask, decode_slot, display_name, read_upload
+from stylemapgan.web.imaging import (
+    UploadError,
+    decode_mask,
+    decode_slot,
+    display_name,
+    read_upload,
+    square_keep,
+)
 from stylemapgan.web.photos import add_photo_routes
 from stylemapgan.web.queue import LatestWinsQueue
 from stylemapgan.web.settings import MiB, WebSettings
@@ -236,6 +243,9 @@ def create_app(engine: EditEngine, gallery: Gallery | None = None, *,
     gallery = gallery if gallery is not None else Gallery(None)
     queue = LatestWinsQueue(max_sessions=settings.max_sessions)
     thumbs: ByteLRU[bytes] = ByteLRU(32 * MiB, len)
+    # Uploads and gallery images become the model's square (or a thumbnail): a larger one is
+    # reduced while decoded, never held at full size in RGB.
+    keep = square_keep(max(engine.size, THUMB_SIZE))
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -284,7 +294,7 @@ def create_app(engine: EditEngine, gallery: Gallery | None = None, *,
     @app.post("/api/images", status_code=201)
     def upload(file: Annotated[UploadFile, File()]) -> dict[str, Any]:
         with decode_slot():  # bounded concurrent decodes: bounded memory
-            name, img = read_upload(file, settings)
+            name, img = read_upload(file, settings, keep)
             stored = engine.add_image(img, name, "upload")
             del img
         return stored.describe()
@@ -317,7 +327,7 @@ def create_app(engine: EditEngine, gallery: Gallery | None = None, *,
                 raise UploadError(f"gallery image {item.name}: larger than the limit of "
                                   f"{settings.max_upload_bytes:,} bytes", 413)
             return item.name, load_rgb(item.path, max_pixels=settings.max_pixels,
-                                       name=f"gallery image {item.name}")
+                                       name=f"gallery image {item.name}", keep=keep)
         except UploadError:
             raise
         except InputError as exc:

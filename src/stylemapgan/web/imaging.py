@@ -18,7 +18,7 @@ from PIL import Image, UnidentifiedImageError
 from stylemapgan.editing import record
 from stylemapgan.errors import InputError
 from stylemapgan.imaging import images
-from stylemapgan.imaging.images import load_rgb
+from stylemapgan.imaging.images import load_rgb, metadata_warnings
 from stylemapgan.imaging.masks import mask_from_png
 
 # Formats Pillow may use to decode an upload (MPO: multi-picture JPEG from phone cameras).
@@ -55,8 +55,26 @@ def png_header_size(data: bytes) -> tuple[int, int] | None:
     return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
 
 
-def decode_image(data: bytes, name: str, *, max_bytes: int, max_pixels: int) -> Image.Image:
-    """Bytes of an uploaded file -> RGB image, or :class:`UploadError` with a fitting status."""
+def square_keep(size: int) -> tuple[int, int]:
+    """What an image cut to the model's square needs at most (see
+    :func:`stylemapgan.imaging.images.load_rgb`'s ``keep``): a shorter side of twice the
+    model's size; larger images are reduced while decoded, then resampled to the model's size
+    as before."""
+    return (2 * size, 0)
+
+
+def photo_keep(size: int, photo_side: int) -> tuple[int, int]:
+    """What a full photo needs at most: the model's size as its shorter side (a square of its
+    whole height) and ``photo_side`` (at least twice the model's size) as its longer side,
+    for finding and aligning faces and cutting squares."""
+    return (size, max(photo_side, 2 * size))
+
+
+def decode_image(data: bytes, name: str, *, max_bytes: int, max_pixels: int,
+                 keep: tuple[int, int] | None = None) -> Image.Image:
+    """Bytes of an uploaded file -> RGB image, or :class:`UploadError` with a fitting status.
+    ``keep``: reduce a larger image while decoding it (see
+    :func:`stylemapgan.imaging.images.load_rgb`)."""
     if not data:
         raise UploadError(f"{name}: the file is empty", 400)
     if len(data) > max_bytes:
@@ -65,7 +83,8 @@ def decode_image(data: bytes, name: str, *, max_bytes: int, max_pixels: int) -> 
     Image.init()  # register every plugin, so the formats below are all known
     formats = [f for f in IMAGE_FORMATS if f in Image.OPEN]
     try:
-        img = Image.open(io.BytesIO(data), formats=formats)
+        with metadata_warnings(name):
+            img = Image.open(io.BytesIO(data), formats=formats)
     except UnidentifiedImageError:
         raise UploadError(f"{name}: not an image; upload a PNG, JPEG, WebP, BMP, GIF or TIFF file",
                           415) from None
@@ -79,7 +98,7 @@ def decode_image(data: bytes, name: str, *, max_bytes: int, max_pixels: int) -> 
         raise UploadError(f"{name}: {w}x{h} pixels is more than the limit of {max_pixels:,}; "
                           "resize it first", 413)
     try:
-        return load_rgb(img, max_pixels=max_pixels, name=name)
+        return load_rgb(img, max_pixels=max_pixels, name=name, keep=keep)
     except InputError as exc:
         raise UploadError(str(exc), 422) from None
 
@@ -152,10 +171,11 @@ def _trim_heap() -> None:
         pass
 
 
-def read_upload(file, settings) -> tuple[str, Image.Image]:
+def read_upload(file, settings, keep: tuple[int, int] | None = None) -> tuple[str, Image.Image]:
     """A multipart upload (FastAPI ``UploadFile``) -> (safe display name, RGB image), with the
-    size and pixel limits of ``settings`` checked before decoding."""
+    size and pixel limits of ``settings`` checked before decoding; reduced while decoding to
+    what ``keep`` needs."""
     name = display_name(file.filename)
     data = file.file.read(settings.max_upload_bytes + 1)
     return name, decode_image(data, name, max_bytes=settings.max_upload_bytes,
-                              max_pixels=settings.max_pixels)
+                              max_pixels=settings.max_pixels, keep=keep)

@@ -2,8 +2,11 @@
 get edits back pasted into the whole photo. Registered by :func:`stylemapgan.web.app.create_app`.
 
 - ``POST /api/photos``: upload a photo (multipart field ``file``, the upload limits apply); it
-  is kept at full resolution and, for a face model (``serve --align``), its faces are detected
-  once. Returns its id, size, preview URL and faces (box and detector score, largest first).
+  is kept at full resolution, except that a photo at least twice ``WebSettings.photo_side``
+  (2048) on its longer side is reduced while decoded, by the whole factor that keeps it that
+  long (and the model's size on its shorter side); for a face model (``serve --align``), its
+  faces are detected once. Returns its id, size, preview URL and faces (box and detector
+  score, largest first).
 - ``GET /api/photos/{id}/preview.png``: the photo, at most 768 px a side.
 - ``POST /api/photos/{id}/crop``: ``{"face": N}`` (an aligned face) or ``{"box": [x0, y0, x1,
   y1]}`` (photo pixels; the largest centred square of it) -> an image record like an upload's.
@@ -21,7 +24,7 @@ from pydantic import BaseModel, Field
 
 from stylemapgan.errors import InputError
 from stylemapgan.web.engine import EditEngine
-from stylemapgan.web.imaging import decode_slot, read_upload
+from stylemapgan.web.imaging import decode_slot, photo_keep, read_upload
 
 # The ids of stylemapgan.web.app (a photo id is an image id: 32 hex digits of a SHA-256).
 PHOTO_ID = IMAGE_ID = r"^[0-9a-f]{32}$"
@@ -38,6 +41,7 @@ def add_photo_routes(app: FastAPI, engine: EditEngine) -> None:
     """Register the routes above on ``app`` (no ``from __future__ import annotations`` here:
     FastAPI reads the parameters' annotations)."""
     settings = engine.settings
+    keep = photo_keep(engine.size, settings.photo_side)
 
     def png(data: bytes) -> Response:
         return Response(data, media_type="image/png")
@@ -45,7 +49,7 @@ def add_photo_routes(app: FastAPI, engine: EditEngine) -> None:
     @app.post("/api/photos", status_code=201)
     def upload_photo(file: Annotated[UploadFile, File()]) -> dict[str, Any]:
         with decode_slot():  # bounded concurrent decodes: bounded memory
-            name, img = read_upload(file, settings)
+            name, img = read_upload(file, settings, keep)
             stored = engine.add_photo(img, name, "upload")
             del img
         return stored.describe()

@@ -24,6 +24,9 @@ class WebSettings:
     max_sessions: clients remembered for the newest-edit-wins rule.
     edit_timeout_s: how long an edit request waits for its turn and its result.
     max_gallery_items: gallery files listed at most.
+    photo_side: a full photo (``/api/photos``) is kept with at least this longer side (and
+        at least the model's size as its shorter side); larger photos are reduced while they
+        are decoded. Enough to find and align faces; edits are pasted back at that size.
     """
 
     max_upload_bytes: int = 20 * MiB
@@ -37,6 +40,7 @@ class WebSettings:
     max_sessions: int = 1024
     edit_timeout_s: float = 300.0
     max_gallery_items: int = 2000
+    photo_side: int = 2048
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():
