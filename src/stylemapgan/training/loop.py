@@ -64,6 +64,7 @@ from torch import nn
 from stylemapgan.config import ModelConfig
 from stylemapgan.errors import ConfigError
 from stylemapgan.files import atomic_write
+from stylemapgan.metrics import CheckpointMetrics
 from stylemapgan.nn.networks import Discriminator, Encoder, Generator
 from stylemapgan.training import losses
 from stylemapgan.training.checkpoints import (
@@ -370,6 +371,10 @@ class Trainer:
             perceptual = build_perceptual(c.perceptual)
         self.percept = (perceptual.to(self.device).eval().requires_grad_(False)
                         if perceptual is not None else None)
+        #: The registered metrics ``--set metrics=...`` computes at each checkpoint (rank 0).
+        self.checkpoint_metrics = CheckpointMetrics.of_run(
+            c, self.val_data, device=self.device, batch_size=self.local_batch,
+            perceptual_net=self.percept) if c.metrics and self.dist.is_main else None
 
         self.step = 0
         self.wall_time = 0.0  # training seconds over all sessions of this run
@@ -905,6 +910,10 @@ class Trainer:
                             f"its checkpoint was not written; training stopped; "
                             f"{self._last_good_hint()}")
                     self.save_checkpoint()
+                    if main and self.checkpoint_metrics is not None:
+                        record, scalars = self.checkpoint_metrics.compute(self.g_ema, self.e_ema)
+                        self._log_line({"step": step, "metrics": record})
+                        self._events().scalars(step, scalars)
                 if main and self._writer is not None:
                     self._writer.flush()
                 if self.dist.distributed and (
