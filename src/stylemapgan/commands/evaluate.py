@@ -246,12 +246,25 @@ def _write(result: dict[str, Any], out: Path, overwrite: bool) -> None:
     print(f"wrote {out / 'metrics.json'} and {out / 'metrics.md'}")
 
 
-def run(args: argparse.Namespace) -> int:
-    args.model = resolve_model(args.model)
+def _open_data(args: argparse.Namespace, size: int) -> tuple[Any, Any]:
+    """The evaluation images (the first --num-images) and the FID reference images."""
     import torch
 
     from stylemapgan.data.datasets import open_dataset
     from stylemapgan.errors import InputError
+
+    dataset = open_dataset(args.data, size)
+    if args.num_images is not None and args.num_images < len(dataset):
+        dataset = torch.utils.data.Subset(dataset, range(args.num_images))
+    if len(dataset) < 1:
+        raise InputError(f"{args.data}: no images")
+    return dataset, dataset if args.fid_data is None else open_dataset(args.fid_data, size)
+
+
+def run(args: argparse.Namespace) -> int:
+    args.model = resolve_model(args.model)
+    import torch
+
     from stylemapgan.formats.checkpoint import load_model, read_model_metadata
     from stylemapgan.formats.weights import home_dir, load_inception, load_lpips
     from stylemapgan.imaging.images import check_writable
@@ -268,12 +281,7 @@ def run(args: argparse.Namespace) -> int:
     size = config.size
 
     # Everything that can fail fast does so before the long work: data, triples, weights.
-    dataset = open_dataset(args.data, size)
-    if args.num_images is not None and args.num_images < len(dataset):
-        dataset = torch.utils.data.Subset(dataset, range(args.num_images))
-    if len(dataset) < 1:
-        raise InputError(f"{args.data}: no images")
-    fid_set = dataset if args.fid_data is None else open_dataset(args.fid_data, size)
+    dataset, fid_set = _open_data(args, size)
     triples = read_triples(args.edit_triples) if args.edit_triples else []
     check_triples(triples)
     if triples:

@@ -60,7 +60,9 @@ class MetricContext:
     runtime_repeats: int = 10
     stats_cache: Path | None = None
     progress: ProgressFactory | None = None
-    #: Results shared between metrics (the FID reference statistics, the editing run), by key.
+    #: Results shared between metrics, by key: ``"fid_reference"`` (the reference set's
+    #: ``(GaussianStats, {"cache": ...})``, see :func:`stylemapgan.metrics.fid.reference_stats`)
+    #: and ``"edit_run"`` (:func:`stylemapgan.metrics.editing.edit_run`).
     shared: dict[str, Any] = field(default_factory=dict)
 
     def bar(self, total: int, description: str) -> contextlib.AbstractContextManager[Any]:
