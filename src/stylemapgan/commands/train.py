@@ -217,6 +217,7 @@ def run(args: argparse.Namespace) -> int:
 
     from stylemapgan.data.datasets import open_dataset
     from stylemapgan.errors import ConfigError, InputError
+    from stylemapgan.metrics import check_weights as check_metric_weights
     from stylemapgan.training import build_perceptual, resolve_amp
 
     dist_info = init_distributed(args.device)
@@ -232,6 +233,7 @@ def run(args: argparse.Namespace) -> int:
                               f"processes ({dist_info.world_size}); change --set batch_size")
         # The perceptual network too (it may need `stylemapgan weights fetch`).
         percept = build_perceptual(train.perceptual) if train.uses_perceptual else None
+        check_metric_weights(train)  # and those of --set metrics=... (fid: Inception)
         dataset = open_dataset(data_path, model.size)
         val_dataset = open_dataset(val_path, model.size) if val_path else None
         if run_dir is None:

@@ -43,7 +43,7 @@ _HOMES = {
     **dict.fromkeys(("device_name", "time_calls"), "runtime"),
     **dict.fromkeys(("Triple", "check_triples", "edit_batches", "load_triple", "read_triples"),
                     "triples"),
-    "CheckpointMetrics": "at_checkpoint",
+    **dict.fromkeys(("CheckpointMetrics", "check_weights"), "at_checkpoint"),
 }
 
 

@@ -27,6 +27,21 @@ log = logging.getLogger(__name__)
 PRETRAINED_LPIPS = ("vgg", "alex")
 
 
+def check_weights(config: Any, registry: MetricRegistry | None = None) -> None:
+    """Raise :class:`~stylemapgan.formats.weights.WeightsMissingError` (naming ``stylemapgan
+    weights fetch``) when a metric of ``config.metrics`` needs feature-network weights that are
+    not in the cache: cheap (no file is read), so a command can check before it makes a run
+    folder."""
+    from stylemapgan.formats.weights import LPIPS_WEIGHTS, weights_path
+
+    reg = registry or default_registry
+    needs = set().union(*(reg.get(n).needs for n in training_metric_names(config.metrics, reg)))
+    if "inception" in needs:
+        weights_path("inception", verify=False)
+    if "lpips" in needs and config.perceptual in PRETRAINED_LPIPS:
+        weights_path(LPIPS_WEIGHTS[config.perceptual], verify=False)
+
+
 @dataclass
 class _Networks:
     """The EMA generator and encoder as the model the metrics take."""
@@ -64,7 +79,7 @@ class CheckpointMetrics:
     network. ``reconstruction`` reports LPIPS with that network when it is a pretrained one
     (``vgg``, ``alex``; loaded here when the loss does not use it) and none for ``none`` or
     ``random:*``. FID metrics load the Inception weights now, and compute the validation
-    images' statistics once for the whole run.
+    images' statistics once per training session.
     """
 
     def __init__(self, names: str, images: torch.utils.data.Dataset | None, *,
