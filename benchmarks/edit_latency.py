@@ -37,14 +37,10 @@ from PIL import Image
 from stylemapgan.config import get_preset
 from stylemapgan.editing.regions import Region
 from stylemapgan.formats.checkpoint import build_empty, load_model
+from stylemapgan.metrics import time_calls
 from stylemapgan.nn.networks import StyleMapGAN
 from stylemapgan.utils import cpu_name, resolve_device
 from stylemapgan.web.engine import EditEngine, EditSpec
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def image(seed: int, size: int) -> np.ndarray:
@@ -71,16 +67,7 @@ def summary(times: list[float]) -> dict[str, float]:
 
 
 def timed(fn, device, warmup: int, repeats: int) -> dict[str, float]:
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t)
-    return summary(times)
+    return summary(time_calls(fn, repeats=repeats, warmup=warmup, device=device))
 
 
 def random_model(preset: str, device: torch.device) -> StyleMapGAN:

@@ -29,7 +29,6 @@ import ctypes
 import json
 import statistics
 import sys
-import time
 from collections import Counter
 
 import torch
@@ -39,6 +38,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from stylemapgan.config import get_preset
 from stylemapgan.editing.operations import local_edit_wplus
 from stylemapgan.formats.checkpoint import load_model
+from stylemapgan.metrics import time_calls
 from stylemapgan.nn.networks import StyleMapGAN
 from stylemapgan.nn.runtime import RuntimeOptions, prepare, psnr
 from stylemapgan.utils import cpu_name, resolve_device
@@ -60,22 +60,8 @@ def keep_freed_memory() -> bool:
         return False
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def timeit(fn, device, warmup: int, repeats: int) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t)
-    return times
+    return time_calls(fn, repeats=repeats, warmup=warmup, device=device)
 
 
 def flops(fn) -> int:

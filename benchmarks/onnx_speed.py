@@ -15,25 +15,18 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from stylemapgan.formats.checkpoint import default_model_path, load_model
+from stylemapgan.metrics import time_calls
 from stylemapgan.nn.onnx_export import onnx_session
 
 
 def median_time(fn, warmup: int, repeats: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return statistics.median(time_calls(fn, repeats=repeats, warmup=warmup))  # CPU only
 
 
 def main(argv=None) -> int:

@@ -32,6 +32,7 @@ import torch
 
 from stylemapgan.config import get_preset
 from stylemapgan.errors import StyleMapGANError
+from stylemapgan.metrics.runtime import sync, time_calls
 from stylemapgan.training import (
     PERCEPTUAL_CHOICES,
     DistInfo,
@@ -95,14 +96,10 @@ def main(argv: list[str] | None = None) -> int:
         trainers[name] = Trainer(model, cfg, data, None, dist_info=DistInfo(device=device))
         trainers[name].share_reconstruction = name == "current"
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
     for _ in range(args.warmup):
         for trainer in trainers.values():
             trainer.train_step()
-    sync()
+    sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times: dict[str, list[float]] = {name: [] for name in trainers}
@@ -112,14 +109,12 @@ def main(argv: list[str] | None = None) -> int:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
             trainers[name].train_step()
-            sync()
+            sync(device)
             peaks[name] = torch.cuda.max_memory_allocated(device) / 2**20
     for _ in range(args.iters):
         for name, trainer in trainers.items():
-            c0, t0 = time.process_time(), time.perf_counter()
-            trainer.train_step()
-            sync()
-            times[name].append(time.perf_counter() - t0)
+            c0 = time.process_time()
+            times[name] += time_calls(trainer.train_step, repeats=1, device=device)
             cpu[name] += time.process_time() - c0
     if device.type == "cuda":
         peak_what = "peak CUDA memory allocated"

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from stylemapgan import metrics
 from stylemapgan.errors import InputError
-from stylemapgan.metrics import scores as metrics
+from stylemapgan.metrics import reconstruction, runtime
 from stylemapgan.nn.perceptual import LPIPS, InceptionFeatures
 
 
@@ -183,7 +184,7 @@ def test_reconstruction_and_fids(tiny_model):
     torch.manual_seed(0)
     images = torch.rand(6, 3, 32, 32) * 2 - 1
     lp = LPIPS.random_init("tiny", seed=0)
-    out = metrics.reconstruction(tiny_model, images.split(4), lp)
+    out = reconstruction.reconstruction(tiny_model, images.split(4), lp)
     with torch.no_grad():
         rec = tiny_model.reconstruct(images).clamp(-1, 1)
         assert out["mse"] == pytest.approx(float((rec - images).square().mean()), rel=1e-5)
@@ -223,7 +224,7 @@ def test_lerp_pairs_are_distinct_and_lambda_uniform(tiny_model):
 def test_runtime_reports_median_and_device(tiny_model):
     x = torch.rand(1, 3, 32, 32) * 2 - 1
     mask = torch.zeros(1, 1, 32, 32)
-    out = metrics.runtime(tiny_model, x, repeats=3, warmup=1, reference=x.flip(-1), mask=mask)
+    out = runtime.runtime(tiny_model, x, repeats=3, warmup=1, reference=x.flip(-1), mask=mask)
     assert out["seconds"] > 0 and out["edit_seconds"] > 0 and out["device"].startswith("cpu")
 
 

@@ -277,6 +277,8 @@ def _train(args: argparse.Namespace, model, train, data_path, val_path, run_dir,
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    from stylemapgan.metrics import check_weights as check_metric_weights
+
     dist_info = init_distributed(args.device)
     stack = contextlib.ExitStack()  # the run folder's lock, held until the end
     try:
@@ -290,6 +292,7 @@ def _train(args: argparse.Namespace, model, train, data_path, val_path, run_dir,
                               f"processes ({dist_info.world_size}); change --set batch_size")
         # The perceptual network too (it may need `stylemapgan weights fetch`).
         percept = build_perceptual(train.perceptual) if train.uses_perceptual else None
+        check_metric_weights(train)  # and those of --set metrics=... (fid: Inception)
         dataset = open_dataset(data_path, model.size)
         val_dataset = open_dataset(val_path, model.size) if val_path else None
         if run_dir is None:

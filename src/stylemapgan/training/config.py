@@ -57,6 +57,10 @@ class TrainConfig:
     most ``ema_rampup`` times the images seen so far, so early EMA weights forget the random
     initialization (see :func:`~stylemapgan.training.loop.ema_decay_at`); 0 keeps the decay
     fixed from the first step.
+
+    ``metrics``: registered metrics (``reconstruction,fid``; see
+    :mod:`stylemapgan.metrics.registry`) computed on the validation images with the EMA
+    networks at each checkpoint (:class:`~stylemapgan.metrics.CheckpointMetrics`); empty: none.
     """
 
     iterations: int = 312_500  # 5M images at batch 16, as the paper's models
@@ -88,6 +92,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
     log_every: int = 50
     grid_size: int = 16
+    metrics: str = ""  # registered metrics computed at each checkpoint, comma-separated
 
     def __post_init__(self) -> None:
         def bad(msg: str) -> ConfigError:
@@ -134,6 +139,14 @@ class TrainConfig:
             raise bad(f"amp must be one of {', '.join(AMP_CHOICES)}, got {self.amp!r}")
         if self.channels_last not in ("auto", "on", "off"):
             raise bad(f"channels_last must be auto, on or off, got {self.channels_last!r}")
+        if self.metrics.strip():
+            from stylemapgan.errors import InputError
+            from stylemapgan.metrics.registry import training_metric_names
+
+            try:
+                training_metric_names(self.metrics)
+            except InputError as exc:
+                raise bad(str(exc)) from None
 
     @property
     def d_lazy_ratio(self) -> float:

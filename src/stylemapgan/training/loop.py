@@ -63,6 +63,7 @@ from torch import nn
 
 from stylemapgan.config import ModelConfig
 from stylemapgan.errors import ConfigError
+from stylemapgan.metrics import CheckpointMetrics
 from stylemapgan.nn.networks import Discriminator, Encoder, Generator
 from stylemapgan.nn.precision import resolve_amp
 from stylemapgan.training import losses
@@ -203,6 +204,10 @@ class Trainer(Checkpointing):
             perceptual = build_perceptual(c.perceptual)
         self.percept = (perceptual.to(self.device).eval().requires_grad_(False)
                         if perceptual is not None else None)
+        #: The registered metrics ``--set metrics=...`` computes at each checkpoint (rank 0).
+        self.checkpoint_metrics = CheckpointMetrics.of_run(
+            c, self.val_data, device=self.device, batch_size=self.local_batch,
+            perceptual_net=self.percept) if c.metrics and self.dist.is_main else None
 
         self.step = 0
         self.wall_time = 0.0  # training seconds over all sessions of this run
@@ -442,6 +447,14 @@ class Trainer(Checkpointing):
             self.folder.log({"step": step, "validation": val})
             self.folder.events().scalars(step, val)
 
+    def _record_metrics(self, step: int) -> None:
+        """The ``--set metrics=...`` of the EMA networks after a checkpoint, into log.jsonl and
+        TensorBoard (rank 0)."""
+        assert self.folder is not None and self.checkpoint_metrics is not None
+        record, scalars = self.checkpoint_metrics.compute(self.g_ema, self.e_ema)
+        self.folder.log({"step": step, "metrics": record})
+        self.folder.events().scalars(step, scalars)
+
     def _grid_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
         k = self.config.grid_size
         z = torch.randn(k, self.model_config.stylemap_channels,
@@ -567,6 +580,8 @@ class Trainer(Checkpointing):
                     self._record_validation(step)
                 if due(c.checkpoint_every, step):
                     self._checked_checkpoint(step)
+                    if main and self.checkpoint_metrics is not None:
+                        self._record_metrics(step)
                 if main:
                     self.folder.flush()
                 if self.dist.distributed and any(
