@@ -1,4 +1,4 @@
-"""The README's `--fast`, `--align` and `edit replay` examples, run in the README's order as a
+"""The README's `--fast`, `--align`, `align`, `regions` and `edit replay` examples, run in the README's order as a
 new user would type them, on a tiny model and the fixture photo.
 
 Each command is read from README.md itself, so an example that changes (or stops working)
@@ -46,8 +46,10 @@ def readme_commands() -> list[str]:
 def _wanted(command: str) -> bool:
     if command.split()[1] == "serve":  # a server runs until stopped; test_web_* cover it
         return False
+    if "data/avatars64/" in command:  # a make-avatars dataset (minutes); test_face_regions has it
+        return False
     return ("--fast" in command or "--align" in command or " replay " in command
-            or command.split()[1] == "align")
+            or command.split()[1] in ("align", "regions"))
 
 
 def _have_faces() -> bool:
@@ -152,7 +154,7 @@ def test_readme_fast_align_and_replay_examples_run_in_order(tmp_path, tiny_model
     for command in commands:
         argv = [os.path.expanduser(a) for a in shlex.split(command)][1:]  # as the shell does
         argv = [str(model) if a in MODEL_NAMES else a for a in argv]
-        if argv[0] == "align":
+        if argv[0] in ("align", "regions"):
             pass  # no networks: detection and landmarks only
         elif argv[0] == "demo":  # a random 64 px model for speed (the embedded one takes ~10 s)
             argv += ["--model", str(_tiny64(tmp_path)), "--device", "cpu"]
