@@ -45,8 +45,10 @@ def align_choice(args: argparse.Namespace) -> str | None:
     return face
 
 
-def add_mask_args(p: argparse.ArgumentParser, required: bool) -> None:
-    g = p.add_argument_group("mask (1 = take the edit; give one of --mask, --labels, --mask-box)")
+def add_mask_args(p: argparse.ArgumentParser, required: bool, regions: bool = False) -> None:
+    """The mask options; with ``regions`` also --region NAME[,NAME] and --region-grow."""
+    one_of = "--mask, --labels, --mask-box" + (", --region" if regions else "")
+    g = p.add_argument_group(f"mask (1 = take the edit; give one of {one_of})")
     g.add_argument("--mask", type=abspath, metavar="IMAGE",
                    help="mask image, any size and format: white/opaque = edit, gray = partial")
     g.add_argument("--labels", type=abspath, metavar="LABEL_MAP",
@@ -56,6 +58,15 @@ def add_mask_args(p: argparse.ArgumentParser, required: bool) -> None:
                         "brows, ears, mouth, neck, cloth, background) and/or label ids, e.g. hair,13")
     g.add_argument("--mask-box", metavar="X0,Y0,X1,Y1",
                    help="a rectangle, right/bottom exclusive, in --units")
+    if regions:
+        g.add_argument("--region", metavar="NAME[,NAME]",
+                       help="named regions of the source photo, e.g. mouth or eyes,brows: from "
+                            "its face's 68 landmarks (the face --align found; needs the faces "
+                            "extra), or an avatar's part masks (hair, face, clothing, ...); "
+                            "`stylemapgan regions PHOTO --out DIR` shows them")
+        g.add_argument("--region-grow", type=float_in(-512.0, 512.0), default=None, metavar="PX",
+                       help="grow the --region by PX pixels of the source photo (negative: "
+                            "shrink; default: 0)")
     g.add_argument("--units", choices=("cells", "px"), default="cells",
                    help="units of --mask-box and of transplant boxes/moves: stylemap cells "
                         "(default) or pixels of the model's image")
@@ -102,20 +113,26 @@ def mask_spec(args: argparse.Namespace):
     from stylemapgan.errors import InputError
     from stylemapgan.imaging.masks import MaskSpec
 
-    given = [k for k in ("mask", "labels", "mask_box") if getattr(args, k, None)]
+    given = [k for k in ("mask", "labels", "mask_box", "region") if getattr(args, k, None)]
     if len(given) > 1:
-        raise InputError("give only one of --mask, --labels and --mask-box")
+        raise InputError("give only one of --mask, --labels, --mask-box"
+                         + (" and --region" if hasattr(args, "region") else ""))
+    if getattr(args, "region_grow", None) is not None and not getattr(args, "region", None):
+        raise InputError("--region-grow applies to --region NAME")
     if getattr(args, "parts", None) and not getattr(args, "labels", None):
         raise InputError("--parts needs --labels LABEL_MAP")
     if not given:
         if getattr(args, "_mask_required", False):
             raise InputError("this edit needs a mask: give --mask IMAGE, --labels MAP --parts "
-                             "PARTS or --mask-box X0,Y0,X1,Y1")
+                             "PARTS, --mask-box X0,Y0,X1,Y1"
+                             + (" or --region NAME" if hasattr(args, "region") else ""))
         return None
     if args.labels and not args.parts:
         raise InputError("--labels needs --parts (e.g. --parts hair or --parts 13,14)")
     if args.mask_threshold is not None and not args.mask:
         raise InputError("--mask-threshold applies to --mask images only")
+    if given[0] == "region":
+        return MaskSpec("region", parts=args.region, invert=args.invert_mask)
     if given[0] == "mask":
         return MaskSpec("image", path=args.mask, invert=args.invert_mask, threshold=args.mask_threshold)
     if given[0] == "labels":

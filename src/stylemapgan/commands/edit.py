@@ -119,11 +119,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                        Local editing (Eq. 2 of the paper): the reference's stylemap inside the
                        mask, the source's outside, with the mask shrunk to every stylemap's
                        resolution. Source and reference should be aligned (same framing). The
-                       mask is in the source photo's coordinates (or the model's square size).
+                       mask is in the source photo's coordinates (or the model's square size);
+                       --region mouth takes it from the source's named regions (a face photo's
+                       landmarks, an avatar's part masks).
                        --steps N > 1 adds N images from the reconstruction to the full edit.""",
                    examples="""
                        stylemapgan edit local me.jpg you.jpg --labels me_seg.png --parts hair,brows --model m.safetensors --out out
                        stylemapgan edit local me.jpg you.jpg --mask brush.png --space w --model m.safetensors --out out
+                       stylemapgan edit local me.jpg you.jpg --align --region mouth --paste-back --model m.safetensors --out mouth
+                       stylemapgan edit local me.jpg you.jpg --align --region eyes,brows --region-grow 6 --model m.safetensors --out eyes
                        stylemapgan edit local group.jpg you.jpg --source-box 400,80,656,336 --mask-box 2,4,6,7 --paste-back --model m.safetensors --out out""")
     q.add_argument("source", type=abspath, help="photo or stylemap to edit")
     q.add_argument("reference", type=abspath, help="photo or stylemap to take the masked part from")
@@ -131,7 +135,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--steps", type=steps_int, default=1,
                    help="images from the reconstruction (0) to the full edit (1), 1..1000 "
                         "(default: 1)")
-    add_mask_args(q, required=True)
+    add_mask_args(q, required=True, regions=True)
     add_paste_back(q)
     _common(q, references=True)
     q.set_defaults(func=writes_folder(partial(run_local, parser=q)))
@@ -142,13 +146,20 @@ def register(sub: argparse._SubParsersAction) -> None:
                        (unaligned transplantation). Each --region is a list of KEY=VALUE:
                        ref=I (index into the --ref list, default 0); the region as box=X0,Y0,X1,Y1,
                        mask=IMAGE, or labels=LABEL_MAP with parts=PARTS (in the reference's
-                       coordinates); move=DX,DY (how far to move it) or to=X,Y (where its
-                       top-left corner goes); units=cells|px (default: --units). Later regions
-                       cover earlier ones. --steps N > 1 interpolates from the original to the
-                       full edit.""",
+                       coordinates); scale=S (0.25..4), angle=DEG (counter-clockwise) and
+                       flip=h|v|hv (mirror left-right, top-bottom), all about the centre of the
+                       region's bounding box; then move=DX,DY (how far to move it) or to=X,Y
+                       (where the top-left corner of the bounding box of the region, as scaled,
+                       rotated and mirrored, goes); units=cells|px (default: --units). A scaled,
+                       rotated or mirrored region warps every W+ stylemap of the reference (and
+                       the mask with it) at its own resolution: bilinear, or nearest with
+                       --mask-mode max. Later regions cover earlier ones. --steps N > 1
+                       interpolates from the original to the full edit.""",
                    examples="""
                        stylemapgan edit transplant cat.jpg --ref dog.jpg --region box=2,1,5,4 move=1,0 --model m.safetensors --out tp
-                       stylemapgan edit transplant me.jpg --ref a.jpg --ref b.jpg --region ref=0 box=1,1,3,3 to=5,1 --region ref=1 mask=b_eyes.png --steps 8 --model m.safetensors --out tp""")
+                       stylemapgan edit transplant me.jpg --ref a.jpg --ref b.jpg --region ref=0 box=1,1,3,3 to=5,1 --region ref=1 mask=b_eyes.png --steps 8 --model m.safetensors --out tp
+                       stylemapgan edit transplant me.jpg --ref you.jpg --region mask=mouth.png scale=1.5 angle=20 move=0,1 --model m.safetensors --out big_mouth
+                       stylemapgan edit transplant me.jpg --ref you.jpg --region box=1,2,4,6 flip=h to=4,2 --mask-mode max --model m.safetensors --out mirrored""")
     q.add_argument("source", type=abspath, help="the original (photo or stylemap)")
     q.add_argument("--ref", dest="refs", action="append", type=abspath, required=True, metavar="REFERENCE",
                    help="a reference photo or stylemap (repeat for several)")
@@ -157,6 +168,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--units", choices=("cells", "px"), default="cells",
                    help="units of boxes and moves: stylemap cells (default) or model-image pixels")
     q.add_argument("--space", choices=("w", "wplus"), default="wplus", help=SPACE_HELP)
+    q.add_argument("--mask-mode", choices=("area", "max"), default="area",
+                   help="how each region's mask shrinks to each stylemap: area = fraction of the "
+                        "cell covered (default), max = any pixel selects the cell; a scaled, "
+                        "rotated or mirrored region is warped bilinearly (area) or to the "
+                        "nearest cell (max)")
     q.add_argument("--steps", type=steps_int, default=1, help="interpolation steps, 1..1000 (default: 1)")
     add_paste_back(q)
     _common(q, references=True)
@@ -233,12 +249,13 @@ def _parameters(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _finish(args, parser, ses, operation, out, frames, tiles, inputs, *, paste=None,
-            extra_files=()):
+            extra_files=(), extra_parameters=None):
     """Write frames, grid, optional paste-back and the record; print a summary."""
     from stylemapgan.commands._editio import canonical_argv
 
+    parameters = {**_parameters(args), **(extra_parameters or {})}
     written = ses.write(out, operation=operation, argv=[operation, *canonical_argv(parser, args)],
-                        frames=frames, tiles=tiles, inputs=inputs, parameters=_parameters(args),
+                        frames=frames, tiles=tiles, inputs=inputs, parameters=parameters,
                         paste=paste, extra_files=extra_files, overwrite=args.overwrite,
                         gif_ms=args.gif_ms)
     files = written[:-1]  # record.json is named last
@@ -308,6 +325,9 @@ def _mask(args, ses, src):
     spec = mask_spec(args)
     if spec is None:
         return None, None
+    if spec.kind == "region":
+        m = ses.region_mask(src, spec.parts, args.region_grow or 0.0)
+        return spec, (1.0 - m).astype(m.dtype) if spec.invert else m
     m = spec.build(ses.size, ses.config.stylemap_size, src.placement, photo=str(src.path))
     return spec, m
 
@@ -396,7 +416,7 @@ def _regions(args, ses, refs):
               for i, tokens in enumerate(args.regions)]
     files = [(f"region {i} mask", path) for i, (_, path) in enumerate(parsed) if path]
     regions = [r for r, _ in parsed]
-    return regions, moved_union(regions, ses.size), files
+    return regions, moved_union(regions, ses.size, args.mask_mode), files
 
 
 def run_transplant(args: argparse.Namespace, parser: argparse.ArgumentParser,
@@ -414,13 +434,17 @@ def run_transplant(args: argparse.Namespace, parser: argparse.ArgumentParser,
     ses.project([src, *refs])
     alpha = steps(args.steps) if args.steps > 1 else 1.0
     images = ses.editor.transplant(src.w, torch.cat([r.w for r in refs]), regions,
-                                   space=args.space, alpha=alpha)
+                                   space=args.space, alpha=alpha, mode=args.mask_mode)
     frames = to_uint8(images)
     paste = _paste(args, ses, src, frames[-1], union)
     tiles = [ses.preview(src), *(ses.preview(r) for r in refs), mask_to_rgb(union)]
     inputs = [("source", src), *((f"reference {i}", r) for i, r in enumerate(refs))]
+    # What each region became (pixels of the model's square): the transform and its pivot.
+    placed = [{"reference": r.reference, "transform": {**r.transform.to_dict(),
+                                                       "pivot": list(r.pivot(ses.size))}}
+              for r in regions]
     return _finish(args, parser, ses, "transplant", out, frames, tiles, inputs, paste=paste,
-                   extra_files=files)
+                   extra_files=files, extra_parameters={"placed_regions": placed})
 
 
 def run_direction(args: argparse.Namespace, parser: argparse.ArgumentParser,

@@ -380,17 +380,21 @@ class Editor:
 
     def transplant(self, src: torch.Tensor | Projection,
                    refs: torch.Tensor | Sequence[Projection], regions: Sequence[Region], *,
-                   space: E.Space = "wplus", alpha: Strength = 1.0) -> torch.Tensor:
-        """Unaligned transplantation: each region of its reference moved onto the original.
-        ``alpha`` with K values gives K interpolation steps."""
+                   space: E.Space = "wplus", alpha: Strength = 1.0,
+                   mode: E.MaskMode = "area") -> torch.Tensor:
+        """Unaligned transplantation: each region of its reference moved (and scaled, rotated,
+        mirrored: ``Region(mask, dx=.., dy=.., scale=.., angle=.., flip="h")``) onto the
+        original. ``alpha`` with K values gives K interpolation steps; ``mode``: how masks
+        come to each stylemap (``"area"`` or ``"max"``; also bilinear or nearest warps)."""
         w_src = self._w(src, "original")
         w_refs, ref_styles = self._refs(refs)
         regions = [r.to(self.device) for r in regions]
         with torch.inference_mode():
             if E.check_space(space) == "w":
-                return self.render(E.transplant([w_src], [w_refs], regions, self.size, alpha)[0])
+                return self.render(E.transplant([w_src], [w_refs], regions, self.size, alpha,
+                                                mode)[0])
             return self.render(E.transplant(self.pyramid(src), ref_styles, regions, self.size,
-                                            alpha))
+                                            alpha, mode))
 
     def edit_regions(self, src: torch.Tensor | Projection,
                      refs: torch.Tensor | Sequence[Projection], regions: Sequence[Region], *,
@@ -411,7 +415,11 @@ class Editor:
             return (self.local_edit(src, ref, r.mask, space=space, mode=mode, t=t),
                     f"local_edit_{space}")
         alpha = 1.0 if t is None else t
-        return self.transplant(src, refs, regions, space=space, alpha=alpha), f"transplant_{space}"
+        # Moves alone keep the area-averaged masks web records were made with before regions
+        # could be scaled, rotated or mirrored (so those records replay to the same bytes).
+        tmode = mode if any(r.affine for r in regions) else "area"
+        return (self.transplant(src, refs, regions, space=space, alpha=alpha, mode=tmode),
+                f"transplant_{space}")
 
     def paint(self, src: torch.Tensor | Projection, refs: torch.Tensor | Sequence[Projection],
               regions: Sequence[Region], *, space: E.Space = "wplus", steps: int = 1,

@@ -200,15 +200,26 @@ def steps(n: int) -> torch.Tensor:
 # --------------------------------------------------------------------------- transplantation
 def transplant(styles_src: Sequence[torch.Tensor], styles_refs: Sequence[torch.Tensor],
                regions: Sequence[Region], image_size: int,
-               alpha: float | Sequence[float] | torch.Tensor = 1.0) -> Styles:
+               alpha: float | Sequence[float] | torch.Tensor = 1.0,
+               mode: MaskMode = "area") -> Styles:
     """Unaligned transplantation in W+: copy each region of its reference's stylemaps to a new
     place on the original's, at every layer's resolution (each moved by
     :meth:`~stylemapgan.editing.regions.Region.move`, the one move of a region).
 
     ``styles_src``: W+ of the original (batch 1). ``styles_refs``: W+ of the references (batch
     R). ``alpha``: blend strength (one value, or K values to get K interpolation steps as a
-    batch). Regions are applied in order; later ones cover earlier ones.
+    batch). Regions are applied in order; later ones cover earlier ones. ``mode``: how each
+    mask comes to a layer's resolution (``"area"`` averages, ``"max"`` max-pools).
+
+    A region that is scaled, rotated or mirrored (:attr:`Region.affine
+    <stylemapgan.editing.regions.Region.affine>`) is placed by
+    :func:`~stylemapgan.editing.transform.transplant_affine` (warped stylemaps and masks); a
+    pure move is a shift of whole cells, as in the paper.
     """
+    if any(r.affine for r in regions):
+        from stylemapgan.editing.transform import transplant_affine
+
+        return transplant_affine(styles_src, styles_refs, regions, image_size, alpha, mode)
     if not regions:
         raise InputError("transplant needs at least one region")
     if len(styles_src) != len(styles_refs):
@@ -228,7 +239,7 @@ def transplant(styles_src: Sequence[torch.Tensor], styles_refs: Sequence[torch.T
         a = _weights(alpha, s)
         x = s.expand(a.shape[0], -1, -1, -1)
         for reg, m in zip(regions, masks, strict=True):
-            m_moved = reg.move(resize_mask(m, s.shape[-1]).to(device=s.device, dtype=s.dtype),
+            m_moved = reg.move(resize_mask(m, s.shape[-1], mode).to(device=s.device, dtype=s.dtype),
                               image_size)
             ref_moved = reg.move(refs[reg.reference: reg.reference + 1], image_size)
             x = torch.lerp(x, ref_moved, m_moved * a)

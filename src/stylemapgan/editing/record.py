@@ -333,6 +333,7 @@ def _check_web(record: dict[str, Any], params: dict[str, Any], where: str) -> No
             _int_in(r, where, key, -MAX_OFFSET, MAX_OFFSET, required=False,
                     name=f"regions[{i}].{key}")
         _str(r, where, "mask", name=f"regions[{i}].mask", limit=MAX_RECORD_BYTES)
+        _check_transform(r, where, f"regions[{i}]")
     outputs = _list(record, where, "outputs", MAX_STEPS)
     for i, o in enumerate(outputs):
         if not isinstance(o, dict):
@@ -341,6 +342,24 @@ def _check_web(record: dict[str, Any], params: dict[str, Any], where: str) -> No
         _sha(o, where, "sha256", True, f"outputs[{i}].sha256")
     if outputs and len(outputs) != steps:
         raise _fail(where, "outputs", f"lists {len(outputs)} frames for {steps} steps")
+
+
+def _check_transform(r: dict[str, Any], where: str, name: str) -> None:
+    """A region's optional ``scale``, ``angle``, ``flip`` (records before them have none)."""
+    for key in ("scale", "angle"):
+        v = r.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            raise _fail(where, f"{name}.{key}", f"must be a number, not {v!r}"[:200])
+    flip = r.get("flip")
+    if flip is not None and not isinstance(flip, str):
+        raise _fail(where, f"{name}.flip", f"must be a string, not {flip!r}"[:200])
+    if any(k in r for k in ("scale", "angle", "flip")):
+        from stylemapgan.editing.transform import Transform
+
+        try:
+            Transform(scale=r.get("scale", 1.0), angle=r.get("angle", 0.0), flip=r.get("flip", ""))
+        except InputError as exc:
+            raise _fail(where, name, str(exc)[:200]) from None
 
 
 def _check_cli(record: dict[str, Any], where: str) -> None:
@@ -457,6 +476,8 @@ def decode_embedded(record: dict[str, Any], size: int, where: str = "record") ->
         except Exception as exc:  # any decoder error: a damaged embedded PNG
             raise InputError(f"{what}: not a readable PNG ({type(exc).__name__}); the record is "
                              "damaged") from None
-        regions.append(Region(mask, dy=dy, dx=dx, reference=ref, data_url=str(r["mask"])))
+        regions.append(Region(mask, dy=dy, dx=dx, reference=ref, data_url=str(r["mask"]),
+                              scale=r.get("scale", 1.0), angle=r.get("angle", 0.0),
+                              flip=r.get("flip", "")))
     return EmbeddedEdit(images, regions, str(p.get("space", "wplus")), int(p.get("steps", 1)),
                         str(p.get("mask_mode", "area")), int(p.get("batch_size", 16)))

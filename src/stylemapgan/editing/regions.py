@@ -8,11 +8,14 @@ that moves a region (its mask at image size for the grid and the paste-back, its
 stylemap cells at every W+ resolution for the edit) goes through :meth:`Region.move`, so there
 is one move.
 
-Today a region moves by a translation of whole image pixels (``dx``, ``dy``). The move is
-kept behind :meth:`Region.move`, :meth:`Region.offset_at` and :attr:`Region.moved`, so a
-region can later carry a general affine transform (scale, rotation, flip) without its callers
-changing: they never do the move arithmetic themselves, and they copy regions with
-:func:`dataclasses.replace`, never by listing the fields.
+A region moves by a translation of whole image pixels (``dx``, ``dy``) and may also be
+scaled, rotated and mirrored (``scale``, ``angle``, ``flip``: its
+:attr:`Region.transform`, a :class:`~stylemapgan.editing.transform.Transform` about the centre
+of the mask's bounding box). A pure move is a shift of whole cells at every resolution (the
+transplant of the paper); anything else warps each map with
+:func:`~stylemapgan.editing.transform.warp`. Callers never do the move arithmetic themselves
+(:meth:`Region.move`, :meth:`Region.placed_mask`, :attr:`Region.moved`), and they copy regions
+with :func:`dataclasses.replace`, never by listing the fields.
 """
 
 from __future__ import annotations
@@ -77,6 +80,10 @@ class Region:
     reference: index of the reference in the batch of references.
     data_url: the mask as it was given (the web editor's PNG data URL), kept so a record
         replays exactly the same mask; None when the mask was made here.
+    scale, angle, flip: the region scaled (0.25 to 4), rotated (degrees, counter-clockwise as
+        seen) and mirrored (``""``, ``"h"``, ``"v"``, ``"hv"``) about the centre of its mask's
+        bounding box, before the move (:attr:`transform`). Bad values (scale <= 0, NaN) are
+        one-line input errors.
     """
 
     mask: torch.Tensor
@@ -84,17 +91,38 @@ class Region:
     dx: int = 0
     reference: int = 0
     data_url: str | None = None
+    scale: float = 1.0
+    angle: float = 0.0
+    flip: str = ""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "mask", _as_mask(self.mask))
-        object.__setattr__(self, "dy", int(self.dy))
-        object.__setattr__(self, "dx", int(self.dx))
-        object.__setattr__(self, "reference", int(self.reference))
+        set_ = object.__setattr__
+        set_(self, "mask", _as_mask(self.mask))
+        set_(self, "dy", int(self.dy))
+        set_(self, "dx", int(self.dx))
+        set_(self, "reference", int(self.reference))
+        t = self.transform  # checks scale, angle and flip
+        set_(self, "scale", t.scale)
+        set_(self, "angle", t.angle)
+        set_(self, "flip", t.flip)
+
+    @property
+    def transform(self):
+        """The placement as a :class:`~stylemapgan.editing.transform.Transform` (pivot: the
+        centre of the mask's bounding box)."""
+        from stylemapgan.editing.transform import Transform
+
+        return Transform(self.dx, self.dy, self.scale, self.angle, self.flip)
+
+    @property
+    def affine(self) -> bool:
+        """Whether the region is scaled, rotated or mirrored (not only moved)."""
+        return self.scale != 1.0 or self.angle % 360.0 != 0.0 or bool(self.flip)
 
     @property
     def moved(self) -> bool:
         """Whether the region goes anywhere but where it is (local editing when not)."""
-        return self.dx != 0 or self.dy != 0
+        return self.dx != 0 or self.dy != 0 or self.affine
 
     @property
     def is_empty(self) -> bool:
@@ -104,26 +132,59 @@ class Region:
         return replace(self, mask=self.mask.to(device))
 
     def offset_at(self, resolution: int, image_size: int) -> tuple[int, int]:
-        """The move (dy, dx) in cells of a map of ``resolution`` for an image of ``image_size``."""
+        """The move (dy, dx) in cells of a map of ``resolution`` for an image of ``image_size``
+        (the whole move of a region that is not :attr:`affine`)."""
         scale = resolution / image_size
         return round_half_away(self.dy * scale), round_half_away(self.dx * scale)
 
-    def move(self, t: torch.Tensor, image_size: int) -> torch.Tensor:
-        """Move a map [N, C, R, R] of the reference (a stylemap, or the mask at resolution R)
-        to the region's place on the original: THE move of a region."""
-        return shift(t, *self.offset_at(t.shape[-1], image_size))
+    def pivot(self, image_size: int) -> tuple[float, float]:
+        """The point (x, y, image pixels) the region is scaled, rotated and mirrored about:
+        the centre of its mask's bounding box at ``image_size``."""
+        from stylemapgan.editing.operations import resize_mask
+        from stylemapgan.editing.transform import region_pivot
 
-    def placed_mask(self, resolution: int, image_size: int) -> torch.Tensor:
-        """The mask at ``resolution`` (area-averaged) at its new place: [1, 1, R, R]."""
+        return region_pivot(resize_mask(self.mask, image_size))
+
+    def move(self, t: torch.Tensor, image_size: int, *, mode: str = "area",
+             pad: str = "zeros") -> torch.Tensor:
+        """Move a map [N, C, R, R] of the reference (a stylemap, or the mask at resolution R)
+        to the region's place on the original: THE move of a region. A pure move shifts
+        whole cells; a scaled, rotated or mirrored region is warped
+        (:func:`~stylemapgan.editing.transform.warp`: bilinear, or nearest for
+        ``mode="max"``; ``pad``: what lies outside the map, ``"border"`` for stylemaps)."""
+        if not self.affine:
+            return shift(t, *self.offset_at(t.shape[-1], image_size))
+        from stylemapgan.editing.transform import warp
+
+        return warp(t, self.transform, image_size, self.pivot(image_size), mode, pad=pad)
+
+    def placed_mask(self, resolution: int, image_size: int, mode: str = "area") -> torch.Tensor:
+        """The mask at ``resolution`` (area-averaged, or max-pooled for ``mode="max"``) at its
+        new place: [1, 1, R, R]."""
         from stylemapgan.editing.operations import resize_mask
 
-        return self.move(resize_mask(self.mask, resolution), image_size)
+        return self.move(resize_mask(self.mask, resolution, mode), image_size, mode=mode)
+
+    def check_on_image(self, image_size: int, what: str = "the region") -> None:
+        """A one-line :class:`InputError` when the region selects nothing or lands entirely
+        off the ``image_size`` square."""
+        from stylemapgan.editing.operations import resize_mask
+        from stylemapgan.editing.transform import check_on_image
+
+        if not bool((resize_mask(self.mask, image_size) > 0).any()):
+            raise InputError(f"{what} selects nothing (its mask is empty)")
+        check_on_image(self.mask, self.transform, image_size, self.pivot(image_size), what)
 
     def describe(self) -> dict[str, Any]:
-        """What a record keeps of the region (the mask as ``data_url`` or a PNG made here)."""
-        return {"reference": self.reference, "dx": self.dx, "dy": self.dy,
-                "coverage": round(float(self.mask.float().mean()), 6),
-                "mask": self.data_url or _mask_data_url(self.mask)}
+        """What a record keeps of the region (the mask as ``data_url`` or a PNG made here;
+        ``scale``, ``angle``, ``flip`` only when the region is :attr:`affine`, so a record of
+        a pure move reads as before)."""
+        d: dict[str, Any] = {"reference": self.reference, "dx": self.dx, "dy": self.dy}
+        if self.affine:
+            d.update(scale=self.scale, angle=self.angle, flip=self.flip)
+        d.update(coverage=round(float(self.mask.float().mean()), 6),
+                 mask=self.data_url or _mask_data_url(self.mask))
+        return d
 
 
 def _mask_data_url(mask: torch.Tensor) -> str:
@@ -134,12 +195,13 @@ def _mask_data_url(mask: torch.Tensor) -> str:
     return png_data_url(np.clip(np.rint(m * 255.0), 0, 255).astype(np.uint8), 1)
 
 
-def moved_union(regions: Sequence[Region], size: int) -> np.ndarray:
+def moved_union(regions: Sequence[Region], size: int, mode: str = "area") -> np.ndarray:
     """Where the regions land on the original: the union (maximum) of their masks at their
-    new places, float32 [size, size] in [0, 1] (zeros without regions)."""
+    new places (scaled, rotated, mirrored), float32 [size, size] in [0, 1] (zeros without
+    regions)."""
     union = torch.zeros(1, 1, size, size)
     for r in regions:
-        union = torch.maximum(union, r.placed_mask(size, size).float().cpu())
+        union = torch.maximum(union, r.placed_mask(size, size, mode).float().cpu())
     return union[0, 0].numpy()
 
 
@@ -161,7 +223,8 @@ def paste_mask(config: ModelConfig, mask: np.ndarray, *, area: str, space: str =
 
 # --------------------------------------------------------------------------- from words
 #: The words of a region on the command line (``--region KEY=VALUE ...``).
-REGION_KEYS = ("ref", "box", "mask", "labels", "parts", "move", "to", "units")
+REGION_KEYS = ("ref", "box", "mask", "labels", "parts", "move", "to", "units", "scale", "angle",
+               "flip")
 
 
 def _pair(text: str, what: str) -> tuple[float, float]:
@@ -177,9 +240,15 @@ def _pair(text: str, what: str) -> tuple[float, float]:
 def parse_region(tokens: Sequence[str], index: int, *, size: int, cells: int, units: str,
                  references: Sequence[tuple[str, Placement | None]]) -> tuple[Region, str | None]:
     """A region from its ``KEY=VALUE`` words (``ref``, one of ``box``/``mask``/``labels`` +
-    ``parts``, ``move`` or ``to``, ``units``), its mask built in the coordinates of the
-    reference it names (``references``: (path, placement) of each). Returns the region and
-    the mask or label file it read (None for a box). Errors name the region by ``index``."""
+    ``parts``, ``move`` or ``to``, ``units``, and ``scale``, ``angle``, ``flip``), its mask
+    built in the coordinates of the reference it names (``references``: (path, placement) of
+    each). Returns the region and the mask or label file it read (None for a box). Errors
+    name the region by ``index``.
+
+    ``scale``/``angle``/``flip`` act about the centre of the region's bounding box, before the
+    move. ``to=X,Y`` puts the top-left corner of the bounding box of the region as it lands
+    (scaled, rotated, mirrored) at X,Y; without a transform that is the mask's own top-left
+    corner. Moves are rounded to whole pixels of the model's image."""
     from stylemapgan.imaging.masks import MaskSpec
     from stylemapgan.imaging.placement import parse_box
 
@@ -219,10 +288,15 @@ def parse_region(tokens: Sequence[str], index: int, *, size: int, cells: int, un
     scale = size / cells if units == "cells" else 1.0
     if "move" in kv and "to" in kv:
         raise InputError(f"region {i}: give move= or to=, not both")
+    try:
+        placed = Region(m, reference=r, scale=kv.get("scale", 1.0), angle=kv.get("angle", 0.0),
+                        flip=kv.get("flip", ""))
+    except InputError as exc:
+        raise InputError(f"region {i}: {exc}") from None
     if "to" in kv:
-        ys, xs = np.nonzero(m > 0)
         tx, ty = _pair(kv["to"], "to")
-        dx, dy = tx * scale - xs.min(), ty * scale - ys.min()
+        x0, y0 = _placed_top_left(placed, size)
+        dx, dy = tx * scale - x0, ty * scale - y0
     elif "move" in kv:
         mx, my = _pair(kv["move"], "move")
         dx, dy = mx * scale, my * scale
@@ -231,4 +305,21 @@ def parse_region(tokens: Sequence[str], index: int, *, size: int, cells: int, un
     dx, dy = round(dx), round(dy)
     if abs(dx) >= size or abs(dy) >= size:
         raise InputError(f"region {i}: a move of ({dx}, {dy}) px leaves the {size}x{size} image")
-    return Region(m, dy=dy, dx=dx, reference=r), spec.path
+    region = replace(placed, dx=dx, dy=dy)
+    region.check_on_image(size, f"region {i}")
+    return region, spec.path
+
+
+def _placed_top_left(region: Region, size: int) -> tuple[float, float]:
+    """The top-left corner (x, y) of the bounding box of ``region``'s selected pixels (their
+    corners) after its scale, rotation and mirror (before its move), image pixels."""
+    from stylemapgan.editing.operations import resize_mask
+
+    m = resize_mask(region.mask, size)[0, 0].cpu().numpy()
+    ys, xs = np.nonzero(m > 0)
+    if not region.affine:
+        return float(xs.min()), float(ys.min())
+    corners = np.concatenate([np.stack([xs + a, ys + b], 1) for a in (0, 1) for b in (0, 1)])
+    c = np.array(region.pivot(size))
+    q = c + (corners - c) @ region.transform.linear().T
+    return float(q[:, 0].min()), float(q[:, 1].min())

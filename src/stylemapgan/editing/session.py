@@ -42,6 +42,7 @@ class Input:
     placement: Placement | None = None
     photo: Image.Image | None = None
     w: torch.Tensor | None = None  # [1, C, S, S] once projected (or read)
+    landmarks: np.ndarray | None = None  # [68, 2] photo pixels: the face --align used
 
     def describe(self, role: str) -> dict[str, Any]:
         d: dict[str, Any] = {"role": role, "path": str(self.path), "kind": self.kind,
@@ -120,7 +121,23 @@ class EditSession:
                        "leave out --align to fit the photo by --fit")
         sq = photo_square(p, self.size, fit=fit, box=box, align=align, aligner=self.aligner,
                           no_face=no_face)
-        return Input(p, "image", digest, pixels=sq.pixels, placement=sq.placement, photo=sq.photo)
+        return Input(p, "image", digest, pixels=sq.pixels, placement=sq.placement, photo=sq.photo,
+                     landmarks=sq.landmarks)
+
+    def region_mask(self, x: Input, names: str, grow: float = 0.0) -> np.ndarray:
+        """The union of the named regions (``"mouth"``, ``"eyes,brows"``) of an input image in
+        the model's square [size, size] float32: an avatar's part masks, or a photo's face
+        regions (from the landmarks its alignment used, else from the largest face found).
+        ``grow``: pixels of the image. A name the image does not have is a one-line error
+        naming the image and the regions it has."""
+        from stylemapgan.data.regions import region_mask
+        from stylemapgan.errors import InputError
+
+        if x.kind != "image":
+            raise InputError(f"{x.path}: named regions are found in a photo, but this is a saved "
+                             "stylemap; give the photo it was projected from, or a --mask")
+        return region_mask(x.path, names, self.size, x.placement, grow=grow,
+                           landmarks=x.landmarks, aligner=self.aligner)
 
     def project(self, inputs: Sequence[Input]) -> None:
         """Fill ``w`` of every input; the encoder runs once per distinct picture."""

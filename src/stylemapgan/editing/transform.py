@@ -25,9 +25,14 @@ resampled: bilinearly (``mode="area"``) or nearest (``mode="max"``, with the mas
 the layer by max pooling, as ``--mask-mode max``). Outside the reference, the mask is 0 (and
 the stylemap repeats its border, which only a soft mask edge can see).
 
-Not yet wired into the command line, the web editor or edit records; :meth:`Transform.to_dict`
-and :meth:`Transform.from_dict` are the record form, :meth:`Transform.from_params` reads the
-``move=``, ``scale=``, ``angle=``, ``flip=`` values a command line or form gives.
+A :class:`~stylemapgan.editing.regions.Region` carries its transform (``scale``, ``angle``,
+``flip`` beside its move; :attr:`~stylemapgan.editing.regions.Region.transform`), and
+:func:`stylemapgan.editing.operations.transplant` (so :meth:`Editor.transplant
+<stylemapgan.editing.editor.Editor.transplant>`, ``edit transplant --region ... scale=S
+angle=DEG flip=h`` and the web editor) runs :func:`transplant_affine` for any region that is
+not a pure move. :meth:`Transform.to_dict` and :meth:`Transform.from_dict` are a record form,
+:meth:`Transform.from_params` reads the ``move=``, ``scale=``, ``angle=``, ``flip=`` values a
+command line or form gives.
 """
 
 from __future__ import annotations
@@ -174,8 +179,8 @@ class AffineRegion:
 
     @classmethod
     def from_region(cls, region: Region) -> AffineRegion:
-        """Today's :class:`~stylemapgan.editing.operations.Region` (a move in pixels)."""
-        return cls(region.mask, Transform(region.dx, region.dy), region.reference)
+        """A :class:`~stylemapgan.editing.regions.Region` (its move, scale, angle, flip)."""
+        return cls(region.mask, region.transform, region.reference)
 
 
 # --------------------------------------------------------------------------- geometry
@@ -252,7 +257,7 @@ def placed_mask(mask: torch.Tensor, transform: Transform, image_size: int,
     return warp(m, transform, image_size, pivot, mode)
 
 
-def _check_on_image(mask: torch.Tensor, transform: Transform, image_size: int,
+def check_on_image(mask: torch.Tensor, transform: Transform, image_size: int,
                     pivot: tuple[float, float], what: str) -> None:
     """A region whose every selected pixel lands outside the image is an error."""
     m = resize_mask(mask, image_size)[0, 0]
@@ -300,7 +305,7 @@ def transplant_affine(styles_src: Sequence[torch.Tensor], styles_refs: Sequence[
                              "reference(s) were given")
         m = check_mask(reg.mask, f"region {i} mask")
         pivot = reg.transform.pivot or region_pivot(resize_mask(m, image_size))
-        _check_on_image(m, reg.transform, image_size, pivot, f"region {i}")
+        check_on_image(m, reg.transform, image_size, pivot, f"region {i}")
         masks.append(m)
         pivots.append(pivot)
     out = []
@@ -319,5 +324,5 @@ def transplant_affine(styles_src: Sequence[torch.Tensor], styles_refs: Sequence[
     return out
 
 
-__all__ = ["FLIPS", "SCALE_RANGE", "AffineRegion", "Transform", "placed_mask", "region_pivot",
-           "transplant_affine", "warp"]
+__all__ = ["FLIPS", "SCALE_RANGE", "AffineRegion", "Transform", "check_on_image", "placed_mask",
+           "region_pivot", "transplant_affine", "warp"]

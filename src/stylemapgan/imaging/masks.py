@@ -203,8 +203,10 @@ def as_tensor(mask: np.ndarray | torch.Tensor, device: torch.device | str | None
 class MaskSpec:
     """What a user asked for, serializable into an edit record.
 
-    kind: "image" (``path``), "labels" (``path`` and ``parts``) or "box" (``box`` and
-    ``units``). ``invert`` swaps the selection; ``threshold`` binarizes a mask image.
+    kind: "image" (``path``), "labels" (``path`` and ``parts``), "box" (``box`` and
+    ``units``) or "region" (named regions of the photo in ``parts``, e.g. ``mouth``; built by
+    :func:`stylemapgan.data.regions.region_mask`, which needs the photo's face, not by
+    :meth:`build`). ``invert`` swaps the selection; ``threshold`` binarizes a mask image.
     """
 
     kind: str
@@ -223,6 +225,9 @@ class MaskSpec:
             m = mask_from_labels(self.path, self.parts or "", size, placement, photo=photo)
         elif self.kind == "box":
             m = mask_from_box(self.box or "", size, units=self.units, stylemap_size=stylemap_size)
+        elif self.kind == "region":
+            raise InputError("named regions need the photo's face: build them with "
+                             "stylemapgan.data.regions.region_mask")
         else:
             raise InputError(f"unknown mask kind {self.kind!r}")
         return (1.0 - m).astype(np.float32) if self.invert else m
@@ -232,5 +237,6 @@ class MaskSpec:
 
     def describe(self) -> str:
         what = {"image": f"mask image {self.path}", "labels": f"parts {self.parts} of {self.path}",
-                "box": f"box {self.box} ({self.units})"}.get(self.kind, self.kind)
+                "box": f"box {self.box} ({self.units})",
+                "region": f"region {self.parts}"}.get(self.kind, self.kind)
         return f"inverted {what}" if self.invert else what

@@ -29,11 +29,14 @@ __all__ = ["Square", "photo_faces", "photo_square"]
 @dataclass(frozen=True)
 class Square:
     """A photo at the model's size: ``pixels`` [size, size, 3] uint8, the ``placement`` of
-    the square in the photo, and the RGB ``photo`` (EXIF orientation applied)."""
+    the square in the photo, and the RGB ``photo`` (EXIF orientation applied); ``landmarks``:
+    the 68 points [68, 2] (photo pixels) of the face an alignment used (None without one), for
+    named regions."""
 
     pixels: np.ndarray
     placement: Placement
     photo: Image.Image
+    landmarks: np.ndarray | None = None
 
 
 def photo_square(photo: str | os.PathLike[str] | Image.Image, size: int, *, fit: str = "crop",
@@ -61,8 +64,10 @@ def photo_square(photo: str | os.PathLike[str] | Image.Image, size: int, *, fit:
             from stylemapgan.imaging.faces import FaceAligner
 
             aligner = FaceAligner()
-        ((_, placement),) = aligner.align(np.asarray(img), size, align, name=label, hint=no_face)
-    elif placement is None:
+        ((face, placement),) = aligner.align(np.asarray(img), size, align, name=label,
+                                             hint=no_face)
+        return Square(fit_rgb(img, placement), placement, img, face.landmarks)
+    if placement is None:
         placement = place(img.size, size, fit, box, name=label)
     return Square(fit_rgb(img, placement), placement, img)
 
