@@ -164,7 +164,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--ref", dest="refs", action="append", type=abspath, required=True, metavar="REFERENCE",
                    help="a reference photo or stylemap (repeat for several)")
     q.add_argument("--region", dest="regions", action="append", nargs="+", type=_region_token,
-                   required=True, metavar="KEY=VALUE", help="a region to move (repeat for several)")
+                   required=True, metavar="KEY=VALUE",
+                   help="a region to move, scale, turn or mirror, e.g. box=1,2,4,6 scale=1.5 "
+                        "angle=20 flip=h move=1,0 (repeat for several)")
     q.add_argument("--units", choices=("cells", "px"), default="cells",
                    help="units of boxes and moves: stylemap cells (default) or model-image pixels")
     q.add_argument("--space", choices=("w", "wplus"), default="wplus", help=SPACE_HELP)
