@@ -246,3 +246,27 @@ def test_local_region_errors_name_the_image_and_its_regions(tmp_path, pair, tiny
     rc, out, err = _run(["edit", "local", a, a, "--region-grow", "3", "--mask-box", "1,1,2,2",
                          *common], capsys)
     assert rc == 2 and "--region-grow applies to --region" in err
+
+
+def test_local_region_of_a_gallery_avatar_is_its_part_mask(tmp_path, tiny_model_file, capsys):
+    """An avatar's --region hair is its hair part mask: the same pixels as that mask given as a
+    file; a region the avatar lacks is a one-line error listing the ones it has."""
+    from stylemapgan.data.avatars import AvatarFolder, gallery_dir
+
+    a, b = gallery_dir() / "test" / "seed000079.png", gallery_dir() / "test" / "seed000009.png"
+    folder = AvatarFolder(gallery_dir())
+    hair = folder.load_mask(folder.record(79), "hair")
+    Image.fromarray((hair * 255).astype(np.uint8)).save(tmp_path / "hair.png")
+    common = ["--model", tiny_model_file, "--device", "cpu"]
+    assert _run(["edit", "local", a, b, "--region", "hair", "--out", tmp_path / "named",
+                 *common], capsys)[0] == 0
+    assert _run(["edit", "local", a, b, "--mask", tmp_path / "hair.png", "--out",
+                 tmp_path / "file", *common], capsys)[0] == 0
+    named = _png(tmp_path / "named" / "result.png")
+    assert np.array_equal(named, _png(tmp_path / "file" / "result.png"))
+    assert _run(["edit", "reconstruct", a, "--out", tmp_path / "rec", *common], capsys)[0] == 0
+    assert not np.array_equal(named, _png(tmp_path / "rec" / "result.png"))
+    rc, out, err = _run(["edit", "local", b, a, "--region", "glasses", "--out", tmp_path / "x",
+                         *common], capsys)
+    assert rc == 2 and "seed000009.png has no region 'glasses'" in err and "hair" in err
+    assert len(err.strip().splitlines()) == 1
