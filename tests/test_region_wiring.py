@@ -270,3 +270,34 @@ def test_local_region_of_a_gallery_avatar_is_its_part_mask(tmp_path, tiny_model_
                          *common], capsys)
     assert rc == 2 and "seed000009.png has no region 'glasses'" in err and "hair" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_a_web_record_with_a_transformed_region_replays_the_same_frames(tiny_model_file):
+    """Region.describe() (what the web editor's records keep) carries the transform, and
+    replaying such a record runs the same edit: the same frames as Editor.paint."""
+    from stylemapgan.editing.record import new_record
+    from stylemapgan.imaging.images import png_data_url
+
+    ed = Editor.load(tiny_model_file, "cpu")
+    imgs = [_smooth(0), _smooth(1)]
+    m = np.zeros((32, 32), np.float32)
+    m[8:20, 4:14] = 1
+    region = Region(m, dx=6, dy=-2, scale=1.25, angle=-30, flip="v")
+    projections = [ed.projection(from_uint8(im)) for im in imgs]
+    made = ed.paint(projections[0], projections[1:], [region], steps=2)
+    assert made.method == "transplant_wplus"
+    record = new_record(source="web", operation="transplant", model={"name": "tiny"},
+                        device="cpu", inputs=[{"role": r, "image": png_data_url(im)}
+                                              for r, im in zip(("source", "reference 0"), imgs,
+                                                               strict=True)],
+                        parameters={"space": "wplus", "steps": 2, "mask_mode": "area"},
+                        outputs=[], png_compress_level=1, regions=[region.describe()])
+    record = json.loads(json.dumps(record))  # as read from the file
+    assert record["regions"][0]["angle"] == -30 and record["regions"][0]["flip"] == "v"
+    again = Editor.load(tiny_model_file, "cpu").replay_web_record(record)
+    assert np.array_equal(again.frames, made.frames)
+    # Without its transform the same record is a plain move: other pixels.
+    for key in ("scale", "angle", "flip"):
+        del record["regions"][0][key]
+    plain = Editor.load(tiny_model_file, "cpu").replay_web_record(record)
+    assert not np.array_equal(plain.frames, made.frames)
