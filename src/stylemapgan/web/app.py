@@ -8,6 +8,10 @@ Routes (all JSON unless noted; errors are ``{"detail": "one-line message"}`` wit
   resolution, stored in memory and projected once. Returns its record (id, urls).
 - ``GET /api/images/{id}.png``, ``GET /api/images/{id}/reconstruction.png``: the stored image
   and its reconstruction G(E(x)) (PNG).
+- ``GET /api/images/{id}/regions``: the named regions the image has (a gallery avatar's parts,
+  or a face's regions when it was picked from a photo with alignment on: ``mouth``, ``eyes``,
+  ...); ``GET /api/images/{id}/regions/{name}.png``: one of them as a gray mask at the model's
+  size (255 = inside, soft edges); a name the image lacks is a 404 listing those it has.
 - ``GET /api/gallery``: the server-side gallery listing (opaque ids); ``GET
   /api/gallery/{gid}/thumb.png``: a thumbnail; ``POST /api/gallery/{gid}``: use a gallery image
   (like an upload).
@@ -68,6 +72,7 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 IMAGE_ID = r"^[0-9a-f]{32}$"
 RESULT_ID = r"^[A-Za-z0-9_-]{16}$"
 GALLERY_ID = r"^[0-9a-f]{16}$"
+REGION_NAME = r"^[a-z][a-z_]{0,39}$"
 THUMB_SIZE = 160
 
 CSP = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
@@ -307,6 +312,17 @@ def create_app(engine: EditEngine, gallery: Gallery | None = None, *,
     def reconstruction_png(iid: Annotated[str, PathParam(pattern=IMAGE_ID)]) -> Response:
         return png(engine.reconstruction_png(iid))
 
+    @app.get("/api/images/{iid}/regions")
+    def image_regions(iid: Annotated[str, PathParam(pattern=IMAGE_ID)]) -> dict[str, Any]:
+        names = engine.region_names(iid)
+        return {"id": iid, "regions": names,
+                "masks": {n: f"/api/images/{iid}/regions/{n}.png" for n in names}}
+
+    @app.get("/api/images/{iid}/regions/{name}.png")
+    def image_region_png(iid: Annotated[str, PathParam(pattern=IMAGE_ID)],
+                         name: Annotated[str, PathParam(pattern=REGION_NAME)]) -> Response:
+        return png(engine.region_png(iid, name))
+
     # ---------------------------------------------------------------- gallery
     def gallery_item(gid: str):
         item = gallery.get(gid)
@@ -351,9 +367,10 @@ def create_app(engine: EditEngine, gallery: Gallery | None = None, *,
 
     @app.post("/api/gallery/{gid}", status_code=201)
     def gallery_use(gid: Annotated[str, PathParam(pattern=GALLERY_ID)]) -> dict[str, Any]:
+        path = gallery_item(gid).path  # an avatar's part masks give its named regions
         with decode_slot():
             name, img = load_gallery_image(gid)
-            stored = engine.add_image(img, display_name(name), "gallery")
+            stored = engine.add_image(img, display_name(name), "gallery", path=path)
             del img
         return stored.describe()
 
