@@ -546,6 +546,7 @@
 
   function renderAll() {
     renderTabs();
+    renderRegionMenu();
     renderRef();
     renderOrig();
     renderResult();
@@ -644,6 +645,91 @@
     $("#step-label").textContent = n > 1 ? `t = ${(state.frame / (n - 1)).toFixed(2)}` : "t = 1";
     $("#result-info").textContent = res && n > 1 ? `step ${state.frame + 1} of ${n}` : "";
   }
+
+  // ------------------------------------------------------------------ named regions of the reference
+  // The menu lists the regions the active reference has (a gallery avatar's parts, or a face's
+  // regions when it was picked from a photo with alignment on); choosing one fills it on the
+  // reference's mask, as if painted, for the brush and eraser to refine.
+  function regionNames(id) {
+    const entry = state.images.get(id);
+    if (!entry.regionNames) {
+      entry.regionNames = api(`/api/images/${id}/regions`).then((d) => d.regions).catch((err) => {
+        entry.regionNames = null; // ask again next time
+        setStatus(err.message, true);
+        return [];
+      });
+    }
+    return entry.regionNames;
+  }
+
+  async function renderRegionMenu() {
+    const menu = $("#region-menu");
+    const ref = activeRef();
+    const id = ref ? ref.image : "";
+    if (menu.dataset.image === id) return;
+    menu.dataset.image = id;
+    delete menu.dataset.ready;
+    const names = id ? await regionNames(id) : [];
+    if (menu.dataset.image !== id) return; // another reference became active meanwhile
+    const none = document.createElement("option");
+    none.value = "";
+    none.textContent = names.length ? "choose…" : "none";
+    menu.replaceChildren(none, ...names.map((n) => {
+      const o = document.createElement("option");
+      o.value = n;
+      o.textContent = n.replace(/_/g, " ");
+      return o;
+    }));
+    menu.disabled = names.length === 0;
+    menu.title = names.length ? `${names.length} named regions of this reference`
+      : "this reference has no named regions: paint the region";
+    menu.dataset.ready = "true";
+  }
+
+  async function fillRegion(name) {
+    const ref = activeRef();
+    if (!ref || !name) return;
+    const res = await fetch(`/api/images/${ref.image}/regions/${encodeURIComponent(name)}.png`);
+    if (!res.ok) {
+      let detail = null;
+      try {
+        detail = (await res.json()).detail;
+      } catch (_) {
+        detail = null;
+      }
+      throw new Error(detail || `${res.status} ${res.statusText}`);
+    }
+    const bmp = await createImageBitmap(await res.blob());
+    if (!state.refs.includes(ref)) return; // removed meanwhile
+    const scratch = newMask();
+    const sctx = scratch.getContext("2d");
+    sctx.drawImage(bmp, 0, 0, state.size, state.size);
+    bmp.close();
+    const gray = sctx.getImageData(0, 0, state.size, state.size).data;
+    pushHistory();
+    const ctx = ref.mask.getContext("2d");
+    const img = ctx.getImageData(0, 0, state.size, state.size);
+    const d = img.data;
+    for (let i = 0; i < d.length; i += 4) {
+      const a = Math.max(d[i + 3], gray[i]); // added to what is painted already
+      if (a !== d[i + 3]) {
+        d[i] = d[i + 1] = d[i + 2] = 255;
+        d[i + 3] = a;
+      }
+    }
+    ctx.putImageData(img, 0, 0);
+    renderRef();
+    renderOrig();
+    requestEdit(true);
+    setStatus(`filled the ${name.replace(/_/g, " ")} region: refine it with the brush and eraser`);
+  }
+
+  $("#region-menu").addEventListener("change", () => {
+    const menu = $("#region-menu");
+    const name = menu.value;
+    menu.value = "";
+    fillRegion(name).catch((err) => setStatus(err.message, true));
+  });
 
   // ------------------------------------------------------------------ painting on the reference
   function dab(ctx, a, b, erase) {
