@@ -264,6 +264,58 @@ def test_moved_regions_from_two_references_equal_the_library_transplant(client, 
         assert np.abs(frames[k] - to_uint8(want)[k].astype(int)).max() <= 1
 
 
+@pytest.mark.parametrize("space", ["wplus", "w"])
+def test_scaled_rotated_mirrored_regions_equal_the_library_transplant(client, tiny_model, two_images, space):
+    ida, idb, wa, wb = two_images
+    m = np.zeros((32, 32), np.float32)
+    m[4:14, 6:12] = 1
+    moves = [{"dx": 10, "dy": 6, "scale": 1.5, "angle": 30.0, "flip": "h"},
+             {"dx": 0, "dy": 0, "scale": 0.5, "angle": 0.0, "flip": "none"},
+             {"dx": 8, "dy": 0, "scale": 1.0, "angle": 90.0, "flip": "v"}]
+    g = tiny_model.generator
+    for k, mv in enumerate(moves):
+        frames, data = frames_of(client, edit(client, ida, [idb], [{"reference": 0, "mask": mask_url(m), **mv}],
+                                              space=space, seq=10 + k))
+        assert data["method"] == f"transplant_{space}"
+        flip = "" if mv["flip"] == "none" else mv["flip"]
+        reg = LibRegion(torch.from_numpy(m)[None, None], dy=mv["dy"], dx=mv["dx"], scale=mv["scale"],
+                        angle=mv["angle"], flip=flip)
+        with torch.no_grad():
+            if space == "wplus":
+                want = g.synthesize(transplant(g.pyramid(wa), g.pyramid(wb), [reg], 32))
+            else:
+                want = g(transplant([wa], [wb], [reg], 32)[0])
+        assert np.abs(frames[0] - to_uint8(want)[0].astype(int)).max() <= 1
+        record = client.get(data["record"]).json()
+        (r,) = record["regions"]
+        assert (r["scale"], r["angle"], r["flip"]) == (mv["scale"], mv["angle"], flip)
+    # Two mirrors are no mirror: the plain move, exactly.
+    plain = frames_of(client, edit(client, ida, [idb], [{"reference": 0, "mask": mask_url(m), "dx": 4}],
+                                   space=space, seq=20))[0]
+    twice = frames_of(client, edit(client, ida, [idb], [{"reference": 0, "mask": mask_url(m), "dx": 4,
+                                                         "flip": "none", "scale": 1.0, "angle": 360.0}],
+                                   space=space, seq=21))[0]
+    assert np.array_equal(plain[0], twice[0])
+
+
+@pytest.mark.parametrize("change, status, words", [
+    ({"scale": 0.2}, 422, "scale"),
+    ({"scale": 4.5}, 422, "scale"),
+    ({"scale": float("inf")}, 422, "scale"),
+    ({"angle": float("nan")}, 422, "angle"),
+    ({"flip": "x"}, 422, "flip"),
+    ({"flip": "hv"}, 422, "flip"),
+    ({"dx": 30, "dy": 30, "scale": 0.5}, 400, "entirely off"),
+])
+def test_bad_region_transforms_get_4xx(client, two_images, change, status, words):
+    ida, idb, _, _ = two_images
+    body = {"session": "s", "seq": 1, "original": ida, "references": [idb], "space": "wplus",
+            "steps": 1, "regions": [{"reference": 0, "mask": mask_url(left_mask()), **change}]}
+    r = client.post("/api/edit", content=json.dumps(body), headers={"content-type": "application/json"})
+    assert r.status_code == status, r.text
+    assert words in json.dumps(r.json()["detail"])
+
+
 def test_no_region_gives_the_reconstruction_and_empty_masks_are_ignored(client, tiny_model, two_images):
     ida, idb, wa, _ = two_images
     empty = mask_url(np.zeros((32, 32)))

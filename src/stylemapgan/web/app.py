@@ -15,7 +15,10 @@ Routes (all JSON unless noted; errors are ``{"detail": "one-line message"}`` wit
 - ``GET /api/gallery``: the server-side gallery listing (opaque ids); ``GET
   /api/gallery/{gid}/thumb.png``: a thumbnail; ``POST /api/gallery/{gid}``: use a gallery image
   (like an upload).
-- ``POST /api/edit``: run an edit (see :class:`EditIn`); newest-wins per ``session``.
+- ``POST /api/edit``: run an edit (see :class:`EditIn`); newest-wins per ``session``. Each
+  region is moved (``dx``, ``dy``) and may be scaled (``scale``, 0.25 to 4), rotated
+  (``angle``, degrees) and mirrored (``flip``: ``none``, ``h``, ``v``) about the centre of its
+  mask's bounding box (:class:`RegionIn`).
 - ``GET /api/results/{rid}/{k}.png``: frame ``k`` of a result; ``GET
   /api/results/{rid}/record.json``: the edit record (download).
 - ``GET /api/stats``: cache and queue counters.
@@ -35,7 +38,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, File, HTTPException, UploadFile
 from fastapi import Path as PathParam
@@ -86,6 +89,22 @@ class RegionIn(BaseModel):
     mask: str = Field(description="PNG data URL at any size; alpha (or gray) 255 = selected")
     dx: int = Field(0, ge=-8192, le=8192, description="move right by this many image pixels")
     dy: int = Field(0, ge=-8192, le=8192, description="move down by this many image pixels")
+    scale: float = Field(1.0, ge=0.25, le=4.0, allow_inf_nan=False,
+                         description="scale about the centre of the mask's bounding box")
+    angle: float = Field(0.0, ge=-3600.0, le=3600.0, allow_inf_nan=False,
+                         description="rotation in degrees, counter-clockwise as seen")
+    flip: Literal["none", "h", "v"] = Field("none", description="mirror left-right (h) or "
+                                            "upside down (v), before the rotation")
+
+    def region(self, size: int, i: int) -> Region:
+        """The library's region (the transform only when there is one, so a plain move is
+        exactly the region it always was)."""
+        extra: dict[str, Any] = {}
+        if self.scale != 1.0 or self.angle % 360.0 != 0.0 or self.flip != "none":
+            extra = {"scale": self.scale, "angle": self.angle,
+                     "flip": "" if self.flip == "none" else self.flip}
+        return Region(decode_mask(self.mask, size, f"region {i} mask"), dy=self.dy, dx=self.dx,
+                      reference=self.reference, data_url=self.mask, **extra)
 
 
 class EditIn(BaseModel):
@@ -379,9 +398,7 @@ def create_app(engine: EditEngine, gallery: Gallery | None = None, *,
     def edit(body: EditIn) -> dict[str, Any]:
         spec = EditSpec(
             original=body.original, references=tuple(body.references),
-            regions=tuple(Region(decode_mask(r.mask, engine.size, f"region {i} mask"),
-                                 dy=r.dy, dx=r.dx, reference=r.reference, data_url=r.mask)
-                          for i, r in enumerate(body.regions)),
+            regions=tuple(r.region(engine.size, i) for i, r in enumerate(body.regions)),
             space=body.space, steps=body.steps,
         )
         engine.validate(spec)
