@@ -580,3 +580,81 @@ def test_a_named_region_of_an_aligned_photo_is_filled_refined_and_edited(align_s
     assert (mask[keep] > 0.5).sum() >= 4  # the mouth's sides are still there
     expected = _expected_local_edit(tiny_model_file, record, mask)
     assert np.abs(result - expected.astype(int)).max() <= 1
+
+
+def test_a_region_is_mirrored_rotated_scaled_and_moved_with_its_handles(server, tmp_path, tiny_model_file):
+    """Box a region on the reference, mirror it (the button), rotate it by its blue handle,
+    shrink it by its white one and drag it: the edit is the library's transplant of that
+    transform, to the level."""
+    executable = _browser_or_skip()
+    from playwright.sync_api import sync_playwright
+
+    original, reference = _smooth(47), _smooth(48)
+    files = []
+    for name, arr in (("original.png", original), ("reference.png", reference)):
+        Image.fromarray(arr).save(tmp_path / name)
+        files.append(str(tmp_path / name))
+    with sync_playwright() as p:
+        context = _open_browser(p, executable, tmp_path)
+        try:
+            page = context.new_page()
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(server + "/")
+            page.wait_for_selector("body[data-ready=true]", timeout=30_000)
+            page.set_input_files("#upload", files)
+            page.wait_for_selector("#library .card.reference", timeout=30_000)
+            page.check('input[name="tool"][value="box"]')
+            ref = page.locator("#ref-canvas").bounding_box()
+            k = ref["width"] / 32
+            page.mouse.move(ref["x"] + 4 * k, ref["y"] + 4 * k)
+            page.mouse.down()
+            page.mouse.move(ref["x"] + 14 * k, ref["y"] + 14 * k, steps=4)
+            page.mouse.up()
+            page.click("#mirror")
+            orig = page.locator("#orig-canvas").bounding_box()
+
+            def drag(a, b):
+                page.mouse.move(orig["x"] + a[0] * k, orig["y"] + a[1] * k)
+                page.mouse.down()
+                page.mouse.move(orig["x"] + b[0] * k, orig["y"] + b[1] * k, steps=6)
+                page.mouse.up()
+
+            # The box 4..14 has its centre at (9, 9); the rotation handle lies 3.2 px above its
+            # top edge, (9, 0.8). Turn it 45 degrees clockwise: to the upper right.
+            drag((9, 0.8), (9 + 5.8, 9 - 5.8))
+            # Mirrored and turned, the box's lower right corner (the scale handle) is at
+            # (9 - 7.07, 9); pull it in to 4.5 px from the centre (scale 0.64).
+            drag((9 - 7.07, 9), (4.5, 9))
+            drag((9, 9), (17, 13))  # and move it 8 px right, 4 down
+            _wait_idle(page, "document.querySelector('#status').textContent.includes('(transplant wplus)')")
+            with page.expect_download() as json_download:
+                page.click("#download-json")
+            record = json.loads(Path(json_download.value.path()).read_text())
+            with page.expect_download() as png_download:
+                page.click("#download-png")
+            result = np.asarray(Image.open(png_download.value.path()).convert("RGB")).astype(int)
+            # Reset puts it back: a local edit again.
+            page.click("#reset-offset")
+            _wait_idle(page, "document.querySelector('#status').textContent.includes('(local edit wplus)')")
+            assert not errors, errors
+        finally:
+            context.close()
+
+    (region,) = record["regions"]
+    assert region["flip"] == "h"
+    assert abs(region["angle"] + 45) <= 3 and abs(region["scale"] - 0.64) <= 0.05
+    assert abs(region["dx"] - 8) <= 1 and abs(region["dy"] - 4) <= 1
+    mask = _decode_mask(region)
+    assert (mask[4:14, 4:14] == 1).all() and mask.sum() == 100
+    model = load_model(tiny_model_file)
+    g = model.generator
+    with torch.no_grad():
+        sa = g.pyramid(model.project(from_uint8(original)))
+        sb = g.pyramid(model.project(from_uint8(reference)))
+        reg = Region(torch.from_numpy(mask)[None, None], dy=region["dy"], dx=region["dx"],
+                     scale=region["scale"], angle=region["angle"], flip=region["flip"])
+        want = to_uint8(g.synthesize(transplant(sa, sb, [reg], 32)))[0].astype(int)
+        recon = to_uint8(g.synthesize(sa))[0].astype(int)
+    assert np.abs(result - want).max() <= 1
+    assert np.abs(result - recon).mean() > 1
