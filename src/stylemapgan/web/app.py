@@ -98,13 +98,18 @@ class RegionIn(BaseModel):
 
     def region(self, size: int, i: int) -> Region:
         """The library's region (the transform only when there is one, so a plain move is
-        exactly the region it always was)."""
-        extra: dict[str, Any] = {}
-        if self.scale != 1.0 or self.angle % 360.0 != 0.0 or self.flip != "none":
-            extra = {"scale": self.scale, "angle": self.angle,
-                     "flip": "" if self.flip == "none" else self.flip}
-        return Region(decode_mask(self.mask, size, f"region {i} mask"), dy=self.dy, dx=self.dx,
-                      reference=self.reference, data_url=self.mask, **extra)
+        exactly the region it always was); a scaled, rotated or mirrored region that lands
+        entirely off the image is a one-line error."""
+        mask = decode_mask(self.mask, size, f"region {i} mask")
+        if self.scale == 1.0 and self.angle % 360.0 == 0.0 and self.flip == "none":
+            return Region(mask, dy=self.dy, dx=self.dx, reference=self.reference,
+                          data_url=self.mask)
+        region = Region(mask, dy=self.dy, dx=self.dx, reference=self.reference,
+                        data_url=self.mask, scale=self.scale, angle=self.angle,
+                        flip="" if self.flip == "none" else self.flip)
+        if not region.is_empty:
+            region.check_on_image(size, f"region {i}")
+        return region
 
 
 class EditIn(BaseModel):

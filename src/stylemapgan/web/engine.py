@@ -412,8 +412,6 @@ class EditEngine:
                                  f"{self.size}x{self.size}")
             if abs(r.dx) > self.size or abs(r.dy) > self.size:
                 raise InputError(f"region {i}: offset ({r.dx}, {r.dy}) is outside the image")
-            if r.affine and not r.is_empty:  # scaled, rotated or mirrored: still on the image
-                r.check_on_image(self.size, f"region {i}")
 
     def edit(self, spec: EditSpec) -> EditResult:
         """Run one edit: the original with each region of its reference pasted (moved by its
