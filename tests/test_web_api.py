@@ -12,6 +12,7 @@ import threading
 import time
 import warnings
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -261,6 +262,58 @@ def test_moved_regions_from_two_references_equal_the_library_transplant(client, 
             want = g(transplant([wa], [torch.cat([wb, wc])], regs, 32, alpha=steps(2))[0])
     for k in range(2):
         assert np.abs(frames[k] - to_uint8(want)[k].astype(int)).max() <= 1
+
+
+@pytest.mark.parametrize("space", ["wplus", "w"])
+def test_scaled_rotated_mirrored_regions_equal_the_library_transplant(client, tiny_model, two_images, space):
+    ida, idb, wa, wb = two_images
+    m = np.zeros((32, 32), np.float32)
+    m[4:14, 6:12] = 1
+    moves = [{"dx": 10, "dy": 6, "scale": 1.5, "angle": 30.0, "flip": "h"},
+             {"dx": 0, "dy": 0, "scale": 0.5, "angle": 0.0, "flip": "none"},
+             {"dx": 8, "dy": 0, "scale": 1.0, "angle": 90.0, "flip": "v"}]
+    g = tiny_model.generator
+    for k, mv in enumerate(moves):
+        frames, data = frames_of(client, edit(client, ida, [idb], [{"reference": 0, "mask": mask_url(m), **mv}],
+                                              space=space, seq=10 + k))
+        assert data["method"] == f"transplant_{space}"
+        flip = "" if mv["flip"] == "none" else mv["flip"]
+        reg = LibRegion(torch.from_numpy(m)[None, None], dy=mv["dy"], dx=mv["dx"], scale=mv["scale"],
+                        angle=mv["angle"], flip=flip)
+        with torch.no_grad():
+            if space == "wplus":
+                want = g.synthesize(transplant(g.pyramid(wa), g.pyramid(wb), [reg], 32))
+            else:
+                want = g(transplant([wa], [wb], [reg], 32)[0])
+        assert np.abs(frames[0] - to_uint8(want)[0].astype(int)).max() <= 1
+        record = client.get(data["record"]).json()
+        (r,) = record["regions"]
+        assert (r["scale"], r["angle"], r["flip"]) == (mv["scale"], mv["angle"], flip)
+    # Two mirrors are no mirror: the plain move, exactly.
+    plain = frames_of(client, edit(client, ida, [idb], [{"reference": 0, "mask": mask_url(m), "dx": 4}],
+                                   space=space, seq=20))[0]
+    twice = frames_of(client, edit(client, ida, [idb], [{"reference": 0, "mask": mask_url(m), "dx": 4,
+                                                         "flip": "none", "scale": 1.0, "angle": 360.0}],
+                                   space=space, seq=21))[0]
+    assert np.array_equal(plain[0], twice[0])
+
+
+@pytest.mark.parametrize("change, status, words", [
+    ({"scale": 0.2}, 422, "scale"),
+    ({"scale": 4.5}, 422, "scale"),
+    ({"scale": float("inf")}, 422, "scale"),
+    ({"angle": float("nan")}, 422, "angle"),
+    ({"flip": "x"}, 422, "flip"),
+    ({"flip": "hv"}, 422, "flip"),
+    ({"dx": 30, "dy": 30, "scale": 0.5}, 400, "entirely off"),
+])
+def test_bad_region_transforms_get_4xx(client, two_images, change, status, words):
+    ida, idb, _, _ = two_images
+    body = {"session": "s", "seq": 1, "original": ida, "references": [idb], "space": "wplus",
+            "steps": 1, "regions": [{"reference": 0, "mask": mask_url(left_mask()), **change}]}
+    r = client.post("/api/edit", content=json.dumps(body), headers={"content-type": "application/json"})
+    assert r.status_code == status, r.text
+    assert words in json.dumps(r.json()["detail"])
 
 
 def test_no_region_gives_the_reconstruction_and_empty_masks_are_ignored(client, tiny_model, two_images):
@@ -590,3 +643,89 @@ def test_fast_path_engine_stays_close_to_float32(tiny_model):
     assert q >= 25, q
     assert fast.info()["precision"] == "bfloat16, channels-last"
     assert exact.info()["precision"] == "float32"
+
+
+# --------------------------------------------------------------------------- named regions
+def test_gallery_avatars_have_named_regions_as_masks_at_model_size(engine):
+    from stylemapgan.data.avatars import AvatarFolder, avatar_region_names
+    from stylemapgan.data.avatars import gallery_dir as packaged_gallery
+
+    folder = AvatarFolder(packaged_gallery())
+    with TestClient(create_app(engine, Gallery(packaged_gallery() / "test"))) as client:
+        items = {it["name"]: it["id"] for it in client.get("/api/gallery").json()["items"]}
+        glasses = next(r for r in folder.records() if "glasses" in r["parts"])
+        plain = next(r for r in folder.records() if "glasses" not in r["parts"])
+        rec = client.post(f"/api/gallery/{items[Path(glasses['file']).name]}").json()
+        listing = client.get(f"/api/images/{rec['id']}/regions").json()
+        assert listing["regions"] == avatar_region_names(glasses)
+        assert {"hair", "glasses", "face", "skin"} <= set(listing["regions"])
+        for name in ("hair", "glasses"):
+            got = client.get(listing["masks"][name])
+            assert got.status_code == 200 and got.headers["content-type"] == "image/png"
+            mask = np.asarray(Image.open(io.BytesIO(got.content)))
+            assert mask.shape == (32, 32) and mask.dtype == np.uint8
+            # The 64 px part mask, averaged over 2x2 blocks: the 32 px square of the avatar.
+            part = folder.regions(glasses, name)[name]
+            want = part.reshape(32, 2, 32, 2).mean((1, 3))
+            assert (mask[want == 1] >= 200).all() and (mask[want == 0] <= 55).all()
+            assert 0 < (mask > 127).mean() < 0.9
+        # An avatar without glasses: a 404 naming what it has; an upload has none at all.
+        other = client.post(f"/api/gallery/{items[Path(plain['file']).name]}").json()
+        r = client.get(f"/api/images/{other['id']}/regions/glasses.png")
+        assert r.status_code == 404
+        detail = r.json()["detail"]
+        assert "\n" not in detail and "glasses" in detail and "hair" in detail
+        up = upload(client, smooth_image(3)).json()
+        assert client.get(f"/api/images/{up['id']}/regions").json()["regions"] == []
+        r = client.get(f"/api/images/{up['id']}/regions/hair.png")
+        assert r.status_code == 404 and "paint" in r.json()["detail"]
+        assert client.get(f"/api/images/{'0' * 32}/regions").status_code == 404
+        assert client.get(f"/api/images/{rec['id']}/regions/..%2Fx.png").status_code in (404, 422)
+        assert client.get(f"/api/images/{rec['id']}/regions/Hair.png").status_code == 422
+
+
+def test_a_face_picked_from_an_aligned_photo_has_its_regions_without_a_second_detection(tiny_model):
+    pytest.importorskip("dlib", reason='needs the faces extra: pip install -e ".[faces]"')
+    from stylemapgan.imaging import faces
+
+    try:
+        faces.predictor_path()
+    except faces.FacesUnavailable as exc:
+        pytest.skip(str(exc))
+    from stylemapgan.imaging.face_regions import FACE_REGIONS
+
+    engine = EditEngine(tiny_model, WebSettings(max_references=2, max_steps=4), align=True)
+    photo_file = Path(__file__).parent / "fixtures" / "photos" / "astronaut-256.jpg"
+    with TestClient(create_app(engine)) as client:
+        photo = client.post("/api/photos", files={"file": ("astronaut.jpg", photo_file.read_bytes(),
+                                                           "image/jpeg")}).json()
+        assert len(photo["faces"]) == 1
+
+        def refuse(*_):
+            raise AssertionError("faces detected a second time")
+
+        engine._face_aligner().detect = refuse
+        face = client.post(f"/api/photos/{photo['id']}/crop", json={"face": 0}).json()
+        listing = client.get(f"/api/images/{face['id']}/regions").json()
+        assert listing["regions"] == list(FACE_REGIONS)
+        stored = engine.image(face["id"])
+        lm = stored.placement.from_photo(stored.regions.landmarks)  # model-square coordinates
+        cells = np.clip(lm.astype(int), 0, 31)
+
+        def at(mask, idx):
+            return mask[cells[idx, 1], cells[idx, 0]]
+
+        mouth = np.asarray(Image.open(io.BytesIO(client.get(listing["masks"]["mouth"]).content)))
+        assert mouth.shape == (32, 32)
+        assert (at(mouth, np.arange(48, 68)) > 0).all()  # every mouth landmark inside (soft edge)
+        assert (at(mouth, np.arange(36, 48)) == 0).all()  # no eye landmark
+        assert (mouth > 127).sum() >= 6 and (mouth > 127).mean() < 0.2
+        eyes = np.asarray(Image.open(io.BytesIO(client.get(listing["masks"]["eyes"]).content)))
+        assert (at(eyes, np.arange(36, 48)) > 0).all() and (at(eyes, np.arange(48, 68)) == 0).all()
+        # A square drawn around the face (not the aligned face) keeps the face's regions too.
+        box = client.post(f"/api/photos/{photo['id']}/crop", json={"box": [60, 20, 160, 120]}).json()
+        assert client.get(f"/api/images/{box['id']}/regions").json()["regions"] == list(FACE_REGIONS)
+        # One far from the face has none.
+        away = client.post(f"/api/photos/{photo['id']}/crop", json={"box": [0, 160, 90, 250]}).json()
+        r = client.get(f"/api/images/{away['id']}/regions/mouth.png")
+        assert r.status_code == 404 and "no named regions" in r.json()["detail"]

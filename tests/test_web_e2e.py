@@ -65,17 +65,19 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _serve(tiny_model_file, tmp, extra=()):
-    """`stylemapgan serve` (with a one-image gallery) in a subprocess on a free port; yields
-    its base URL."""
-    (tmp / "gallery").mkdir(exist_ok=True)
-    Image.fromarray(_smooth(9)).save(tmp / "gallery" / "gallery-one.png")
+def _serve(tiny_model_file, tmp, extra=(), gallery=None):
+    """`stylemapgan serve` (with a one-image gallery, or ``gallery``) in a subprocess on a free
+    port; yields its base URL."""
+    if gallery is None:
+        gallery = tmp / "gallery"
+        gallery.mkdir(exist_ok=True)
+        Image.fromarray(_smooth(9)).save(gallery / "gallery-one.png")
     port = _free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"}
     url = f"http://127.0.0.1:{port}"
     with open(tmp / "server.log", "w+") as log:
         proc = subprocess.Popen([sys.executable, "-m", "stylemapgan.cli", "serve", "--model",
-                                 str(tiny_model_file), "--gallery", str(tmp / "gallery"),
+                                 str(tiny_model_file), "--gallery", str(gallery),
                                  "--port", str(port), "--device", "cpu", *extra],
                                 stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
@@ -112,6 +114,15 @@ def align_server(tiny_model_file, tmp_path_factory):
     """The editor with face alignment (serve --align): needs the faces extra."""
     pytest.importorskip("dlib", reason='needs the faces extra: pip install -e ".[faces]"')
     yield from _serve(tiny_model_file, tmp_path_factory.mktemp("serve-align"), ["--align"])
+
+
+@pytest.fixture(scope="module")
+def avatar_server(tiny_model_file, tmp_path_factory):
+    """The editor with the packaged avatar gallery (whose avatars have named regions)."""
+    from stylemapgan.data.avatars import gallery_dir
+
+    yield from _serve(tiny_model_file, tmp_path_factory.mktemp("serve-avatars"),
+                      gallery=gallery_dir() / "test")
 
 
 def _smooth(seed, size=32, cells=4):
@@ -432,3 +443,218 @@ def test_a_square_photo_larger_than_the_model_opens_the_picker(server, tmp_path)
         finally:
             context.close()
     assert full.shape == (64, 64, 3)  # the photo at its own size, not the model's 32 px
+
+
+# --------------------------------------------------------------------------- named regions
+def _fill_region_erase_and_download(page, name, erase_from, erase_to):
+    """Choose the region ``name`` in the menu, wait for its edit, erase a stroke (model pixels)
+    with a 2 px eraser, wait again; returns the edit record and the result."""
+    page.wait_for_selector("#region-menu[data-ready=true]:not([disabled])", timeout=30_000)
+    options = page.locator("#region-menu option").evaluate_all("os => os.map(o => o.value)")
+    assert name in options, options
+    page.select_option("#region-menu", name)
+    _wait_idle(page, "document.querySelector('#status').textContent.includes('local edit')")
+    page.check('input[name="tool"][value="eraser"]')
+    page.locator("#brush-size").fill("2")
+    box = page.locator("#ref-canvas").bounding_box()
+    k = box["width"] / 32
+    page.mouse.move(box["x"] + erase_from[0] * k, box["y"] + erase_from[1] * k)
+    page.mouse.down()
+    page.mouse.move(box["x"] + erase_to[0] * k, box["y"] + erase_to[1] * k, steps=8)
+    page.mouse.up()
+    _wait_idle(page, "document.querySelector('#status').textContent.includes('local edit')")
+    with page.expect_download() as json_download:
+        page.click("#download-json")
+    record = json.loads(Path(json_download.value.path()).read_text())
+    with page.expect_download() as png_download:
+        page.click("#download-png")
+    result = np.asarray(Image.open(png_download.value.path()).convert("RGB")).astype(int)
+    return record, result
+
+
+def _record_image(record, i):
+    data = base64.b64decode(record["inputs"][i]["image"].split(",", 1)[1])
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def _expected_local_edit(tiny_model_file, record, mask):
+    model = load_model(tiny_model_file)
+    g = model.generator
+    with torch.no_grad():
+        sa = g.pyramid(model.project(from_uint8(_record_image(record, 0))))
+        sb = g.pyramid(model.project(from_uint8(_record_image(record, 1))))
+        return to_uint8(g.synthesize(local_edit_wplus(sa, sb, torch.from_numpy(mask)[None, None])))[0]
+
+
+def _region_from_server(url, record, name):
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with direct.open(f"{url}/api/images/{record['inputs'][1]['id']}/regions/{name}.png", timeout=10) as r:
+        return np.asarray(Image.open(io.BytesIO(r.read())), dtype=np.float32) / 255
+
+
+def test_a_named_region_of_a_gallery_avatar_is_filled_refined_and_edited(avatar_server, tmp_path,
+                                                                        tiny_model_file):
+    """Choose "face" on an avatar from the gallery: the region fills the reference's mask as if
+    painted, the eraser takes a stroke out of it, and the edit uses exactly that mask."""
+    executable = _browser_or_skip()
+    from playwright.sync_api import sync_playwright
+
+    Image.fromarray(_smooth(27)).save(tmp_path / "original.png")
+    with sync_playwright() as p:
+        context = _open_browser(p, executable, tmp_path)
+        try:
+            page = context.new_page()
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(avatar_server + "/")
+            page.wait_for_selector("body[data-ready=true]", timeout=30_000)
+            # An upload has no named regions; the menu offers none.
+            page.set_input_files("#upload", [str(tmp_path / "original.png")])
+            page.wait_for_selector("#library .card.original", timeout=30_000)
+            page.click("#library .card.original .as-reference")
+            page.wait_for_selector("#region-menu[data-ready=true][disabled]", timeout=30_000)
+            page.click("#ref-tabs button:has-text('remove')")
+            page.click("#gallery button.thumb")
+            page.wait_for_selector("#library .card.reference", timeout=30_000)
+            # Erase a horizontal stroke through the face at row 15 (pixel centres at +0.5).
+            record, result = _fill_region_erase_and_download(page, "face", (0, 15.5), (31.5, 15.5))
+            assert not errors, errors
+        finally:
+            context.close()
+
+    (region,) = record["regions"]
+    mask = _decode_mask(region)
+    face = _region_from_server(avatar_server, record, "face")
+    assert face[15].max() == 1  # the stroke crosses the face
+    assert (mask[15] == 0).all()  # and took that row out
+    keep = np.ones((32, 32), bool)
+    keep[13:18] = False
+    assert np.abs(mask[keep] - face[keep]).max() <= 1 / 255 + 1e-6  # the rest is the region
+    assert 0.05 < (mask > 0.5).mean() < 0.9
+    expected = _expected_local_edit(tiny_model_file, record, mask)
+    assert np.abs(result - expected.astype(int)).max() <= 1
+
+
+def test_a_named_region_of_an_aligned_photo_is_filled_refined_and_edited(align_server, tmp_path,
+                                                                        tiny_model_file):
+    """Choose "mouth" on a face picked from the astronaut photo (alignment on), erase a stroke
+    through it, and get the edit of exactly that mask."""
+    executable = _browser_or_skip()
+    from playwright.sync_api import sync_playwright
+
+    photo_path = Path(__file__).parent / "fixtures" / "photos" / "astronaut-256.jpg"
+    Image.fromarray(_smooth(37)).save(tmp_path / "original.png")
+    with sync_playwright() as p:
+        context = _open_browser(p, executable, tmp_path)
+        try:
+            page = context.new_page()
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(align_server + "/")
+            page.wait_for_selector("body[data-ready=true]", timeout=30_000)
+            page.set_input_files("#upload", [str(tmp_path / "original.png")])
+            page.wait_for_selector("#picker[open]", timeout=30_000)
+            page.click("#picker-square")
+            page.wait_for_selector("#library .card.original", timeout=30_000)
+            page.set_input_files("#upload", [str(photo_path)])
+            page.wait_for_selector("#picker[open] button.face-choice", timeout=60_000)
+            page.click("button.face-choice")
+            page.wait_for_selector("#library .card.reference", timeout=30_000)
+            page.wait_for_selector("#region-menu[data-ready=true]:not([disabled])", timeout=30_000)
+            names = page.locator("#region-menu option").evaluate_all("os => os.map(o => o.value)")
+            assert {"mouth", "eyes", "nose", "skin"} <= set(names)
+            # The aligned face puts the mouth about 3/4 down the middle: erase the middle column.
+            record, result = _fill_region_erase_and_download(page, "mouth", (15.5, 18), (15.5, 30))
+            assert not errors, errors
+        finally:
+            context.close()
+
+    (region,) = record["regions"]
+    mask = _decode_mask(region)
+    mouth = _region_from_server(align_server, record, "mouth")
+    assert mouth[18:30, 15].max() == 1  # the stroke crosses the mouth
+    assert (mask[18:30, 15] == 0).all()  # and took the mouth's middle out
+    keep = np.ones((32, 32), bool)
+    keep[:, 13:19] = False
+    assert np.abs(mask[keep] - mouth[keep]).max() <= 1 / 255 + 1e-6
+    assert (mask[keep] > 0.5).sum() >= 4  # the mouth's sides are still there
+    expected = _expected_local_edit(tiny_model_file, record, mask)
+    assert np.abs(result - expected.astype(int)).max() <= 1
+
+
+def test_a_region_is_mirrored_rotated_scaled_and_moved_with_its_handles(server, tmp_path, tiny_model_file):
+    """Box a region on the reference, mirror it (the button), rotate it by its blue handle,
+    shrink it by its white one and drag it: the edit is the library's transplant of that
+    transform, to the level."""
+    executable = _browser_or_skip()
+    from playwright.sync_api import sync_playwright
+
+    original, reference = _smooth(47), _smooth(48)
+    files = []
+    for name, arr in (("original.png", original), ("reference.png", reference)):
+        Image.fromarray(arr).save(tmp_path / name)
+        files.append(str(tmp_path / name))
+    with sync_playwright() as p:
+        context = _open_browser(p, executable, tmp_path)
+        try:
+            page = context.new_page()
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(server + "/")
+            page.wait_for_selector("body[data-ready=true]", timeout=30_000)
+            page.set_input_files("#upload", files)
+            page.wait_for_selector("#library .card.reference", timeout=30_000)
+            page.check('input[name="tool"][value="box"]')
+            ref = page.locator("#ref-canvas").bounding_box()
+            k = ref["width"] / 32
+            page.mouse.move(ref["x"] + 4 * k, ref["y"] + 4 * k)
+            page.mouse.down()
+            page.mouse.move(ref["x"] + 14 * k, ref["y"] + 14 * k, steps=4)
+            page.mouse.up()
+            page.click("#mirror")
+            orig = page.locator("#orig-canvas").bounding_box()
+
+            def drag(a, b):
+                page.mouse.move(orig["x"] + a[0] * k, orig["y"] + a[1] * k)
+                page.mouse.down()
+                page.mouse.move(orig["x"] + b[0] * k, orig["y"] + b[1] * k, steps=6)
+                page.mouse.up()
+
+            # The box 4..14 has its centre at (9, 9); the rotation handle lies 3.2 px above its
+            # top edge, (9, 0.8). Turn it 45 degrees clockwise: to the upper right.
+            drag((9, 0.8), (9 + 5.8, 9 - 5.8))
+            # Mirrored and turned, the box's lower right corner (the scale handle) is at
+            # (9 - 7.07, 9); pull it in to 4.5 px from the centre (scale 0.64).
+            drag((9 - 7.07, 9), (4.5, 9))
+            drag((9, 9), (17, 13))  # and move it 8 px right, 4 down
+            _wait_idle(page, "document.querySelector('#status').textContent.includes('(transplant wplus)')")
+            with page.expect_download() as json_download:
+                page.click("#download-json")
+            record = json.loads(Path(json_download.value.path()).read_text())
+            with page.expect_download() as png_download:
+                page.click("#download-png")
+            result = np.asarray(Image.open(png_download.value.path()).convert("RGB")).astype(int)
+            # Reset puts it back: a local edit again.
+            page.click("#reset-offset")
+            _wait_idle(page, "document.querySelector('#status').textContent.includes('(local edit wplus)')")
+            assert not errors, errors
+        finally:
+            context.close()
+
+    (region,) = record["regions"]
+    assert region["flip"] == "h"
+    assert abs(region["angle"] + 45) <= 3 and abs(region["scale"] - 0.64) <= 0.05
+    assert abs(region["dx"] - 8) <= 1 and abs(region["dy"] - 4) <= 1
+    mask = _decode_mask(region)
+    assert (mask[4:14, 4:14] == 1).all() and mask.sum() == 100
+    model = load_model(tiny_model_file)
+    g = model.generator
+    with torch.no_grad():
+        sa = g.pyramid(model.project(from_uint8(original)))
+        sb = g.pyramid(model.project(from_uint8(reference)))
+        reg = Region(torch.from_numpy(mask)[None, None], dy=region["dy"], dx=region["dx"],
+                     scale=region["scale"], angle=region["angle"], flip=region["flip"])
+        want = to_uint8(g.synthesize(transplant(sa, sb, [reg], 32)))[0].astype(int)
+        recon = to_uint8(g.synthesize(sa))[0].astype(int)
+    assert np.abs(result - want).max() <= 1
+    assert np.abs(result - recon).mean() > 1

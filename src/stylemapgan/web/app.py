@@ -8,10 +8,17 @@ Routes (all JSON unless noted; errors are ``{"detail": "one-line message"}`` wit
   resolution, stored in memory and projected once. Returns its record (id, urls).
 - ``GET /api/images/{id}.png``, ``GET /api/images/{id}/reconstruction.png``: the stored image
   and its reconstruction G(E(x)) (PNG).
+- ``GET /api/images/{id}/regions``: the named regions the image has (a gallery avatar's parts,
+  or a face's regions when it was picked from a photo with alignment on: ``mouth``, ``eyes``,
+  ...); ``GET /api/images/{id}/regions/{name}.png``: one of them as a gray mask at the model's
+  size (255 = inside, soft edges); a name the image lacks is a 404 listing those it has.
 - ``GET /api/gallery``: the server-side gallery listing (opaque ids); ``GET
   /api/gallery/{gid}/thumb.png``: a thumbnail; ``POST /api/gallery/{gid}``: use a gallery image
   (like an upload).
-- ``POST /api/edit``: run an edit (see :class:`EditIn`); newest-wins per ``session``.
+- ``POST /api/edit``: run an edit (see :class:`EditIn`); newest-wins per ``session``. Each
+  region is moved (``dx``, ``dy``) and may be scaled (``scale``, 0.25 to 4), rotated
+  (``angle``, degrees) and mirrored (``flip``: ``none``, ``h``, ``v``) about the centre of its
+  mask's bounding box (:class:`RegionIn`).
 - ``GET /api/results/{rid}/{k}.png``: frame ``k`` of a result; ``GET
   /api/results/{rid}/record.json``: the edit record (download).
 - ``GET /api/stats``: cache and queue counters.
@@ -31,7 +38,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, File, HTTPException, UploadFile
 from fastapi import Path as PathParam
@@ -68,6 +75,7 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 IMAGE_ID = r"^[0-9a-f]{32}$"
 RESULT_ID = r"^[A-Za-z0-9_-]{16}$"
 GALLERY_ID = r"^[0-9a-f]{16}$"
+REGION_NAME = r"^[a-z][a-z_]{0,39}$"
 THUMB_SIZE = 160
 
 CSP = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
@@ -81,6 +89,27 @@ class RegionIn(BaseModel):
     mask: str = Field(description="PNG data URL at any size; alpha (or gray) 255 = selected")
     dx: int = Field(0, ge=-8192, le=8192, description="move right by this many image pixels")
     dy: int = Field(0, ge=-8192, le=8192, description="move down by this many image pixels")
+    scale: float = Field(1.0, ge=0.25, le=4.0, allow_inf_nan=False,
+                         description="scale about the centre of the mask's bounding box")
+    angle: float = Field(0.0, ge=-3600.0, le=3600.0, allow_inf_nan=False,
+                         description="rotation in degrees, counter-clockwise as seen")
+    flip: Literal["none", "h", "v"] = Field("none", description="mirror left-right (h) or "
+                                            "upside down (v), before the rotation")
+
+    def region(self, size: int, i: int) -> Region:
+        """The library's region (the transform only when there is one, so a plain move is
+        exactly the region it always was); a scaled, rotated or mirrored region that lands
+        entirely off the image is a one-line error."""
+        mask = decode_mask(self.mask, size, f"region {i} mask")
+        if self.scale == 1.0 and self.angle % 360.0 == 0.0 and self.flip == "none":
+            return Region(mask, dy=self.dy, dx=self.dx, reference=self.reference,
+                          data_url=self.mask)
+        region = Region(mask, dy=self.dy, dx=self.dx, reference=self.reference,
+                        data_url=self.mask, scale=self.scale, angle=self.angle,
+                        flip="" if self.flip == "none" else self.flip)
+        if not region.is_empty:
+            region.check_on_image(size, f"region {i}")
+        return region
 
 
 class EditIn(BaseModel):
@@ -307,6 +336,17 @@ def create_app(engine: EditEngine, gallery: Gallery | None = None, *,
     def reconstruction_png(iid: Annotated[str, PathParam(pattern=IMAGE_ID)]) -> Response:
         return png(engine.reconstruction_png(iid))
 
+    @app.get("/api/images/{iid}/regions")
+    def image_regions(iid: Annotated[str, PathParam(pattern=IMAGE_ID)]) -> dict[str, Any]:
+        names = engine.region_names(iid)
+        return {"id": iid, "regions": names,
+                "masks": {n: f"/api/images/{iid}/regions/{n}.png" for n in names}}
+
+    @app.get("/api/images/{iid}/regions/{name}.png")
+    def image_region_png(iid: Annotated[str, PathParam(pattern=IMAGE_ID)],
+                         name: Annotated[str, PathParam(pattern=REGION_NAME)]) -> Response:
+        return png(engine.region_png(iid, name))
+
     # ---------------------------------------------------------------- gallery
     def gallery_item(gid: str):
         item = gallery.get(gid)
@@ -351,9 +391,10 @@ def create_app(engine: EditEngine, gallery: Gallery | None = None, *,
 
     @app.post("/api/gallery/{gid}", status_code=201)
     def gallery_use(gid: Annotated[str, PathParam(pattern=GALLERY_ID)]) -> dict[str, Any]:
+        path = gallery_item(gid).path  # an avatar's part masks give its named regions
         with decode_slot():
             name, img = load_gallery_image(gid)
-            stored = engine.add_image(img, display_name(name), "gallery")
+            stored = engine.add_image(img, display_name(name), "gallery", path=path)
             del img
         return stored.describe()
 
@@ -362,9 +403,7 @@ def create_app(engine: EditEngine, gallery: Gallery | None = None, *,
     def edit(body: EditIn) -> dict[str, Any]:
         spec = EditSpec(
             original=body.original, references=tuple(body.references),
-            regions=tuple(Region(decode_mask(r.mask, engine.size, f"region {i} mask"),
-                                 dy=r.dy, dx=r.dx, reference=r.reference, data_url=r.mask)
-                          for i, r in enumerate(body.regions)),
+            regions=tuple(r.region(engine.size, i) for i, r in enumerate(body.regions)),
             space=body.space, steps=body.steps,
         )
         engine.validate(spec)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import os
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -44,6 +45,31 @@ class NotFound(InputError):
     """An id the server does not know (or no longer keeps)."""
 
 
+#: What names an uploaded photo in the region library's messages (never a path: the library
+#: would look for an avatar dataset beside a path it is given).
+PHOTO_LABEL = "uploaded photo"
+
+
+@dataclass(frozen=True)
+class RegionSource:
+    """Where a stored image's named regions come from: an avatar image file of a
+    ``make-avatars`` dataset (a gallery image; its part masks), or the 68 ``landmarks`` (photo
+    pixels) that aligning its photo found. ``placement``: the image's square in that file or
+    photo."""
+
+    placement: Placement
+    avatar: str | None = None
+    landmarks: np.ndarray | None = None
+
+    def names(self) -> list[str]:
+        from stylemapgan.data.regions import available_regions
+        from stylemapgan.imaging.face_regions import FACE_REGIONS
+
+        if self.avatar is not None:
+            return available_regions(self.avatar)
+        return list(FACE_REGIONS) if self.landmarks is not None else []
+
+
 @dataclass(frozen=True)
 class StoredImage:
     id: str
@@ -53,6 +79,7 @@ class StoredImage:
     png: bytes
     photo: str | None = None  # id of the full photo it was cut from (see add_photo)
     placement: Placement | None = None  # where in that photo
+    regions: RegionSource | None = None  # its named regions (avatars, aligned photos)
 
     @property
     def nbytes(self) -> int:
@@ -86,7 +113,7 @@ class StoredPhoto:
 
     @property
     def nbytes(self) -> int:
-        return self.pixels.nbytes + len(self.preview)
+        return self.pixels.nbytes + len(self.preview) + 68 * 2 * 8 * len(self.faces)
 
     def describe(self) -> dict[str, Any]:
         h, w = self.pixels.shape[:2]
@@ -168,6 +195,7 @@ class EditEngine:
         self.photos: ByteLRU[StoredPhoto] = ByteLRU(self.settings.image_store_bytes,
                                                     lambda v: v.nbytes)
         self.pasted: ByteLRU[bytes] = ByteLRU(self.settings.result_store_bytes // 2, len)
+        self.region_masks: ByteLRU[bytes] = ByteLRU(self.settings.image_store_bytes // 8, len)
         self.generator_passes = 0
         self.align = bool(align)
         self._aligner = None
@@ -194,15 +222,24 @@ class EditEngine:
         return self.editor.encoder_images
 
     # ------------------------------------------------------------------ images
-    def add_image(self, img: Image.Image, name: str, source: str = "upload") -> StoredImage:
+    def add_image(self, img: Image.Image, name: str, source: str = "upload", *,
+                  path: str | os.PathLike[str] | None = None) -> StoredImage:
         """Store ``img`` at the model's resolution (center crop) and project it (once per
-        content)."""
-        pixels = photo_square(img, self.size, fit="crop", name=name).pixels
+        content). ``path``: the server-side file it was read from (a gallery image); an avatar
+        of a ``make-avatars`` dataset brings its named regions."""
+        sq = photo_square(img, self.size, fit="crop", name=name)
+        pixels = sq.pixels
         iid = image_id(pixels)
         stored = self.images.get(iid)
-        if stored is None:
+        regions = None
+        if path is not None and (stored is None or stored.regions is None):
+            from stylemapgan.data.avatars import avatar_of_image
+
+            if avatar_of_image(path) is not None:
+                regions = RegionSource(sq.placement, avatar=str(path))
+        if stored is None or regions is not None:
             stored = StoredImage(iid, name, source, pixels,
-                                 images.encode_png(pixels, WEB_PNG_LEVEL))
+                                 images.encode_png(pixels, WEB_PNG_LEVEL), regions=regions)
             self.images.put(iid, stored)
         self.reconstruction_png(iid, stored)
         return stored
@@ -260,7 +297,8 @@ class EditEngine:
             return stored
         faces: list[dict[str, Any]] = []
         if self.align:
-            faces = [{"box": list(f.box), "score": round(f.score, 3), "placement": pl}
+            faces = [{"box": list(f.box), "score": round(f.score, 3), "placement": pl,
+                      "landmarks": np.asarray(f.landmarks, dtype=np.float64)}
                      for f, pl in photo_faces(pixels, self.size, self._face_aligner())]
         preview = img.convert("RGB")
         if max(preview.size) > PREVIEW_SIDE:
@@ -289,8 +327,11 @@ class EditEngine:
                           placement=None if face is None else photo.faces[face]["placement"],
                           name=photo.name)
         iid = image_id(sq.pixels)
+        landmarks = _face_in_square(photo.faces, face, sq.placement, self.size)
+        regions = None if landmarks is None else RegionSource(sq.placement, landmarks=landmarks)
         stored = StoredImage(iid, photo.name, photo.source, sq.pixels,
-                             images.encode_png(sq.pixels, WEB_PNG_LEVEL), pid, sq.placement)
+                             images.encode_png(sq.pixels, WEB_PNG_LEVEL), pid, sq.placement,
+                             regions)
         self.images.put(iid, stored)
         self.reconstruction_png(iid, stored)
         return stored
@@ -316,6 +357,40 @@ class EditEngine:
                             mask=res.paste_mask)
         png = images.encode_png(pasted, WEB_PNG_LEVEL)
         self.pasted.put(key, png)
+        return png
+
+    # ------------------------------------------------------------------ named regions
+    def region_names(self, iid: str) -> list[str]:
+        """The named regions a stored image has: a gallery avatar's parts, the face regions of
+        a face picked from a photo (alignment on), else none."""
+        stored = self.image(iid)
+        return [] if stored.regions is None else stored.regions.names()
+
+    def region_png(self, iid: str, name: str) -> bytes:
+        """The mask of one named region of a stored image in the model's square, as a gray PNG
+        (0-255, soft edges), made from the landmarks or part masks kept with the image (nothing
+        is detected again). A name the image lacks: :class:`NotFound` listing those it has."""
+        stored = self.image(iid)
+        have = self.region_names(iid)
+        if name not in have:
+            label = f"image {stored.name!r}"
+            if not have:
+                raise NotFound(f"{label} has no named regions (gallery avatars and faces picked "
+                               "from a photo with alignment on have them); paint the region")
+            raise NotFound(f"{label} has no region {name!r}; it has: {', '.join(have)}")
+        key = (iid, name)
+        found = self.region_masks.get(key)
+        if found is not None:
+            return found
+        from stylemapgan.data.regions import image_regions
+
+        src = stored.regions
+        assert src is not None
+        mask = image_regions(src.avatar or PHOTO_LABEL, self.size, src.placement, [name],
+                             landmarks=src.landmarks)[name]
+        png = images.encode_png(np.clip(np.rint(mask * 255), 0, 255).astype(np.uint8),
+                                WEB_PNG_LEVEL)
+        self.region_masks.put(key, png)
         return png
 
     # ------------------------------------------------------------------ edits
@@ -430,6 +505,19 @@ def _lookup(store: ByteLRU, key: str, what: str):
     return found
 
 
+def _face_in_square(faces: tuple[dict[str, Any], ...], face: int | None, placement: Placement,
+                    size: int) -> np.ndarray | None:
+    """The landmarks of the picked face, or for a square drawn by hand, of the first detected
+    face whose landmarks all lie inside it; None without one."""
+    if face is not None:
+        return faces[face]["landmarks"]
+    for f in faces:
+        pts = placement.from_photo(f["landmarks"])
+        if pts.min() >= 0 and pts.max() <= size:
+            return f["landmarks"]
+    return None
+
+
 def _scale_of(pl: Placement) -> float:
     """Photo pixels per model pixel (the feather of a paste-back is about one model pixel)."""
     m = pl.matrix()
@@ -442,5 +530,6 @@ def _data_url(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-__all__ = ["EditEngine", "EditResult", "EditSpec", "NotFound", "StoredImage", "StoredPhoto",
+__all__ = ["EditEngine", "EditResult", "EditSpec", "NotFound", "RegionSource", "StoredImage",
+           "StoredPhoto",
            "image_id"]

@@ -16,7 +16,7 @@
     size: 256,
     images: new Map(), // id -> {id, name, url, reconstruction, img}
     original: null,
-    refs: [], // {image, mask: canvas, dx, dy}
+    refs: [], // {image, mask: canvas, dx, dy, scale, angle, flip}
     active: 0,
     space: "wplus",
     steps: 1,
@@ -92,6 +92,10 @@
     return c;
   }
 
+  function newRef(image) {
+    return { image, mask: newMask(), dx: 0, dy: 0, scale: 1, angle: 0, flip: "none" };
+  }
+
   function maskIsEmpty(mask) {
     const data = mask.getContext("2d").getImageData(0, 0, state.size, state.size).data;
     for (let i = 3; i < data.length; i += 4) if (data[i] !== 0) return false;
@@ -126,7 +130,7 @@
       space: state.space,
       steps: state.steps,
       refs: state.refs.map((r) => ({
-        image: r.image, dx: r.dx, dy: r.dy,
+        image: r.image, dx: r.dx, dy: r.dy, scale: r.scale, angle: r.angle, flip: r.flip,
         mask: r.mask.getContext("2d").getImageData(0, 0, state.size, state.size),
       })),
     };
@@ -140,7 +144,7 @@
     state.refs = snap.refs.map((r) => {
       const mask = newMask();
       mask.getContext("2d").putImageData(r.mask, 0, 0);
-      return { image: r.image, dx: r.dx, dy: r.dy, mask };
+      return { image: r.image, dx: r.dx, dy: r.dy, scale: r.scale, angle: r.angle, flip: r.flip, mask };
     });
     if (!state.original) {
       state.result = null; // nothing to edit any more; ignore edits still in flight
@@ -190,7 +194,7 @@
       state.original = rec.id;
     } else if (state.refs.length === 0 && rec.id !== state.original) {
       pushHistory();
-      state.refs.push({ image: rec.id, mask: newMask(), dx: 0, dy: 0 });
+      state.refs.push(newRef(rec.id));
       state.active = 0;
     }
     renderLibrary();
@@ -214,7 +218,7 @@
       return;
     }
     pushHistory();
-    state.refs.push({ image: id, mask: newMask(), dx: 0, dy: 0 });
+    state.refs.push(newRef(id));
     state.active = state.refs.length - 1;
     renderLibrary();
     renderAll();
@@ -398,7 +402,10 @@
     const regions = [];
     state.refs.forEach((r, i) => {
       if (!maskIsEmpty(r.mask)) {
-        regions.push({ reference: i, mask: r.mask.toDataURL("image/png"), dx: r.dx, dy: r.dy });
+        regions.push({
+          reference: i, mask: r.mask.toDataURL("image/png"), dx: r.dx, dy: r.dy,
+          scale: r.scale, angle: r.angle, flip: r.flip,
+        });
       }
     });
     return {
@@ -485,18 +492,107 @@
       }
     }
     state.refs.forEach((ref, i) => {
-      // The reference's painted pixels, moved by the region's offset: where they will go.
+      // The reference's painted pixels, moved (scaled, rotated, mirrored) as the server will
+      // place them: about the centre of the mask's bounding box, then by the offset.
+      const box = maskBox(ref.mask);
+      if (!box) return;
       const ghost = newMask();
       const g = ghost.getContext("2d");
       drawImageFull(g, state.images.get(ref.image).img);
       g.globalCompositeOperation = "destination-in";
       g.drawImage(ref.mask, 0, 0);
+      const m = linear(ref);
+      ctx.save();
+      ctx.translate(box.cx + ref.dx, box.cy + ref.dy);
+      ctx.transform(m[0], m[2], m[1], m[3], 0, 0);
+      ctx.translate(-box.cx, -box.cy);
       ctx.globalAlpha = i === state.active ? 0.75 : 0.4;
-      ctx.drawImage(ghost, ref.dx, ref.dy);
+      ctx.drawImage(ghost, 0, 0);
       ctx.globalAlpha = i === state.active ? 0.35 : 0.15;
-      ctx.drawImage(tinted(ref.mask, "#ff9500"), ref.dx, ref.dy);
+      ctx.drawImage(tinted(ref.mask, "#ff9500"), 0, 0);
+      ctx.restore();
       ctx.globalAlpha = 1;
+      if (i === state.active) drawHandles(ctx, ref, box);
     });
+  }
+
+  // ------------------------------------------------------------------ placing a region
+  // A region goes to q = centre + move + M (p - centre), with M = R(angle) . scale . F(flip)
+  // (angle counter-clockwise as seen, y down) and centre that of its mask's bounding box: the
+  // library's Transform (stylemapgan.editing.transform), drawn here as the server computes it.
+  function maskBox(mask) {
+    const data = mask.getContext("2d").getImageData(0, 0, state.size, state.size).data;
+    let x0 = Infinity, y0 = Infinity, x1 = -1, y1 = -1;
+    for (let y = 0; y < state.size; y++) {
+      for (let x = 0; x < state.size; x++) {
+        if (data[(y * state.size + x) * 4 + 3] !== 0) {
+          if (x < x0) x0 = x;
+          if (x > x1) x1 = x;
+          if (y < y0) y0 = y;
+          if (y > y1) y1 = y;
+        }
+      }
+    }
+    if (x1 < 0) return null;
+    x1 += 1;
+    y1 += 1;
+    return { x0, y0, x1, y1, cx: (x0 + x1) / 2, cy: (y0 + y1) / 2 };
+  }
+
+  function linear(ref) {
+    const a = (ref.angle * Math.PI) / 180;
+    const c = Math.cos(a), s = Math.sin(a);
+    const fx = ref.flip === "h" ? -ref.scale : ref.scale;
+    const fy = ref.flip === "v" ? -ref.scale : ref.scale;
+    return [c * fx, s * fy, -s * fx, c * fy]; // [m00, m01, m10, m11]
+  }
+
+  function placed(ref, box, p) {
+    const m = linear(ref);
+    const x = p.x - box.cx, y = p.y - box.cy;
+    return { x: box.cx + ref.dx + m[0] * x + m[1] * y, y: box.cy + ref.dy + m[2] * x + m[3] * y };
+  }
+
+  function handles(ref, box) {
+    // The scale handle on the box's lower right corner, the rotation handle beyond its top.
+    const centre = { x: box.cx + ref.dx, y: box.cy + ref.dy };
+    const top = placed(ref, box, { x: box.cx, y: box.y0 });
+    let ux = top.x - centre.x, uy = top.y - centre.y;
+    const len = Math.hypot(ux, uy) || 1;
+    ux /= len;
+    uy /= len;
+    const reach = Math.max(2, state.size / 10);
+    return {
+      centre, top,
+      scale: placed(ref, box, { x: box.x1, y: box.y1 }),
+      rotate: { x: top.x + ux * reach, y: top.y + uy * reach },
+      radius: Math.max(0.8, state.size / 40),
+    };
+  }
+
+  function drawHandles(ctx, ref, box) {
+    const h = handles(ref, box);
+    ctx.save();
+    ctx.lineWidth = Math.max(0.25, state.size / 256);
+    ctx.strokeStyle = "#1d2330";
+    ctx.setLineDash([2 * ctx.lineWidth, 2 * ctx.lineWidth]);
+    ctx.beginPath();
+    const corners = [[box.x0, box.y0], [box.x1, box.y0], [box.x1, box.y1], [box.x0, box.y1]]
+      .map(([x, y]) => placed(ref, box, { x, y }));
+    corners.forEach((q, k) => (k ? ctx.lineTo(q.x, q.y) : ctx.moveTo(q.x, q.y)));
+    ctx.closePath();
+    ctx.moveTo(h.top.x, h.top.y);
+    ctx.lineTo(h.rotate.x, h.rotate.y);
+    ctx.stroke();
+    ctx.setLineDash([]);
+    for (const [q, fill] of [[h.scale, "#ffffff"], [h.rotate, "#2f6fde"]]) {
+      ctx.beginPath();
+      ctx.arc(q.x, q.y, h.radius, 0, 2 * Math.PI);
+      ctx.fillStyle = fill;
+      ctx.fill();
+      ctx.stroke();
+    }
+    ctx.restore();
   }
 
   function renderResult() {
@@ -546,6 +642,7 @@
 
   function renderAll() {
     renderTabs();
+    renderRegionMenu();
     renderRef();
     renderOrig();
     renderResult();
@@ -645,6 +742,91 @@
     $("#result-info").textContent = res && n > 1 ? `step ${state.frame + 1} of ${n}` : "";
   }
 
+  // ------------------------------------------------------------------ named regions of the reference
+  // The menu lists the regions the active reference has (a gallery avatar's parts, or a face's
+  // regions when it was picked from a photo with alignment on); choosing one fills it on the
+  // reference's mask, as if painted, for the brush and eraser to refine.
+  function regionNames(id) {
+    const entry = state.images.get(id);
+    if (!entry.regionNames) {
+      entry.regionNames = api(`/api/images/${id}/regions`).then((d) => d.regions).catch((err) => {
+        entry.regionNames = null; // ask again next time
+        setStatus(err.message, true);
+        return [];
+      });
+    }
+    return entry.regionNames;
+  }
+
+  async function renderRegionMenu() {
+    const menu = $("#region-menu");
+    const ref = activeRef();
+    const id = ref ? ref.image : "";
+    if (menu.dataset.image === id) return;
+    menu.dataset.image = id;
+    delete menu.dataset.ready;
+    const names = id ? await regionNames(id) : [];
+    if (menu.dataset.image !== id) return; // another reference became active meanwhile
+    const none = document.createElement("option");
+    none.value = "";
+    none.textContent = names.length ? "choose…" : "none";
+    menu.replaceChildren(none, ...names.map((n) => {
+      const o = document.createElement("option");
+      o.value = n;
+      o.textContent = n.replace(/_/g, " ");
+      return o;
+    }));
+    menu.disabled = names.length === 0;
+    menu.title = names.length ? `${names.length} named regions of this reference`
+      : "this reference has no named regions: paint the region";
+    menu.dataset.ready = "true";
+  }
+
+  async function fillRegion(name) {
+    const ref = activeRef();
+    if (!ref || !name) return;
+    const res = await fetch(`/api/images/${ref.image}/regions/${encodeURIComponent(name)}.png`);
+    if (!res.ok) {
+      let detail = null;
+      try {
+        detail = (await res.json()).detail;
+      } catch (_) {
+        detail = null;
+      }
+      throw new Error(detail || `${res.status} ${res.statusText}`);
+    }
+    const bmp = await createImageBitmap(await res.blob());
+    if (!state.refs.includes(ref)) return; // removed meanwhile
+    const scratch = newMask();
+    const sctx = scratch.getContext("2d");
+    sctx.drawImage(bmp, 0, 0, state.size, state.size);
+    bmp.close();
+    const gray = sctx.getImageData(0, 0, state.size, state.size).data;
+    pushHistory();
+    const ctx = ref.mask.getContext("2d");
+    const img = ctx.getImageData(0, 0, state.size, state.size);
+    const d = img.data;
+    for (let i = 0; i < d.length; i += 4) {
+      const a = Math.max(d[i + 3], gray[i]); // added to what is painted already
+      if (a !== d[i + 3]) {
+        d[i] = d[i + 1] = d[i + 2] = 255;
+        d[i + 3] = a;
+      }
+    }
+    ctx.putImageData(img, 0, 0);
+    renderRef();
+    renderOrig();
+    requestEdit(true);
+    setStatus(`filled the ${name.replace(/_/g, " ")} region: refine it with the brush and eraser`);
+  }
+
+  $("#region-menu").addEventListener("change", () => {
+    const menu = $("#region-menu");
+    const name = menu.value;
+    menu.value = "";
+    fillRegion(name).catch((err) => setStatus(err.message, true));
+  });
+
   // ------------------------------------------------------------------ painting on the reference
   function dab(ctx, a, b, erase) {
     ctx.globalCompositeOperation = erase ? "destination-out" : "source-over";
@@ -718,28 +900,51 @@
   refCanvas.addEventListener("pointercancel", endRefGesture);
 
   // ------------------------------------------------------------------ moving the region on the original
+  // Drag the region to move it; drag the white handle to scale it, the blue one to rotate it.
   origCanvas.addEventListener("pointerdown", (event) => {
     const ref = activeRef();
-    if (!ref || event.button !== 0 || maskIsEmpty(ref.mask)) return;
+    const box = ref && maskBox(ref.mask);
+    if (!box || event.button !== 0) return;
     event.preventDefault();
     origCanvas.setPointerCapture(event.pointerId);
     pushHistory();
-    pointer = { kind: "move", start: canvasPoint(origCanvas, event), dx0: ref.dx, dy0: ref.dy };
+    const p = canvasPoint(origCanvas, event);
+    const h = handles(ref, box);
+    const near = (q) => Math.hypot(p.x - q.x, p.y - q.y) <= 2 * h.radius;
+    if (near(h.rotate)) {
+      pointer = { kind: "rotate", centre: h.centre, a0: Math.atan2(p.y - h.centre.y, p.x - h.centre.x), angle0: ref.angle };
+    } else if (near(h.scale)) {
+      pointer = { kind: "scale", centre: h.centre, d0: Math.max(0.5, Math.hypot(p.x - h.centre.x, p.y - h.centre.y)), scale0: ref.scale };
+    } else {
+      pointer = { kind: "move", start: p, dx0: ref.dx, dy0: ref.dy };
+    }
   });
 
   origCanvas.addEventListener("pointermove", (event) => {
-    if (!pointer || pointer.kind !== "move") return;
+    if (!pointer || !["move", "scale", "rotate"].includes(pointer.kind)) return;
     const p = canvasPoint(origCanvas, event);
     const ref = activeRef();
-    const clamp = (v) => Math.max(-state.size + 1, Math.min(state.size - 1, Math.round(v)));
-    ref.dx = clamp(pointer.dx0 + p.x - pointer.start.x);
-    ref.dy = clamp(pointer.dy0 + p.y - pointer.start.y);
+    if (pointer.kind === "move") {
+      const clamp = (v) => Math.max(-state.size + 1, Math.min(state.size - 1, Math.round(v)));
+      ref.dx = clamp(pointer.dx0 + p.x - pointer.start.x);
+      ref.dy = clamp(pointer.dy0 + p.y - pointer.start.y);
+    } else if (pointer.kind === "scale") {
+      const d = Math.hypot(p.x - pointer.centre.x, p.y - pointer.centre.y);
+      const s = Math.max(0.25, Math.min(4, (pointer.scale0 * d) / pointer.d0));
+      ref.scale = Math.round(s * 100) / 100;
+    } else {
+      // Counter-clockwise as seen is a decreasing canvas angle (y points down).
+      const a = Math.atan2(p.y - pointer.centre.y, p.x - pointer.centre.x);
+      let deg = pointer.angle0 - ((a - pointer.a0) * 180) / Math.PI;
+      deg = ((((deg + 180) % 360) + 360) % 360) - 180;
+      ref.angle = Math.round(deg * 10) / 10;
+    }
     renderOrig();
     requestEdit(false);
   });
 
   function endMove() {
-    if (!pointer || pointer.kind !== "move") return;
+    if (!pointer || !["move", "scale", "rotate"].includes(pointer.kind)) return;
     pointer = null;
     requestEdit(true);
   }
@@ -783,12 +988,24 @@
 
   $("#reset-offset").addEventListener("click", () => {
     const ref = activeRef();
-    if (!ref || (ref.dx === 0 && ref.dy === 0)) return;
+    if (!ref || (ref.dx === 0 && ref.dy === 0 && ref.scale === 1 && ref.angle === 0 && ref.flip === "none")) return;
     pushHistory();
-    ref.dx = ref.dy = 0;
+    ref.dx = ref.dy = ref.angle = 0;
+    ref.scale = 1;
+    ref.flip = "none";
     renderOrig();
     requestEdit(true);
   });
+
+  function mirror() {
+    const ref = activeRef();
+    if (!ref) return;
+    pushHistory();
+    ref.flip = ref.flip === "h" ? "none" : "h";
+    renderOrig();
+    requestEdit(true);
+  }
+  $("#mirror").addEventListener("click", mirror);
 
   document.querySelectorAll('input[name="space"]').forEach((el) => {
     el.addEventListener("change", () => {
@@ -832,6 +1049,8 @@
       const s = $("#brush-size");
       s.value = String(Number(s.value) + (key === "]" ? 1 : -1));
       $("#brush-size-value").textContent = s.value;
+    } else if (!mod && key === "m") {
+      mirror();
     } else if (!mod && "bex".includes(key) && key.length === 1) {
       const value = { b: "brush", e: "eraser", x: "box" }[key];
       document.querySelector(`input[name="tool"][value="${value}"]`).checked = true;
