@@ -1,11 +1,28 @@
+"""Shared test helpers and fixtures, for every folder under tests/.
+
+The test folders mirror the package (tests/editing, tests/training, tests/web, ...); none has an
+``__init__.py``, so pytest's default ``prepend`` import mode puts this folder on ``sys.path``
+(``from conftest import ...``, ``import refimpl``, ``import weights_fixture`` work from any
+depth) and imports each test file by its basename: test file names must be unique across
+folders (tests/test_layering.py checks it). Paths go through the constants below, never
+``Path(__file__).parent``, so a file can move between folders.
+"""
+
 import argparse
 import os
+from pathlib import Path
 
 import pytest
 import torch
 
 from stylemapgan.config import PRESETS
 from stylemapgan.nn.networks import StyleMapGAN
+
+#: tests/, the repository root, the fixture files, and the one real photo the tests use.
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+FIXTURES = TESTS / "fixtures"
+PHOTO = FIXTURES / "photos" / "astronaut-256.jpg"
 
 # Tiny reference train_args (the naver-ai/StyleMapGAN names) for conversion tests.
 TINY_REF_ARGS = dict(size=32, latent_spatial_size=8, latent_channel_size=8, mapping_layer_num=2,

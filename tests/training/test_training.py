@@ -327,7 +327,7 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, amp):
 
 
 def test_resume_refuses_changed_math(tmp_path):
-    # lr, loss weights, amp... may change on resume (tests/test_training_reliability.py); the
+    # lr, loss weights, amp... may change on resume (tests/training/test_training_reliability.py); the
     # settings that fix the data order, the noise and the split may not.
     make_trainer(tmp_path / "r", checkpoint_every=1, iterations=1).train()
     for key, value in (("seed", 1), ("batch_size", 2), ("val_images", 2)):

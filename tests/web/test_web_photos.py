@@ -2,18 +2,18 @@
 from the photo, edits pasted back into the full photo with every other pixel unchanged."""
 
 import io
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import PHOTO
 from stylemapgan.editing.regions import Region
 from stylemapgan.errors import InputError
 from stylemapgan.web.engine import EditEngine, EditSpec
 from stylemapgan.web.settings import WebSettings
 
-FIXTURE = Path(__file__).parent / "fixtures" / "photos" / "astronaut-256.jpg"
+FIXTURE = PHOTO
 SETTINGS = WebSettings(max_references=2, max_steps=4)
 
 
