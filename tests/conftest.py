@@ -12,8 +12,10 @@ import argparse
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from stylemapgan.config import PRESETS
 from stylemapgan.nn.networks import StyleMapGAN
@@ -23,6 +25,32 @@ TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
 FIXTURES = TESTS / "fixtures"
 PHOTO = FIXTURES / "photos" / "astronaut-256.jpg"
+
+
+def smooth_photo(width, height, seed=0, cells=(5, 7), resample=Image.Resampling.BICUBIC, noise=0):
+    """A smooth, photo-like RGB picture (uint8, height x width x 3) of any shape: random colours
+    on a ``cells`` (rows, columns) grid resampled up, plus grain in [-noise, noise] when asked
+    (what a photo is, to a resampler or a codec). The same arguments give the same pixels."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (*cells, 3), dtype=np.uint8)
+    big = np.array(Image.fromarray(small).resize((width, height), resample))
+    if noise:
+        grain = rng.integers(-noise, noise + 1, big.shape)
+        big = np.clip(big.astype(np.int16) + grain, 0, 255).astype(np.uint8)
+    return big
+
+
+def write_images(folder, n=10, size=40, corrupt=0):
+    """``n`` random RGB PNGs (size x size, image i drawn from seed i) in ``folder``, plus
+    ``corrupt`` unreadable .jpg files: a training or validation set."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        arr = np.random.default_rng(i).integers(0, 256, (size, size, 3), dtype=np.uint8)
+        Image.fromarray(arr).save(folder / f"{i:03d}.png")
+    for i in range(corrupt):
+        (folder / f"bad{i}.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    return folder
+
 
 # Tiny reference train_args (the naver-ai/StyleMapGAN names) for conversion tests.
 TINY_REF_ARGS = dict(size=32, latent_spatial_size=8, latent_channel_size=8, mapping_layer_num=2,

@@ -5,11 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
+from conftest import write_images
 from stylemapgan.cli import main
 from stylemapgan.config import PRESETS
 from stylemapgan.errors import ConfigError
@@ -54,16 +53,6 @@ def make_trainer(run_dir=None, dataset=None, perceptual=None, resume=False, **kw
     cfg = TrainConfig(**{**dict(iterations=2, batch_size=4, val_images=0), **QUIET, **kw})
     return Trainer(TINY, cfg, dataset if dataset is not None else TensorImages(), run_dir,
                    perceptual=perceptual, resume=resume)
-
-
-def write_images(folder, n=10, size=40, corrupt=0):
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        arr = np.random.default_rng(i).integers(0, 256, (size, size, 3), dtype=np.uint8)
-        Image.fromarray(arr).save(folder / f"{i:03d}.png")
-    for i in range(corrupt):
-        (folder / f"bad{i}.jpg").write_bytes(b"\xff\xd8\xff garbage")
-    return folder
 
 
 def _params(module):
