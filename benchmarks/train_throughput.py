@@ -13,7 +13,7 @@ images held in memory, so the numbers measure the networks, not the disk.
 ``--baseline`` times the previous step code path (G(E(x)) computed separately in the
 discriminator and reconstruction phases, as before the two shared it); ``--compare`` times
 both in one run, alternating an iteration of each so that a busy machine slows both alike,
-and prints the speedup. Both give the same losses and weights (tests/test_training.py).
+and prints the speedup. Both give the same losses and weights (tests/training/test_training.py).
 
 ``--perceptual random:vgg`` / ``random:alex`` time LPIPS with randomly initialized weights (the
 cost of the real networks, without needing the downloaded weights); ``vgg`` / ``alex`` load

@@ -1,11 +1,56 @@
+"""Shared test helpers and fixtures, for every folder under tests/.
+
+The test folders mirror the package (tests/editing, tests/training, tests/web, ...); none has an
+``__init__.py``, so pytest's default ``prepend`` import mode puts this folder on ``sys.path``
+(``from conftest import ...``, ``import refimpl``, ``import weights_fixture`` work from any
+depth) and imports each test file by its basename: test file names must be unique across
+folders (tests/test_layering.py checks it). Paths go through the constants below, never
+``Path(__file__).parent``, so a file can move between folders.
+"""
+
 import argparse
 import os
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from stylemapgan.config import PRESETS
 from stylemapgan.nn.networks import StyleMapGAN
+
+#: tests/, the repository root, the fixture files, and the one real photo the tests use.
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+FIXTURES = TESTS / "fixtures"
+PHOTO = FIXTURES / "photos" / "astronaut-256.jpg"
+
+
+def smooth_photo(width, height, seed=0, cells=(5, 7), resample=Image.Resampling.BICUBIC, noise=0):
+    """A smooth, photo-like RGB picture (uint8, height x width x 3) of any shape: random colours
+    on a ``cells`` (rows, columns) grid resampled up, plus grain in [-noise, noise] when asked
+    (what a photo is, to a resampler or a codec). The same arguments give the same pixels."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (*cells, 3), dtype=np.uint8)
+    big = np.array(Image.fromarray(small).resize((width, height), resample))
+    if noise:
+        grain = rng.integers(-noise, noise + 1, big.shape)
+        big = np.clip(big.astype(np.int16) + grain, 0, 255).astype(np.uint8)
+    return big
+
+
+def write_images(folder, n=10, size=40, corrupt=0):
+    """``n`` random RGB PNGs (size x size, image i drawn from seed i) in ``folder``, plus
+    ``corrupt`` unreadable .jpg files: a training or validation set."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        arr = np.random.default_rng(i).integers(0, 256, (size, size, 3), dtype=np.uint8)
+        Image.fromarray(arr).save(folder / f"{i:03d}.png")
+    for i in range(corrupt):
+        (folder / f"bad{i}.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    return folder
+
 
 # Tiny reference train_args (the naver-ai/StyleMapGAN names) for conversion tests.
 TINY_REF_ARGS = dict(size=32, latent_spatial_size=8, latent_channel_size=8, mapping_layer_num=2,

@@ -108,3 +108,22 @@ def test_the_package_does_not_import_the_old_flat_names():
                 if len(parts) >= 2 and parts[0] == "stylemapgan" and parts[1] in old:
                     found.append(f"{path.relative_to(PACKAGE)}:{node.lineno}: {name}")
     assert not found, "use the new module names (stylemapgan.LAYER.NAME): " + "; ".join(found)
+
+
+def test_test_files_mirror_the_package_and_have_unique_names():
+    """The test folders mirror the package (tests/editing for stylemapgan/editing, ...; tests/cli
+    for cli.py and commands/, tests/tools for tools/ and benchmarks/), and no two test files share
+    a basename: the folders have no ``__init__.py``, so pytest's default ``prepend`` import mode
+    imports each test file (and ``from test_training import ...``) by its basename alone."""
+    tests = ROOT / "tests"
+    files = sorted(p for p in tests.rglob("test_*.py") if "fixtures" not in p.parts)
+    by_name: dict[str, list[str]] = {}
+    for p in files:
+        by_name.setdefault(p.name, []).append(str(p.relative_to(tests)))
+    assert not {n: ps for n, ps in by_name.items() if len(ps) > 1}, "test file names clash"
+    assert not list(tests.rglob("__init__.py")), "a test folder became a package"
+    folders = {p.parent.relative_to(tests).parts[0] for p in files if p.parent != tests}
+    mirrored = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists()} | {"cli", "tools"}
+    assert folders <= mirrored, f"test folders that mirror nothing: {sorted(folders - mirrored)}"
+    assert {p.name for p in tests.glob("test_*.py")} <= {
+        "test_one_core.py", "test_layering.py", "test_security.py"}

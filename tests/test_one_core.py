@@ -11,6 +11,7 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from conftest import smooth_photo
 from stylemapgan.cli import main
 from stylemapgan.editing import Editor, Region
 from stylemapgan.editing.record import LEGACY_WEB_FORMAT, read_record
@@ -26,13 +27,6 @@ from stylemapgan.web.settings import WebSettings
 
 SETTINGS = WebSettings(max_upload_bytes=1 << 20, max_pixels=200_000, max_references=2,
                        max_steps=6, max_body_bytes=1 << 22)
-
-
-def _photo(w, h, seed):
-    """A smooth photo-like picture of any shape."""
-    rng = np.random.default_rng(seed)
-    small = rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)
-    return np.array(Image.fromarray(small).resize((w, h), Image.Resampling.BICUBIC))
 
 
 def _brush_mask(side=96, seed=0):
@@ -66,7 +60,7 @@ def _pixels(png_bytes):
 def inputs(tmp_path):
     """A square source photo (96 px), a wide reference photo, a painted mask at the source's
     size (3x the model), as files and as the bytes the browser would send."""
-    src, ref = _photo(96, 96, 1), _photo(90, 60, 2)
+    src, ref = smooth_photo(96, 96, 1), smooth_photo(90, 60, 2)
     (tmp_path / "src.png").write_bytes(_png(src))
     (tmp_path / "ref.png").write_bytes(_png(ref))
     mask_png = _png(_brush_mask())
@@ -134,7 +128,7 @@ def test_local_edit_is_the_same_through_web_cli_python_and_metrics(inputs, web, 
 def test_transplant_is_the_same_through_web_cli_and_python(inputs, web, tiny_model_file):
     folder, mask_png = inputs
     # For a transplant the mask is on the reference: make the reference square like the mask.
-    (folder / "ref.png").write_bytes(_png(_photo(48, 48, 3)))
+    (folder / "ref.png").write_bytes(_png(smooth_photo(48, 48, 3)))
     frames, _, data = _web_edit(web, folder, mask_png, dx=5, dy=-3, steps=3)
     assert data["method"] == "transplant_wplus" and len(frames) == 3
 
@@ -240,7 +234,7 @@ def test_tampered_or_legacy_web_records_are_refused(inputs, web, tiny_model_file
     assert "cannot be replayed" in capsys.readouterr().err
     # An embedded image that does not match its checksum.
     bad = json.loads(json.dumps(record))
-    other = _data_url(_png(_photo(32, 32, 9)))
+    other = _data_url(_png(smooth_photo(32, 32, 9)))
     bad["inputs"][1]["image"] = other
     (tmp_path / "bad.json").write_text(json.dumps(bad))
     assert main(["edit", "replay", str(tmp_path / "bad.json"), "--out", str(tmp_path / "b")]) == 2
@@ -272,5 +266,5 @@ def test_editor_fast_path_and_cache_are_the_editors(tiny_model):
                         runtime=RuntimeOptions(precision="bfloat16", channels_last=True))
     assert engine.runner is engine.editor.runner is not None
     assert engine.projections is engine.editor.cache
-    stored = engine.add_image(Image.fromarray(_photo(40, 32, 4)), "x")
+    stored = engine.add_image(Image.fromarray(smooth_photo(40, 32, 4)), "x")
     assert engine.editor.cached(stored.id) is not None and engine.projection_count == 1

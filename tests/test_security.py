@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import smooth_photo
 from stylemapgan.cli import main
 from stylemapgan.errors import InputError
 from stylemapgan.files import (
@@ -1040,10 +1041,7 @@ def test_concurrent_large_uploads_have_bounded_memory():
 
 def _gradient(w, h, seed=0):
     """A smooth picture with some noise (what a photo is, to a resampler)."""
-    rng = np.random.default_rng(seed)
-    small = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
-    big = np.asarray(Image.fromarray(small).resize((w, h), Image.Resampling.BICUBIC), np.int16)
-    return np.clip(big + rng.integers(-6, 7, big.shape), 0, 255).astype(np.uint8)
+    return smooth_photo(w, h, seed, cells=(6, 8), noise=6)
 
 
 def _encoded(img, fmt, **kw):

@@ -6,7 +6,7 @@ package's web and LMDB dependencies can run it.
 Steps (each one's output is kept in ``--out``; a failed step does not stop the later ones):
 
 1. environment: torch, the device, its name and precision support;
-2. ``tests/test_gpu.py`` (the ``gpu`` tests) on the device, with their fast-path PSNRs;
+2. ``tests/tools/test_gpu.py`` (the ``gpu`` tests) on the device, with their fast-path PSNRs;
 3. ``benchmarks/inference.py``: projection + generation at batch 1 and 32 (the paper's
    256 px configuration and the default model) in float32 and the fast paths;
 4. ``benchmarks/train_throughput.py`` at the default model's configuration;
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     cuda = args.device.startswith("cuda")
 
     # 2. The gpu tests, on the device (their CPU run skips the CUDA-only cases).
-    check.run("gpu_tests", [sys.executable, "-m", "pytest", "tests/test_gpu.py", "-m", "gpu", "-q",
+    check.run("gpu_tests", [sys.executable, "-m", "pytest", "tests/tools/test_gpu.py", "-m", "gpu", "-q",
                             "-s", "-p", "no:cacheprovider", "--junitxml", str(out / "gpu_tests.xml")],
               env={"STYLEMAPGAN_GPU_TEST_DEVICE": args.device})
 

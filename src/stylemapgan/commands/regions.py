@@ -25,7 +25,7 @@ _grow = float_in(-512.0, 512.0)
 _soft = float_in(0.0, 512.0, lo_open=True)
 
 
-#: The region names the help lists (tests/test_face_regions.py checks them against the
+#: The region names the help lists (tests/imaging/test_face_regions.py checks them against the
 #: library's; importing the library here would load torch for every `stylemapgan --help`).
 FACE_NAMES = ("left_eye, right_eye, eyes, brows, nose, mouth, lips, features, features_hull, "
               "face, skin, background")

@@ -6,6 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import ROOT
 from stylemapgan.cli import main
 from stylemapgan.data.datasets import (
     FolderDataset,
@@ -182,14 +183,13 @@ def test_prepare_data_writes_lmdb_and_counts_skipped(tmp_path, capsys):
 def test_prepare_data_help_lists_every_format_it_reads(capsys):
     """--help and the README name every file suffix the dataset readers take (no drift)."""
     import re
-    from pathlib import Path
 
     from stylemapgan.imaging.images import IMAGE_SUFFIXES
 
     with pytest.raises(SystemExit):
         main(["prepare-data", "--help"])
     words = set(re.findall(r"[a-z]+", capsys.readouterr().out.lower()))
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    readme = (ROOT / "README.md").read_text()
     section = readme[readme.index("### `stylemapgan prepare-data`"):]
     section = set(re.findall(r"[a-z]+", section[: section.index("\n### ")].lower()))
     for suffix in IMAGE_SUFFIXES:

@@ -17,10 +17,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import write_images
 from stylemapgan.cli import main
 from stylemapgan.files import LOCK_NAME
 from stylemapgan.training import list_checkpoints, read_checkpoint
-from test_training import make_trainer, write_images
+from test_training import make_trainer
 
 
 @pytest.fixture(autouse=True)

@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
+from conftest import PHOTO
 from stylemapgan.imaging.placement import Placement, fit_rgb
 
-FIXTURE = __import__("pathlib").Path(__file__).parent / "fixtures" / "photos" / "astronaut-256.jpg"
+FIXTURE = PHOTO
 SIZE = 64
 #: Where the FFHQ recipe puts the eye centres: a quarter of the side apart, centred, level.
 EYES = np.array([[0.375, 0.479], [0.625, 0.479]])

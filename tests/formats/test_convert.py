@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY_REF_ARGS, assert_close_to_scale, reference_checkpoint
+from conftest import FIXTURES, TINY_REF_ARGS, assert_close_to_scale, reference_checkpoint
 from refimpl import build_reference
 from stylemapgan.cli import main
 from stylemapgan.config import get_preset
@@ -23,7 +23,7 @@ from stylemapgan.formats.checkpoint import (
     reference_key_map,
 )
 
-FIXTURE = Path(__file__).parent / "fixtures" / "official_state_dict_shapes.json"
+FIXTURE = FIXTURES / "official_state_dict_shapes.json"
 OFFICIAL = {
     "256_8x8": ("official-256", dict(size=256, latent_spatial_size=8, small_generator=False)),
     "256_8x8_light": ("official-256-light", dict(size=256, latent_spatial_size=8, small_generator=True)),

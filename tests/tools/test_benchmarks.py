@@ -4,11 +4,10 @@ speed: timings belong to the scripts, not to tests)."""
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT
 
 
 def test_inference_benchmark_runs_and_reports(tmp_path):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import ROOT
 from stylemapgan.cli import main
 from stylemapgan.data import avatars
 from stylemapgan.data.avatars import AvatarFolder, gallery_dir, name_of, split_of
@@ -166,9 +167,8 @@ def test_tool_dir_finds_the_renderer_of_this_checkout(monkeypatch):
     # An editable install from a checkout finds tools/avatars without TOOL_ENV (the renderer
     # tests below skipped silently while this looked one folder too low).
     monkeypatch.delenv(avatars.TOOL_ENV, raising=False)
-    root = Path(__file__).resolve().parents[1]
-    assert Path(avatars.__file__).resolve().is_relative_to(root / "src"), "not a checkout install"
-    assert avatars.tool_dir() == root / "tools" / "avatars"
+    assert Path(avatars.__file__).resolve().is_relative_to(ROOT / "src"), "not a checkout install"
+    assert avatars.tool_dir() == ROOT / "tools" / "avatars"
 
 
 @pytest.mark.parametrize("argv", [["--size", "8"], ["--size", "1024"], ["--count", "0"],

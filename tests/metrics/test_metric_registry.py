@@ -5,12 +5,11 @@ import json
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import weights_fixture
+from conftest import write_images
 from stylemapgan import metrics
 from stylemapgan.cli import main
 from stylemapgan.config import PRESETS
@@ -134,16 +133,8 @@ def test_fid_metrics_share_one_pass_over_the_reference_images(tiny_model):
 
 
 # --------------------------------------------------------------------------- during training
-def _write_images(folder, n=8, size=36):
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        arr = np.random.default_rng(i).integers(0, 256, (size, size, 3), dtype=np.uint8)
-        Image.fromarray(arr).save(folder / f"{i:03d}.png")
-    return folder
-
-
 def _train_args(tmp_path, *sets):
-    data = _write_images(tmp_path / "imgs")
+    data = write_images(tmp_path / "imgs", n=8, size=36)
     args = ["train", "--data", str(data), "--preset", "tiny-32", "--outdir", str(tmp_path / "runs"),
             "--device", "cpu", "--threads", "1"]
     for s in ("iterations=3", "batch_size=2", "perceptual=none", "workers=0", "val_images=3",

@@ -139,7 +139,7 @@ def test_resume_on_the_device_continues_the_run(device, tmp_path, exact_float32)
     assert resumed.step == 2 and resumed.resumed_from is not None
     assert next(resumed.generator.parameters()).device.type == device.type
     resumed.train()
-    # On the CPU bit for bit (tests/test_training.py holds the exact CPU resume test). cuDNN
+    # On the CPU bit for bit (tests/training/test_training.py holds the exact CPU resume test). cuDNN
     # may pick other, equally valid algorithms in the resumed process, and Adam turns a
     # rounding difference in a near-zero gradient into a full step, so on CUDA each tensor
     # must agree as a whole (relative L2 distance), not element by element.

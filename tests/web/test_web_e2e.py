@@ -23,6 +23,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import PHOTO
 from stylemapgan.editing.operations import Region, local_edit_wplus, transplant
 from stylemapgan.formats.checkpoint import load_model
 from stylemapgan.imaging.images import from_uint8, to_uint8
@@ -343,7 +344,7 @@ def test_a_face_is_picked_from_a_photo_edited_and_pasted_back_into_it(align_serv
     executable = _browser_or_skip()
     from playwright.sync_api import sync_playwright
 
-    photo_path = Path(__file__).parent / "fixtures" / "photos" / "astronaut-256.jpg"
+    photo_path = PHOTO
     photo = np.asarray(Image.open(photo_path).convert("RGB")).astype(int)
     with sync_playwright() as p:
         context = _open_browser(p, executable, tmp_path)

@@ -2,18 +2,18 @@
 from the photo, edits pasted back into the full photo with every other pixel unchanged."""
 
 import io
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import PHOTO, smooth_photo
 from stylemapgan.editing.regions import Region
 from stylemapgan.errors import InputError
 from stylemapgan.web.engine import EditEngine, EditSpec
 from stylemapgan.web.settings import WebSettings
 
-FIXTURE = Path(__file__).parent / "fixtures" / "photos" / "astronaut-256.jpg"
+FIXTURE = PHOTO
 SETTINGS = WebSettings(max_references=2, max_steps=4)
 
 
@@ -23,9 +23,7 @@ def _png(data):
 
 @pytest.fixture
 def wide_photo():
-    rng = np.random.default_rng(0)
-    small = rng.integers(0, 256, (6, 9, 3), dtype=np.uint8)
-    return Image.fromarray(small).resize((180, 120), Image.Resampling.BICUBIC)
+    return Image.fromarray(smooth_photo(180, 120, seed=0, cells=(6, 9)))
 
 
 def test_a_drawn_square_is_cut_edited_and_pasted_back(tiny_model, wide_photo):

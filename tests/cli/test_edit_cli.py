@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import assert_close_to_scale
+from conftest import PHOTO, assert_close_to_scale
 from stylemapgan.cli import main
 from stylemapgan.editing.editor import Editor
 from stylemapgan.formats.stylemaps import load_stylemap
@@ -453,11 +453,10 @@ def test_help_has_examples(capsys):
 def test_project_error_map_and_the_outside_warning(tmp_path, capsys):
     """The default model's file records its usual reconstruction error; a photo far above it
     (a real photo for the avatar model) gets a warning naming it, avatars do not."""
-    from pathlib import Path
 
     from stylemapgan.data.avatars import gallery_dir
 
-    photo = Path(__file__).parent / "fixtures" / "photos" / "astronaut-256.jpg"
+    photo = PHOTO
     avatar = sorted((gallery_dir() / "test").glob("*.png"))[0]
     out = tmp_path / "p"
     assert main(["project", str(photo), str(avatar), "--error-map", "--device", "cpu",

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
+from conftest import PHOTO
 from stylemapgan.errors import InputError
 from stylemapgan.imaging import face_regions as fr
 
-FIXTURE = Path(__file__).parent / "fixtures" / "photos" / "astronaut-256.jpg"
+FIXTURE = PHOTO
 MOUTH = list(range(48, 68))
 EYES = list(range(36, 48))
 #: Which landmarks each region must hold.

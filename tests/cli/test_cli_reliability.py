@@ -17,12 +17,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import ROOT
 from stylemapgan.cli import main
 from stylemapgan.commands import build_parser
 from stylemapgan.errors import InputError
 from stylemapgan.files import LOCK_NAME, atomic_write
 
-COMMANDS_DIR = Path(__file__).parents[1] / "src" / "stylemapgan" / "commands"
+COMMANDS_DIR = ROOT / "src" / "stylemapgan" / "commands"
 
 
 def _img(path, seed, side=24):

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from conftest import TINY_REF_ARGS, make_model, reference_checkpoint
+from conftest import TINY_REF_ARGS, make_model, reference_checkpoint, write_images
 from stylemapgan.cli import main
 from stylemapgan.config import PRESETS
 from stylemapgan.errors import ConfigError, ModelFileError
@@ -20,7 +20,7 @@ from stylemapgan.formats.checkpoint import (
 )
 from stylemapgan.training import TrainConfig, Trainer, list_checkpoints, read_checkpoint
 from stylemapgan.training.init import check_architecture, read_initial_weights
-from test_training import QUIET, TensorImages, _state_of, write_images
+from test_training import QUIET, TensorImages, _state_of
 
 TINY = PRESETS["tiny-32"]
 

@@ -20,10 +20,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import PHOTO, ROOT
 from stylemapgan.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
-PHOTO = Path(__file__).parent / "fixtures" / "photos" / "astronaut-256.jpg"
 #: Model file names the examples use for "your model".
 MODEL_NAMES = ("celeba_hq.safetensors", "m.safetensors")
 #: Photo names the examples use for "your photo".

@@ -5,11 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
+from conftest import write_images
 from stylemapgan.cli import main
 from stylemapgan.config import PRESETS
 from stylemapgan.errors import ConfigError
@@ -54,16 +53,6 @@ def make_trainer(run_dir=None, dataset=None, perceptual=None, resume=False, **kw
     cfg = TrainConfig(**{**dict(iterations=2, batch_size=4, val_images=0), **QUIET, **kw})
     return Trainer(TINY, cfg, dataset if dataset is not None else TensorImages(), run_dir,
                    perceptual=perceptual, resume=resume)
-
-
-def write_images(folder, n=10, size=40, corrupt=0):
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        arr = np.random.default_rng(i).integers(0, 256, (size, size, 3), dtype=np.uint8)
-        Image.fromarray(arr).save(folder / f"{i:03d}.png")
-    for i in range(corrupt):
-        (folder / f"bad{i}.jpg").write_bytes(b"\xff\xd8\xff garbage")
-    return folder
 
 
 def _params(module):
@@ -327,7 +316,7 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, amp):
 
 
 def test_resume_refuses_changed_math(tmp_path):
-    # lr, loss weights, amp... may change on resume (tests/test_training_reliability.py); the
+    # lr, loss weights, amp... may change on resume (tests/training/test_training_reliability.py); the
     # settings that fix the data order, the noise and the split may not.
     make_trainer(tmp_path / "r", checkpoint_every=1, iterations=1).train()
     for key, value in (("seed", 1), ("batch_size", 2), ("val_images", 2)):
