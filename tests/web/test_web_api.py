@@ -19,6 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import PHOTO
 from stylemapgan.cli import main
 from stylemapgan.editing.cache import ByteLRU
 from stylemapgan.editing.operations import Region as LibRegion
@@ -695,7 +696,7 @@ def test_a_face_picked_from_an_aligned_photo_has_its_regions_without_a_second_de
     from stylemapgan.imaging.face_regions import FACE_REGIONS
 
     engine = EditEngine(tiny_model, WebSettings(max_references=2, max_steps=4), align=True)
-    photo_file = Path(__file__).parent / "fixtures" / "photos" / "astronaut-256.jpg"
+    photo_file = PHOTO
     with TestClient(create_app(engine)) as client:
         photo = client.post("/api/photos", files={"file": ("astronaut.jpg", photo_file.read_bytes(),
                                                            "image/jpeg")}).json()

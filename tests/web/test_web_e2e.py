@@ -543,7 +543,7 @@ def test_a_named_region_of_an_aligned_photo_is_filled_refined_and_edited(align_s
     executable = _browser_or_skip()
     from playwright.sync_api import sync_playwright
 
-    photo_path = Path(__file__).parent / "fixtures" / "photos" / "astronaut-256.jpg"
+    photo_path = PHOTO
     Image.fromarray(_smooth(37)).save(tmp_path / "original.png")
     with sync_playwright() as p:
         context = _open_browser(p, executable, tmp_path)

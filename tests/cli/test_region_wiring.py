@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import PHOTO
 from stylemapgan.cli import main
 from stylemapgan.editing.editor import Editor
 from stylemapgan.editing.regions import Region
@@ -16,7 +17,7 @@ from stylemapgan.imaging.images import from_uint8, to_uint8
 from stylemapgan.imaging.masks import mask_from_box
 from stylemapgan.imaging.placement import load_image
 
-FIXTURE = __import__("pathlib").Path(__file__).parent / "fixtures" / "photos" / "astronaut-256.jpg"
+FIXTURE = PHOTO
 
 
 def _smooth(seed, size=32):
