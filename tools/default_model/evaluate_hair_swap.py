@@ -108,7 +108,8 @@ def main(argv=None) -> int:
         cols = [src[:n], ref[:n], mask[:n].expand(-1, 3, -1, -1) * 2 - 1, target[:n],
                 outs["pixel copy-paste"][:n], outs["stylemapgan W+ local edit"][:n]]
         tiles = np.concatenate([to_uint8(torch.stack([c[i] for c in cols])) for i in range(n)])
-        save_png(make_grid(tiles, ncols=len(cols)), args.grid, overwrite=True)
+        labels = ["A", "B", "mask", "truth", "copy-paste", "W+ edit"]
+        save_png(make_grid(tiles, ncols=len(cols), col_labels=labels), args.grid, overwrite=True)
     return 0
 
 
