@@ -136,3 +136,15 @@ def reference_checkpoint(train_args, cap=None, seed=0, with_optim=True):
     if with_optim:
         ckpt["g_optim"] = torch.optim.Adam(g.parameters()).state_dict()
     return ckpt, (g, e, d)
+
+
+def faces_or_skip():
+    """The faces module (dlib and its landmark model), or skip the test that needs it."""
+    pytest.importorskip("dlib", reason='needs the faces extra: pip install -e ".[faces]"')
+    from stylemapgan.imaging import faces
+
+    try:
+        faces.predictor_path()
+    except faces.FacesUnavailable as exc:
+        pytest.skip(str(exc))
+    return faces

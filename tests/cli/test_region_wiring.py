@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import PHOTO
+from conftest import PHOTO, faces_or_skip
 from stylemapgan.cli import main
 from stylemapgan.editing.editor import Editor
 from stylemapgan.editing.regions import Region
@@ -180,14 +180,7 @@ def test_region_describe_and_web_records_carry_the_transform():
 
 # --------------------------------------------------------------------------- named regions
 def _faces():
-    pytest.importorskip("dlib", reason='needs the faces extra: pip install -e ".[faces]"')
-    from stylemapgan.imaging import faces
-
-    try:
-        faces.predictor_path()
-    except faces.FacesUnavailable as exc:
-        pytest.skip(str(exc))
-    return faces
+    return faces_or_skip()
 
 
 def test_local_region_mouth_pastes_back_only_around_the_mouth(tmp_path, tiny_model_file, capsys):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from conftest import PHOTO
+from conftest import PHOTO, faces_or_skip
 from stylemapgan.errors import InputError
 from stylemapgan.imaging import face_regions as fr
 
@@ -23,14 +23,7 @@ HOLDS = {"left_eye": range(36, 42), "right_eye": range(42, 48), "eyes": EYES,
 
 
 def _aligner():
-    pytest.importorskip("dlib", reason='needs the faces extra: pip install -e ".[faces]"')
-    from stylemapgan.imaging import faces
-
-    try:
-        faces.predictor_path()
-    except faces.FacesUnavailable as exc:
-        pytest.skip(str(exc))
-    return faces.FaceAligner()
+    return faces_or_skip().FaceAligner()
 
 
 @pytest.fixture(scope="module")

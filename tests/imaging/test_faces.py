@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from conftest import PHOTO
+from conftest import PHOTO, faces_or_skip
 from stylemapgan.imaging.placement import Placement, fit_rgb
 
 FIXTURE = PHOTO
@@ -14,14 +14,7 @@ EYES = np.array([[0.375, 0.479], [0.625, 0.479]])
 
 
 def _faces():
-    pytest.importorskip("dlib", reason='needs the faces extra: pip install -e ".[faces]"')
-    from stylemapgan.imaging import faces
-
-    try:
-        faces.predictor_path()
-    except faces.FacesUnavailable as exc:
-        pytest.skip(str(exc))
-    return faces
+    return faces_or_skip()
 
 
 @pytest.fixture(scope="module")
