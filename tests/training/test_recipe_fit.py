@@ -40,9 +40,10 @@ def test_fine_tuning_the_shipped_model_fits_the_gallery_and_reduces_the_cast():
     for _ in range(cfg.iterations):
         trainer.train_step()
     after = _errors(trainer.generator, trainer.encoder, x)
-    # Measured (AMD EPYC, float32) with the model shipped after segment 2: see the numbers in
-    # the comment below; the thresholds sit just above them. The first release's model went
-    # from MSE 0.113 to 0.071 and drift 0.047 to 0.032 under the same recipe.
+    # The first release's model went from MSE 0.113 to 0.071 and drift 0.047 to 0.032 under
+    # this recipe (AMD EPYC, float32). The model shipped after segment 2 starts lower (gallery
+    # MSE 0.085) and has not been measured here yet, so the thresholds are relative: a fifth
+    # less MSE and less drift; replace them with measured ones (printed with -s).
     print("before", before, "after", after)
     assert after["mse"] < 0.8 * before["mse"], (before, after)
     assert after["drift"] < before["drift"], (before, after)
