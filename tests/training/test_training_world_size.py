@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 
 from conftest import assert_close_to_scale
 from stylemapgan.config import PRESETS
-from stylemapgan.training import DistInfo, TrainConfig, Trainer
+from stylemapgan.training import DistInfo, TrainConfig, Trainer, shutdown_distributed
 
 STEPS = 3
 # R1 runs at steps 0 and 2 (lazy, interval 2); every loss term is on, LPIPS included.
@@ -59,6 +59,7 @@ def _train(tr):
 def _worker(rank, init_file, out_file):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    finished = False
     try:
         tr = _trainer(DistInfo(rank=rank, world_size=2))
         assert tr.local_batch == 4
@@ -66,8 +67,11 @@ def _worker(rank, init_file, out_file):
         tr.check_ranks_in_sync()  # the hand-written all-reduce keeps the ranks identical
         if rank == 0:
             torch.save({"state": _state(tr), "losses": seen}, out_file)
+        finished = True
     finally:
-        dist.destroy_process_group()
+        # As `stylemapgan train` ends: a barrier, then the teardown (without the barrier, a
+        # rank that closes its connections first can make the other abort in gloo's C++).
+        shutdown_distributed(wait=finished)
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")

@@ -281,6 +281,7 @@ def _train(args: argparse.Namespace, model, train, data_path, val_path, run_dir,
 
     dist_info = init_distributed(args.device)
     stack = contextlib.ExitStack()  # the run folder's lock, held until the end
+    finished = False  # the ranks meet at a barrier before leaving only after a normal end
     try:
         command = _command_line(args)
         if run_dir is not None:  # resume: refuse at once if another process trains there
@@ -317,6 +318,7 @@ def _train(args: argparse.Namespace, model, train, data_path, val_path, run_dir,
         if dist_info.is_main:
             print(f"trained {trainer.step} iterations; checkpoints in {run_dir / 'checkpoints'}; "
                   f"export with: stylemapgan export {run_dir} --out model.safetensors")
+        finished = True
     except OSError as exc:  # a full or read-only disk anywhere in the run: one line naming it
         from stylemapgan.files import disk_write_error
 
@@ -326,4 +328,4 @@ def _train(args: argparse.Namespace, model, train, data_path, val_path, run_dir,
         raise mapped from None
     finally:
         stack.close()
-        shutdown_distributed()
+        shutdown_distributed(wait=finished)

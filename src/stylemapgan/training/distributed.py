@@ -80,11 +80,19 @@ def init_distributed(device: str = "auto") -> DistInfo:
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=dev)
 
 
-def shutdown_distributed() -> None:
-    """Destroy the process group if one was initialized (a no-op otherwise)."""
+def shutdown_distributed(wait: bool = True) -> None:
+    """Destroy the process group if one was initialized (a no-op otherwise).
+
+    With ``wait`` (a normal end) the processes first meet at a barrier, so that none tears its
+    gloo connections down while another still exchanges data on them: a process whose peer
+    closed first can abort in gloo's C++ ("terminate called without an active exception").
+    Pass ``wait=False`` on the way out of an error, where a peer may never reach the barrier.
+    """
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
 
 
