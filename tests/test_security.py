@@ -1178,7 +1178,7 @@ def test_a_closed_stdout_pipe_is_no_traceback(tiny_model_file, monkeypatch, caps
 def test_a_records_device_field_never_picks_the_device(cli_record):
     import argparse
 
-    from stylemapgan.commands.edit import _replay_device
+    from stylemapgan.commands.edit_replay import _replay_device
 
     user = argparse.Namespace(device=None)
     assert _replay_device(user, {**cli_record, "device": "cuda:7"}) == "auto"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from stylemapgan.commands._common import abspath, float_in, int_in, unit_threshold
 
@@ -34,18 +35,22 @@ def add_fit(p: argparse.ArgumentParser, references: bool = False) -> None:
 
 def align_choice(args: argparse.Namespace) -> str | None:
     """The face to align (``largest`` or a number), or None without --align."""
+    return face_choice(bool(getattr(args, "align", False)), str(getattr(args, "face", "largest")))
+
+
+def face_choice(align: bool, face: str) -> str | None:
+    """The face to align given --align and --face: ``largest`` or a number, None without --align."""
     from stylemapgan.errors import InputError
 
-    if not getattr(args, "align", False):
+    if not align:
         return None
-    face = str(getattr(args, "face", "largest"))
     if face != "largest" and not face.isdigit():
         raise InputError(f"--face {face!r}: use largest or a face number (0 = largest); to cut "
                          "every face use `stylemapgan align --face all`")
     return face
 
 
-def add_mask_args(p: argparse.ArgumentParser, required: bool, regions: bool = False) -> None:
+def add_mask_args(p: argparse.ArgumentParser, regions: bool = False) -> None:
     """The mask options; with ``regions`` also --region NAME[,NAME] and --region-grow."""
     one_of = "--mask, --labels, --mask-box" + (", --region" if regions else "")
     g = p.add_argument_group(f"mask (1 = take the edit; give one of {one_of})")
@@ -78,7 +83,6 @@ def add_mask_args(p: argparse.ArgumentParser, required: bool, regions: bool = Fa
                    help="how the mask shrinks to each stylemap: area = fraction of the cell "
                         "covered (soft, default), max = any pixel selects the cell (the "
                         "reference's max pooling; the edited area grows)")
-    p.set_defaults(_mask_required=required)
 
 
 def add_output(p: argparse.ArgumentParser) -> None:
@@ -108,39 +112,66 @@ def add_paste_back(p: argparse.ArgumentParser) -> None:
                         "seam, in photo pixels, 0..1024 (default: 8)")
 
 
-def mask_spec(args: argparse.Namespace):
-    """The MaskSpec the mask flags describe (None if none given and none required)."""
+@dataclass(frozen=True)
+class MaskOptions:
+    """The mask options of one edit as given (:func:`add_mask_args`); :func:`mask_spec` checks
+    them. ``regions``: whether the edit offers --region (and --region-grow)."""
+
+    mask: str | None = None
+    labels: str | None = None
+    parts: str | None = None
+    mask_box: str | None = None
+    region: str | None = None
+    region_grow: float | None = None
+    units: str = "cells"
+    invert: bool = False
+    threshold: float | None = None
+    mode: str = "area"
+    regions: bool = False
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> MaskOptions:
+        return cls(mask=args.mask, labels=args.labels, parts=args.parts, mask_box=args.mask_box,
+                   region=getattr(args, "region", None),
+                   region_grow=getattr(args, "region_grow", None), units=args.units,
+                   invert=bool(args.invert_mask), threshold=args.mask_threshold,
+                   mode=args.mask_mode, regions=hasattr(args, "region"))
+
+
+def mask_spec(opts: MaskOptions, required: bool):
+    """The MaskSpec the mask options describe (None if none is given and ``required`` is false)."""
     from stylemapgan.errors import InputError
     from stylemapgan.imaging.masks import MaskSpec
 
-    given = [k for k in ("mask", "labels", "mask_box", "region") if getattr(args, k, None)]
+    given = [k for k, v in (("mask", opts.mask), ("labels", opts.labels),
+                            ("mask_box", opts.mask_box), ("region", opts.region)) if v]
     if len(given) > 1:
         raise InputError("give only one of --mask, --labels, --mask-box"
-                         + (" and --region" if hasattr(args, "region") else ""))
-    if getattr(args, "region_grow", None) is not None and not getattr(args, "region", None):
+                         + (" and --region" if opts.regions else ""))
+    if opts.region_grow is not None and not opts.region:
         raise InputError("--region-grow applies to --region NAME")
-    if getattr(args, "parts", None) and not getattr(args, "labels", None):
+    if opts.parts and not opts.labels:
         raise InputError("--parts needs --labels LABEL_MAP")
     if not given:
-        if getattr(args, "_mask_required", False):
+        if required:
             raise InputError("this edit needs a mask: give --mask IMAGE, --labels MAP --parts "
                              "PARTS, --mask-box X0,Y0,X1,Y1"
-                             + (" or --region NAME" if hasattr(args, "region") else ""))
+                             + (" or --region NAME" if opts.regions else ""))
         return None
-    if args.labels and not args.parts:
+    if opts.labels and not opts.parts:
         raise InputError("--labels needs --parts (e.g. --parts hair or --parts 13,14)")
-    if args.mask_threshold is not None and not args.mask:
+    if opts.threshold is not None and not opts.mask:
         raise InputError("--mask-threshold applies to --mask images only")
     if given[0] == "region":
-        return MaskSpec("region", parts=args.region, invert=args.invert_mask)
+        return MaskSpec("region", parts=opts.region, invert=opts.invert)
     if given[0] == "mask":
-        return MaskSpec("image", path=args.mask, invert=args.invert_mask, threshold=args.mask_threshold)
+        return MaskSpec("image", path=opts.mask, invert=opts.invert, threshold=opts.threshold)
     if given[0] == "labels":
-        return MaskSpec("labels", path=args.labels, parts=args.parts, invert=args.invert_mask)
+        return MaskSpec("labels", path=opts.labels, parts=opts.parts, invert=opts.invert)
     from stylemapgan.imaging.placement import parse_box
 
-    parse_box(args.mask_box, "--mask-box")  # a malformed box is named by its option
-    return MaskSpec("box", box=args.mask_box, units=args.units, invert=args.invert_mask)
+    parse_box(opts.mask_box, "--mask-box")  # a malformed box is named by its option
+    return MaskSpec("box", box=opts.mask_box, units=opts.units, invert=opts.invert)
 
 
 # --------------------------------------------------------------------------- records

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 from functools import partial
-from typing import Any
 
 from stylemapgan.commands._common import (
     abspath,
@@ -20,11 +19,26 @@ from stylemapgan.commands._common import (
     add_parser,
     finite_float,
     int_in,
-    model_file,
     resolve_model,
     writes_folder,
 )
-from stylemapgan.commands._editio import add_fit, add_mask_args, add_output, add_paste_back
+from stylemapgan.commands._edit_requests import (
+    Direction,
+    EditCommon,
+    Interpolate,
+    Local,
+    Mix,
+    Reconstruct,
+    Transplant,
+)
+from stylemapgan.commands._editio import (
+    MaskOptions,
+    add_fit,
+    add_mask_args,
+    add_output,
+    add_paste_back,
+)
+from stylemapgan.commands.edit_replay import add_replay
 
 #: number of images an edit writes (--steps); every frame is held in memory
 steps_int = int_in(1, 1000)
@@ -135,7 +149,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--steps", type=steps_int, default=1,
                    help="images from the reconstruction (0) to the full edit (1), 1..1000 "
                         "(default: 1)")
-    add_mask_args(q, required=True, regions=True)
+    add_mask_args(q, regions=True)
     add_paste_back(q)
     _common(q, references=True)
     q.set_defaults(func=writes_folder(partial(run_local, parser=q)))
@@ -195,34 +209,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="distance to move in stylemap space; the direction has unit norm (default: 3)")
     q.add_argument("--steps", type=steps_int, default=1,
                    help="images from strength 0 to --strength, 1..1000 (default: 1)")
-    add_mask_args(q, required=False)
+    add_mask_args(q)
     add_paste_back(q)
     _common(q)
     q.set_defaults(func=writes_folder(partial(run_direction, parser=q)))
 
-    q = add_parser(ops, "replay", help="run the edit a record.json describes again",
-                   description="""
-                       Check that the model and every input still have the checksums the record
-                       lists, run the edit again into --out, and compare the new outputs with
-                       the recorded checksums. A record.json of a command runs that command
-                       again; a record downloaded from the web editor carries its images and
-                       masks and is replayed with the model it names (or --model).""",
-                   examples="""
-                       stylemapgan edit replay out/record.json --out again
-                       stylemapgan edit replay ~/Downloads/stylemapgan-edit.json --model m.safetensors --out web_again""")
-    q.add_argument("record", type=abspath,
-                   help="record.json written by an edit, or a record downloaded from the web editor")
-    q.add_argument("--out", required=True, help="output folder for the new run")
-    q.add_argument("--model", type=model_file, default=None,
-                   help="model file for a web editor record (default: the path it recorded, or "
-                        "the embedded default model if its checksum matches)")
-    q.add_argument("--device", default=None, help="device to run on (default: cpu for a record "
-                                                  "made on the CPU, else auto)")
-    q.add_argument("--force", action="store_true", help="run even if an input's checksum changed")
-    q.add_argument("--strict", action="store_true",
-                   help="exit with status 1 if an output differs from the recorded one")
-    add_overwrite(q)
-    q.set_defaults(func=writes_folder(run_replay))
+    add_replay(ops)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -237,98 +229,67 @@ def _region_token(text: str) -> str:
     return f"{key}={value}"
 
 
-def _source_box(args: argparse.Namespace):
+def _source_box(c: EditCommon):
     from stylemapgan.imaging.placement import parse_box
 
-    box = getattr(args, "source_box", None)
-    return parse_box(box, "--source-box") if box else None
+    return parse_box(c.source_box, "--source-box") if c.source_box else None
 
 
-def _parameters(args: argparse.Namespace) -> dict[str, Any]:
-    skip = {"func", "model", "out", "overwrite", "device", "command", "operation", "verbose"}
-    return {k: v for k, v in vars(args).items()
-            if not k.startswith("_") and k not in skip and isinstance(v, (str, int, float, bool, list, type(None)))}
-
-
-def _finish(args, parser, ses, operation, out, frames, tiles, inputs, *, paste=None,
-            extra_files=(), extra_parameters=None):
+def _finish(c: EditCommon, ses, out, frames, tiles, inputs, *, paste=None, extra_files=(),
+            extra_parameters=None):
     """Write frames, grid, optional paste-back and the record; print a summary."""
-    from stylemapgan.commands._editio import canonical_argv
-
-    parameters = {**_parameters(args), **(extra_parameters or {})}
-    written = ses.write(out, operation=operation, argv=[operation, *canonical_argv(parser, args)],
-                        frames=frames, tiles=tiles, inputs=inputs, parameters=parameters,
-                        paste=paste, extra_files=extra_files, overwrite=args.overwrite,
-                        gif_ms=args.gif_ms)
+    parameters = {**c.parameters, **(extra_parameters or {})}
+    written = ses.write(out, operation=c.operation, argv=list(c.argv), frames=frames, tiles=tiles,
+                        inputs=inputs, parameters=parameters, paste=paste,
+                        extra_files=extra_files, overwrite=c.overwrite, gif_ms=c.gif_ms)
     files = written[:-1]  # record.json is named last
     names = ", ".join(p.name for p in files[:3]) + (", ..." if len(files) > 3 else "")
-    print(f"{operation}: wrote {len(written)} file(s) to {out} ({names}, record.json)")
+    print(f"{c.operation}: wrote {len(written)} file(s) to {out} ({names}, record.json)")
     return 0
 
 
-def _paste(args, ses, src, frame, mask=None):
+def _paste(c: EditCommon, ses, src, frame, mask=None, *, space: str = "w",
+           mask_mode: str = "area"):
     """pasted.png's pixels with --paste-back, else None."""
-    if not args.paste_back:
+    if c.paste is None:
         return None
-    return ses.paste(src, frame, mask, space=getattr(args, "space", None) or "w",  # direction: w
-                     mask_mode=getattr(args, "mask_mode", "area"), area=args.paste_area,
-                     mode=args.paste_mode, feather=args.feather)
+    return ses.paste(src, frame, mask, space=space, mask_mode=mask_mode, area=c.paste.area,
+                     mode=c.paste.mode, feather=c.paste.feather)
 
 
-def _check_paste_source(args, path: str) -> None:
+def _check_paste_source(c: EditCommon, path: str) -> None:
     from stylemapgan.errors import InputError
     from stylemapgan.formats.stylemaps import is_stylemap_file
 
-    if getattr(args, "paste_back", False) and is_stylemap_file(path):
+    if c.paste is not None and is_stylemap_file(path):
         raise InputError(f"--paste-back needs the source photo, but {path} is a saved stylemap; "
                          "give the photo instead")
 
 
-def _input_files(args) -> list[str]:
-    """Every option value that names an existing file (photos, stylemaps, masks, label maps,
-    directions, the model; also inside transplant regions): outputs must never replace one."""
-    import os
-
-    found: list[str] = []
-    for key, value in vars(args).items():
-        if key.startswith("_") or key == "out":
-            continue
-        for v in value if isinstance(value, list) else [value]:
-            for word in v if isinstance(v, list) else [v]:
-                if not isinstance(word, str):
-                    continue
-                # A transplant region's mask=FILE or labels=FILE names a file after the "=".
-                for name in (word, word.partition("=")[2]):
-                    if name and os.path.isfile(name):
-                        found.append(name)
-    return found
-
-
-def _begin(args, k: int, runtime=None):
+def _begin(c: EditCommon, k: int, runtime=None):
     from pathlib import Path
 
-    from stylemapgan.commands._editio import align_choice
+    from stylemapgan.commands._editio import face_choice
     from stylemapgan.editing.session import EditSession, planned_outputs
     from stylemapgan.imaging.images import check_writable
 
-    out = Path(args.out)
-    check_writable(planned_outputs(out, k, paste=bool(getattr(args, "paste_back", False))),
-                   args.overwrite, inputs=_input_files(args))
-    args.model = resolve_model(args.model)  # the record names the file itself
-    ses = EditSession(args.model, args.device, args.batch_size, align=align_choice(args),
-                      align_refs=bool(getattr(args, "align_ref", False)),
-                      source_box=hasattr(args, "source_box"), fast=args.fast, runtime=runtime)
+    out = Path(c.out)
+    check_writable(planned_outputs(out, k, paste=c.paste is not None), c.overwrite,
+                   inputs=list(c.inputs))
+    ses = EditSession(resolve_model(c.model), c.device, c.batch_size,
+                      align=face_choice(c.align, c.face), align_refs=c.align_refs,
+                      source_box=c.offers_source_box, fast=c.fast, runtime=runtime)
     return out, ses
 
 
-def _mask(args, ses, src):
+def _mask(opts: MaskOptions, required: bool, ses, src):
     from stylemapgan.commands._editio import mask_spec
 
-    spec = mask_spec(args)
+    spec = mask_spec(opts, required)
     if spec is None:
         return None, None
     if spec.kind == "region":
-        m = ses.region_mask(src, spec.parts, args.region_grow or 0.0)
+        m = ses.region_mask(src, spec.parts, opts.region_grow or 0.0)
         return spec, (1.0 - m).astype(m.dtype) if spec.invert else m
     m = spec.build(ses.size, ses.config.stylemap_size, src.placement, photo=str(src.path))
     return spec, m
@@ -339,14 +300,15 @@ def run_reconstruct(args: argparse.Namespace, parser: argparse.ArgumentParser,
                     runtime=None) -> int:
     from stylemapgan.imaging.images import to_uint8
 
-    _check_paste_source(args, args.source)
-    out, ses = _begin(args, 1, runtime)
-    src = ses.read(args.source, args.fit, _source_box(args))
+    r = Reconstruct.from_args(args, parser)
+    c = r.common
+    _check_paste_source(c, r.source)
+    out, ses = _begin(c, 1, runtime)
+    src = ses.read(r.source, c.fit, _source_box(c))
     ses.project([src])
     frames = to_uint8(ses.editor.reconstruct(src.w))
-    paste = _paste(args, ses, src, frames[-1])
-    return _finish(args, parser, ses, "reconstruct", out, frames, [ses.preview(src)], [("source", src)],
-                   paste=paste)
+    paste = _paste(c, ses, src, frames[-1])
+    return _finish(c, ses, out, frames, [ses.preview(src)], [("source", src)], paste=paste)
 
 
 def run_mix(args: argparse.Namespace, parser: argparse.ArgumentParser,
@@ -354,15 +316,17 @@ def run_mix(args: argparse.Namespace, parser: argparse.ArgumentParser,
     from stylemapgan.editing.operations import layer_selection
     from stylemapgan.imaging.images import to_uint8
 
-    _check_paste_source(args, args.source)
-    out, ses = _begin(args, 1, runtime)
-    layer_selection(args.layers, ses.config.num_styles)  # fail early on a bad spec
-    a = ses.read(args.source, args.fit, _source_box(args))
-    b = ses.read(args.reference, args.fit, reference=True)
+    r = Mix.from_args(args, parser)
+    c = r.common
+    _check_paste_source(c, r.source)
+    out, ses = _begin(c, 1, runtime)
+    layer_selection(r.layers, ses.config.num_styles)  # fail early on a bad spec
+    a = ses.read(r.source, c.fit, _source_box(c))
+    b = ses.read(r.reference, c.fit, reference=True)
     ses.project([a, b])
-    frames = to_uint8(ses.editor.mix(a.w, b.w, args.layers))
-    paste = _paste(args, ses, a, frames[-1])
-    return _finish(args, parser, ses, "mix", out, frames, [ses.preview(a), ses.preview(b)],
+    frames = to_uint8(ses.editor.mix(a.w, b.w, r.layers))
+    paste = _paste(c, ses, a, frames[-1])
+    return _finish(c, ses, out, frames, [ses.preview(a), ses.preview(b)],
                    [("source", a), ("reference", b)], paste=paste)
 
 
@@ -370,12 +334,14 @@ def run_interpolate(args: argparse.Namespace, parser: argparse.ArgumentParser,
                     runtime=None) -> int:
     from stylemapgan.imaging.images import to_uint8
 
-    out, ses = _begin(args, args.steps, runtime)
-    a = ses.read(args.source, args.fit)
-    b = ses.read(args.reference, args.fit, reference=True)
+    r = Interpolate.from_args(args, parser)
+    c = r.common
+    out, ses = _begin(c, r.steps, runtime)
+    a = ses.read(r.source, c.fit)
+    b = ses.read(r.reference, c.fit, reference=True)
     ses.project([a, b])
-    frames = to_uint8(ses.editor.interpolate(a.w, b.w, args.steps, space=args.space))
-    return _finish(args, parser, ses, "interpolate", out, frames, [ses.preview(a), ses.preview(b)],
+    frames = to_uint8(ses.editor.interpolate(a.w, b.w, r.steps, space=r.space))
+    return _finish(c, ses, out, frames, [ses.preview(a), ses.preview(b)],
                    [("source", a), ("reference", b)])
 
 
@@ -390,35 +356,36 @@ def run_local(args: argparse.Namespace, parser: argparse.ArgumentParser,
     from stylemapgan.imaging.images import mask_to_rgb, to_uint8
     from stylemapgan.imaging.masks import as_tensor
 
-    _check_paste_source(args, args.source)
-    out, ses = _begin(args, args.steps, runtime)
-    src = ses.read(args.source, args.fit, _source_box(args))
-    ref = ses.read(args.reference, args.fit, reference=True)
-    spec, mask = _mask(args, ses, src)
+    r = Local.from_args(args, parser)
+    c = r.common
+    _check_paste_source(c, r.source)
+    out, ses = _begin(c, r.steps, runtime)
+    src = ses.read(r.source, c.fit, _source_box(c))
+    ref = ses.read(r.reference, c.fit, reference=True)
+    spec, mask = _mask(r.mask, True, ses, src)
     if float(mask.max()) == 0.0:
         print(f"note: the mask ({spec.describe()}) selects nothing; the result is the reconstruction")
     ses.project([src, ref])
-    images = ses.editor.local_edit(src.w, ref.w, as_tensor(mask), space=args.space,
-                                   mode=args.mask_mode, t=_t(args.steps))
+    images = ses.editor.local_edit(src.w, ref.w, as_tensor(mask), space=r.space,
+                                   mode=r.mask.mode, t=_t(r.steps))
     frames = to_uint8(images)
-    paste = _paste(args, ses, src, frames[-1], mask)
+    paste = _paste(c, ses, src, frames[-1], mask, space=r.space, mask_mode=r.mask.mode)
     extra = [("mask", spec.path)] if spec.path else []
-    return _finish(args, parser, ses, "local", out, frames,
-                   [ses.preview(src), ses.preview(ref), mask_to_rgb(mask)],
+    return _finish(c, ses, out, frames, [ses.preview(src), ses.preview(ref), mask_to_rgb(mask)],
                    [("source", src), ("reference", ref)], paste=paste, extra_files=extra)
 
 
-def _regions(args, ses, refs):
+def _regions(r: Transplant, ses, refs):
     """The --region word lists as Regions (:func:`stylemapgan.editing.regions.parse_region`),
     their moved union (for the grid and the paste-back) and the mask files they read."""
     from stylemapgan.editing.regions import moved_union, parse_region
 
-    parsed = [parse_region(tokens, i, size=ses.size, cells=ses.config.stylemap_size,
-                           units=args.units, references=[(r.path, r.placement) for r in refs])
-              for i, tokens in enumerate(args.regions)]
+    parsed = [parse_region(list(tokens), i, size=ses.size, cells=ses.config.stylemap_size,
+                           units=r.units, references=[(f.path, f.placement) for f in refs])
+              for i, tokens in enumerate(r.regions)]
     files = [(f"region {i} mask", path) for i, (_, path) in enumerate(parsed) if path]
-    regions = [r for r, _ in parsed]
-    return regions, moved_union(regions, ses.size, args.mask_mode), files
+    regions = [region for region, _ in parsed]
+    return regions, moved_union(regions, ses.size, r.mask_mode), files
 
 
 def run_transplant(args: argparse.Namespace, parser: argparse.ArgumentParser,
@@ -428,25 +395,27 @@ def run_transplant(args: argparse.Namespace, parser: argparse.ArgumentParser,
     from stylemapgan.editing.operations import steps
     from stylemapgan.imaging.images import mask_to_rgb, to_uint8
 
-    _check_paste_source(args, args.source)
-    out, ses = _begin(args, args.steps, runtime)
-    src = ses.read(args.source, args.fit, _source_box(args))
-    refs = [ses.read(r, args.fit, reference=True) for r in args.refs]
-    regions, union, files = _regions(args, ses, refs)
+    r = Transplant.from_args(args, parser)
+    c = r.common
+    _check_paste_source(c, r.source)
+    out, ses = _begin(c, r.steps, runtime)
+    src = ses.read(r.source, c.fit, _source_box(c))
+    refs = [ses.read(f, c.fit, reference=True) for f in r.refs]
+    regions, union, files = _regions(r, ses, refs)
     ses.project([src, *refs])
-    alpha = steps(args.steps) if args.steps > 1 else 1.0
-    images = ses.editor.transplant(src.w, torch.cat([r.w for r in refs]), regions,
-                                   space=args.space, alpha=alpha, mode=args.mask_mode)
+    alpha = steps(r.steps) if r.steps > 1 else 1.0
+    images = ses.editor.transplant(src.w, torch.cat([f.w for f in refs]), regions,
+                                   space=r.space, alpha=alpha, mode=r.mask_mode)
     frames = to_uint8(images)
-    paste = _paste(args, ses, src, frames[-1], union)
-    tiles = [ses.preview(src), *(ses.preview(r) for r in refs), mask_to_rgb(union)]
-    inputs = [("source", src), *((f"reference {i}", r) for i, r in enumerate(refs))]
+    paste = _paste(c, ses, src, frames[-1], union, space=r.space, mask_mode=r.mask_mode)
+    tiles = [ses.preview(src), *(ses.preview(f) for f in refs), mask_to_rgb(union)]
+    inputs = [("source", src), *((f"reference {i}", f) for i, f in enumerate(refs))]
     # What each region became (pixels of the model's square): the transform and its pivot.
-    placed = [{"reference": r.reference, "transform": {**r.transform.to_dict(),
-                                                       "pivot": list(r.pivot(ses.size))}}
-              for r in regions]
-    return _finish(args, parser, ses, "transplant", out, frames, tiles, inputs, paste=paste,
-                   extra_files=files, extra_parameters={"placed_regions": placed})
+    placed = [{"reference": region.reference,
+               "transform": {**region.transform.to_dict(), "pivot": list(region.pivot(ses.size))}}
+              for region in regions]
+    return _finish(c, ses, out, frames, tiles, inputs, paste=paste, extra_files=files,
+                   extra_parameters={"placed_regions": placed})
 
 
 def run_direction(args: argparse.Namespace, parser: argparse.ArgumentParser,
@@ -457,225 +426,28 @@ def run_direction(args: argparse.Namespace, parser: argparse.ArgumentParser,
     from stylemapgan.imaging.images import mask_to_rgb, to_uint8
     from stylemapgan.imaging.masks import as_tensor
 
-    _check_paste_source(args, args.source)
-    direction = load_direction(args.direction)
-    out, ses = _begin(args, args.steps, runtime)
+    r = Direction.from_args(args, parser)
+    c = r.common
+    _check_paste_source(c, r.source)
+    direction = load_direction(r.direction)
+    out, ses = _begin(c, r.steps, runtime)
     if tuple(direction.vector.shape) != ses.config.stylemap_shape:
         from stylemapgan.errors import InputError
 
-        raise InputError(f"{args.direction}: direction of shape {tuple(direction.vector.shape)} "
+        raise InputError(f"{r.direction}: direction of shape {tuple(direction.vector.shape)} "
                          f"does not fit this model's stylemaps {ses.config.stylemap_shape}; "
                          "learn it with this model")
-    src = ses.read(args.source, args.fit, _source_box(args))
-    spec, mask = _mask(args, ses, src)
+    src = ses.read(r.source, c.fit, _source_box(c))
+    spec, mask = _mask(r.mask, False, ses, src)
     ses.project([src])
-    strength = (torch.linspace(0.0, args.strength, args.steps) if args.steps > 1
-                else torch.tensor([args.strength]))
+    strength = (torch.linspace(0.0, r.strength, r.steps) if r.steps > 1
+                else torch.tensor([r.strength]))
     images = ses.editor.apply_direction(src.w, direction.vector, strength,
                                         mask=None if mask is None else as_tensor(mask),
-                                        mode=args.mask_mode)
+                                        mode=r.mask.mode)
     frames = to_uint8(images)
-    paste = _paste(args, ses, src, frames[-1], mask)
+    # Directions move w (no --space): the paste-back's footprint is w's.
+    paste = _paste(c, ses, src, frames[-1], mask, mask_mode=r.mask.mode)
     tiles = [ses.preview(src)] + ([mask_to_rgb(mask)] if mask is not None else [])
-    files = [("direction", args.direction)] + ([("mask", spec.path)] if spec and spec.path else [])
-    return _finish(args, parser, ses, "direction", out, frames, tiles, [("source", src)], paste=paste,
-                   extra_files=files)
-
-
-# --------------------------------------------------------------------------- replay
-def run_replay(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from stylemapgan.editing.record import read_record
-
-    path = Path(args.record)
-    # A replay writes OUT/record.json: never over the record it reads, even with --overwrite.
-    if _same_file(Path(args.out) / "record.json", path):
-        from stylemapgan.errors import InputError
-
-        raise InputError(f"--out {args.out}: the replay would write its record.json over the "
-                         f"record it replays ({path}); choose another --out folder")
-    record = read_record(path)
-    if record.get("source") == "web":
-        return _replay_web(args, path, record)
-    return _replay_command(args, path, record)
-
-
-def _same_file(a, b) -> bool:
-    import os
-
-    try:
-        return os.path.samefile(a, b)
-    except OSError:  # either is missing (or unreadable): not one file
-        return False
-
-
-def _check_file(path, role: str, p, sha256: str | None, force: bool) -> None:
-    from stylemapgan.errors import InputError
-    from stylemapgan.files import sha256_file
-
-    if not p.is_file():
-        raise InputError(f"{path}: the {role} {p} is gone")
-    if sha256 is None:
-        print(f"note: {path} has no checksum for the {role}; {p} is used unchecked")
-        return
-    if sha256_file(p) != sha256:
-        msg = f"{path}: the {role} {p} changed since the edit (checksum differs)"
-        if not force:
-            raise InputError(msg + "; pass --force to run anyway")
-        print(f"warning: {msg}")
-
-
-def _replay_device(args, record) -> str:
-    """The user's --device; without it, cpu for a record made on the CPU (to get its bytes
-    again), else auto. The record itself never names the device (it could only widen)."""
-    if args.device is not None:
-        return args.device
-    return "cpu" if record.get("device") == "cpu" else "auto"
-
-
-def _compare(out, record, args) -> int:
-    """Compare the new outputs in ``out`` with the record's checksums; print and return the status."""
-    from stylemapgan.files import sha256_file
-
-    same, differ = 0, []
-    for o in record.get("outputs", []):
-        p = out / o["path"]
-        if p.is_file() and sha256_file(p) == o["sha256"]:
-            same += 1
-        else:
-            differ.append(o["path"])
-    total = same + len(differ)
-    if not differ:
-        print(f"replay: all {total} output(s) are identical to the recorded ones")
-        return 0
-    print(f"replay: {same} of {total} output(s) identical; different: {', '.join(differ)} "
-          f"(recorded on {record.get('device')} with torch {record.get('torch_version')}; other "
-          "devices or versions can change the last bits)")
-    return 1 if args.strict else 0
-
-
-def _replay_command(args, path, record) -> int:
-    """A command-line record: check the files, run the recorded command again."""
-    from pathlib import Path
-
-    from stylemapgan.commands import build_parser
-    from stylemapgan.errors import InputError
-
-    argv = record.get("argv")  # checked by read_record: words of an edit, no user-only option
-    if not isinstance(argv, list) or not argv or argv[0] != "edit" or "replay" in argv[:2]:
-        raise InputError(f"{path}: the record has no replayable command")
-    if args.model is not None:
-        raise InputError(f"{path}: --model applies to web editor records; a command-line record "
-                         "names its model file")
-    # The files must be the ones the record was made from.
-    for f in [{"role": "model", **record.get("model", {})}, *record.get("inputs", [])]:
-        _check_file(path, f.get("role", "input"), Path(f.get("path", "")), f.get("sha256"),
-                    args.force)
-    device = _replay_device(args, record)
-    # Before --align-ref existed, --align aligned the references too: a record whose
-    # references were aligned without it replays as it was made.
-    if "--align-ref" not in argv and any(
-            str(f.get("role", "")).startswith("reference") and isinstance(f.get("placement"), dict)
-            and f["placement"].get("fit") == "aligned" for f in record.get("inputs", [])):
-        argv = [*argv, "--align-ref"]
-    new_argv = [*argv, "--out", args.out, "--device", device]
-    if args.overwrite:
-        new_argv.append("--overwrite")
-    print("replaying: stylemapgan " + " ".join(new_argv))
-    ns = _parse_recorded(build_parser(), new_argv, path)
-    # --out, --device and --overwrite are the user's, whatever the record's words say.
-    ns.out, ns.device, ns.overwrite = args.out, device, bool(args.overwrite)
-    # A --fast edit runs again with the fast path it had (not this device's pick).
-    rc = ns.func(ns, runtime=_recorded_runtime(path, record.get("model") or {}))
-    if rc:
-        return rc
-    return _compare(Path(args.out), record, args)
-
-
-def _parse_recorded(parser, argv: list[str], path) -> argparse.Namespace:
-    """Parse a record's command line: argparse's usage and exit become one InputError."""
-    import contextlib
-    import io
-
-    from stylemapgan.errors import InputError
-
-    captured = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(captured), contextlib.redirect_stdout(captured):
-            ns = parser.parse_args(argv)
-    except SystemExit:
-        lines = [ln for ln in captured.getvalue().splitlines() if ln.strip()]
-        why = lines[-1].split("error: ", 1)[-1] if lines else "not a command line"
-        raise InputError(f"{path}: field 'argv' is not a valid edit command ({why}); the record "
-                         "is damaged or was changed") from None
-    if getattr(ns, "command", None) != "edit" or getattr(ns, "operation", None) == "replay":
-        raise InputError(f"{path}: the record has no replayable command")
-    return ns
-
-
-def _recorded_runtime(path, model: dict[str, Any]):
-    """The fast-path options a record's model entry names (None when it names none)."""
-    from stylemapgan.errors import InputError
-    from stylemapgan.nn.runtime import RuntimeOptions
-
-    rt = model.get("runtime")
-    if not rt:
-        return None
-    try:
-        return RuntimeOptions(precision=rt.get("precision", "float32"),
-                              channels_last=bool(rt.get("channels_last", False)),
-                              compile=bool(rt.get("compile", False)),
-                              cuda_graphs=bool(rt.get("cuda_graphs", False)))
-    except Exception as exc:  # ConfigError: a record of a precision this build does not know
-        raise InputError(f"{path}: unusable runtime {rt!r} ({exc})") from None
-
-
-def _replay_web(args, path, record) -> int:
-    """A web editor record: its images and masks are inside; run the same edit with the same
-    engine settings and write the frames with the recorded PNG level."""
-    from pathlib import Path
-
-    from stylemapgan.editing.editor import Editor
-    from stylemapgan.editing.record import frame_names
-    from stylemapgan.editing.session import replay_web_record
-    from stylemapgan.errors import InputError
-    from stylemapgan.formats.checkpoint import default_model_path, load_model
-    from stylemapgan.imaging.images import check_writable
-    from stylemapgan.nn.runtime import RuntimeOptions
-    from stylemapgan.utils import resolve_device
-
-    m = record.get("model", {})
-    if args.model is not None:
-        model_path = Path(args.model)
-        if not model_path.is_file():
-            raise InputError(f"--model {model_path}: no such file; pass the model file the "
-                             f"editor served (or {default_model_path().name} for the embedded "
-                             "model)")
-    else:
-        model_path = Path(m["path"]) if m.get("path") else None
-        if model_path is None or not model_path.is_file():
-            default = default_model_path()
-            if m.get("sha256") and default.is_file():
-                from stylemapgan.files import sha256_file
-
-                if sha256_file(default) == m["sha256"]:
-                    model_path = default
-        if model_path is None or not model_path.is_file():
-            where = f"at {m['path']}" if m.get("path") else "no path recorded"
-            raise InputError(f"{path}: the model the record names, {m.get('name', '?')} "
-                             f"({where}), is not here and is not the embedded model; pass "
-                             "--model MODEL_FILE (the file the editor served)")
-    _check_file(path, "model", model_path, m.get("sha256"), args.force)
-    runtime = _recorded_runtime(path, m) or RuntimeOptions()
-    outputs = record.get("outputs", [])
-    out = Path(args.out)
-    names = frame_names(len(outputs)) if outputs else ["result.png"]
-    check_writable([out / n for n in names], args.overwrite)
-    device = resolve_device(_replay_device(args, record))
-    editor = Editor(load_model(model_path, device=device), runtime=runtime)
-    print(f"replaying a web editor edit ({record.get('parameters', {}).get('method', '?')}) with "
-          f"{model_path.name} on {device}")
-    names, method = replay_web_record(editor, record, str(path), out, overwrite=args.overwrite)
-    print(f"replay: wrote {len(names)} frame(s) to {out} ({method})")
-    return _compare(out, record, args)
+    files = [("direction", r.direction)] + ([("mask", spec.path)] if spec and spec.path else [])
+    return _finish(c, ses, out, frames, tiles, [("source", src)], paste=paste, extra_files=files)
