@@ -140,6 +140,16 @@ class ImageDataset(torch.utils.data.Dataset):
         #: (name, reason) of files left out when the dataset was opened.
         self.skipped: list[tuple[str, str]] = []
 
+    def _kept(self, path: Path, items: list, where: str) -> list:
+        """``items`` (what passed the header checks), after one warning about those skipped;
+        an InputError when none is left (``where`` says where images were looked for)."""
+        if self.skipped:
+            log.warning("%s: skipped %d unreadable file(s), e.g. %s (%s)", path,
+                        len(self.skipped), *self.skipped[0])
+        if not items:
+            raise InputError(f"{path}: no readable images {where}")
+        return items
+
     def __len__(self) -> int:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -294,13 +304,8 @@ class FolderDataset(ImageDataset):
                 else:
                     self.skipped.append((str(p), reason))
             files = good
-        if self.skipped:
-            log.warning("%s: skipped %d unreadable file(s), e.g. %s (%s)", path,
-                        len(self.skipped), *self.skipped[0])
-        if not files:
-            raise InputError(f"{path}: no readable images found (looked for "
-                             f"{', '.join(IMAGE_SUFFIXES)} files, recursively)")
-        self.files = files
+        self.files = self._kept(path, files, f"found (looked for {', '.join(IMAGE_SUFFIXES)} "
+                                             "files, recursively)")
 
     def __len__(self) -> int:
         return len(self.files)
@@ -345,13 +350,8 @@ class ZipDataset(ImageDataset):
                     members = good
         except (zipfile.BadZipFile, OSError) as exc:
             raise InputError(f"{path}: not a readable zip archive ({_first_line(exc)})") from None
-        if self.skipped:
-            log.warning("%s: skipped %d unreadable file(s), e.g. %s (%s)", path,
-                        len(self.skipped), *self.skipped[0])
-        if not members:
-            raise InputError(f"{path}: no readable images in the zip archive (looked for "
-                             f"{', '.join(IMAGE_SUFFIXES)} files)")
-        self.members = members
+        self.members = self._kept(path, members, "in the zip archive (looked for "
+                                                 f"{', '.join(IMAGE_SUFFIXES)} files)")
         self._zip: zipfile.ZipFile | None = None
         self._pid = -1
 

@@ -192,13 +192,23 @@ def _fail(where: str, field: str, problem: str) -> InputError:
                       "(use the record.json an edit wrote)")
 
 
+_ABSENT = object()  # an optional field that is not there
+
+
+def _field(obj: dict[str, Any], where: str, field: str, required: bool, label: str) -> Any:
+    """``obj[field]``; ``_ABSENT`` when an optional field is missing (a required one fails)."""
+    if field in obj:
+        return obj[field]
+    if required:
+        raise _fail(where, label, "is missing")
+    return _ABSENT
+
+
 def _want(record: dict[str, Any], where: str, field: str, kind: type | tuple[type, ...],
           required: bool = True, *, label: str | None = None) -> Any:
-    if field not in record:
-        if required:
-            raise _fail(where, field, "is missing")
+    v = _field(record, where, field, required, field)
+    if v is _ABSENT:
         return None
-    v = record[field]
     if isinstance(v, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
         ok = False
     else:
@@ -213,11 +223,9 @@ def _want(record: dict[str, Any], where: str, field: str, kind: type | tuple[typ
 def _int_in(obj: dict[str, Any], where: str, field: str, lo: int, hi: int,
             required: bool = True, *, name: str | None = None) -> int | None:
     label = name or field
-    if field not in obj:
-        if required:
-            raise _fail(where, label, "is missing")
+    v = _field(obj, where, field, required, label)
+    if v is _ABSENT:
         return None
-    v = obj[field]
     if not _is_int(v) or not lo <= v <= hi:
         raise _fail(where, label, f"must be a whole number from {lo} to {hi}, not {v!r}"[:200])
     return v
@@ -226,12 +234,8 @@ def _int_in(obj: dict[str, Any], where: str, field: str, lo: int, hi: int,
 def _str(obj: dict[str, Any], where: str, field: str, required: bool = True, *,
          name: str | None = None, limit: int = MAX_WORD, allow_none: bool = False) -> str | None:
     label = name or field
-    if field not in obj:
-        if required:
-            raise _fail(where, label, "is missing")
-        return None
-    v = obj[field]
-    if v is None and allow_none:
+    v = _field(obj, where, field, required, label)
+    if v is _ABSENT or (v is None and allow_none):
         return None
     if not isinstance(v, str):
         raise _fail(where, label, f"must be a string, not {type(v).__name__}")
