@@ -62,8 +62,8 @@ from stylemapgan.web.imaging import (
     decode_mask,
     decode_slot,
     display_name,
-    read_upload,
     square_keep,
+    store_upload,
 )
 from stylemapgan.web.photos import add_photo_routes
 from stylemapgan.web.queue import LatestWinsQueue
@@ -322,11 +322,7 @@ def create_app(engine: EditEngine, gallery: Gallery | None = None, *,
     # ---------------------------------------------------------------- images
     @app.post("/api/images", status_code=201)
     def upload(file: Annotated[UploadFile, File()]) -> dict[str, Any]:
-        with decode_slot():  # bounded concurrent decodes: bounded memory
-            name, img = read_upload(file, settings, keep)
-            stored = engine.add_image(img, name, "upload")
-            del img
-        return stored.describe()
+        return store_upload(file, settings, keep, engine.add_image)
 
     @app.get("/api/images/{iid}.png")
     def image_png(iid: Annotated[str, PathParam(pattern=IMAGE_ID)]) -> Response:

@@ -11,6 +11,7 @@ import io
 import threading
 import unicodedata
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -179,3 +180,15 @@ def read_upload(file, settings, keep: tuple[int, int] | None = None) -> tuple[st
     data = file.file.read(settings.max_upload_bytes + 1)
     return name, decode_image(data, name, max_bytes=settings.max_upload_bytes,
                               max_pixels=settings.max_pixels, keep=keep)
+
+
+def store_upload(file, settings, keep: tuple[int, int] | None, add) -> dict[str, Any]:
+    """Decode an upload inside a decode slot (bounded concurrent decodes: bounded memory), hand
+    it to ``add(image, name, "upload")`` (the engine's ``add_image`` or ``add_photo``) and
+    return the stored item's ``describe()``; the decoded pixels are freed within the slot."""
+    with decode_slot():
+        name, img = read_upload(file, settings, keep)
+        stored = add(img, name, "upload")
+        del img
+    return stored.describe()
+

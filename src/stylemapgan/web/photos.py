@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field
 
 from stylemapgan.errors import InputError
 from stylemapgan.web.engine import EditEngine
-from stylemapgan.web.imaging import decode_slot, photo_keep, read_upload
+from stylemapgan.web.imaging import photo_keep, store_upload
 
 # The ids of stylemapgan.web.app (a photo id is an image id: 32 hex digits of a SHA-256).
 PHOTO_ID = IMAGE_ID = r"^[0-9a-f]{32}$"
@@ -48,11 +48,7 @@ def add_photo_routes(app: FastAPI, engine: EditEngine) -> None:
 
     @app.post("/api/photos", status_code=201)
     def upload_photo(file: Annotated[UploadFile, File()]) -> dict[str, Any]:
-        with decode_slot():  # bounded concurrent decodes: bounded memory
-            name, img = read_upload(file, settings, keep)
-            stored = engine.add_photo(img, name, "upload")
-            del img
-        return stored.describe()
+        return store_upload(file, settings, keep, engine.add_photo)
 
     @app.get("/api/photos/{pid}/preview.png")
     def photo_preview(pid: Annotated[str, PathParam(pattern=PHOTO_ID)]) -> Response:
