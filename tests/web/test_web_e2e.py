@@ -7,6 +7,7 @@ installs playwright).
 """
 
 import base64
+import contextlib
 import io
 import json
 import os
@@ -145,6 +146,36 @@ def _open_browser(p, executable, tmp_path):
         viewport={"width": 1280, "height": 800}, accept_downloads=True)
 
 
+@contextlib.contextmanager
+def _editor_page(url, tmp_path):
+    """The editor at ``url`` open and ready in headless Chromium (skips without a browser); on
+    a normal exit, no JavaScript error may have been thrown on the page."""
+    executable = _browser_or_skip()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        context = _open_browser(p, executable, tmp_path)
+        try:
+            page = context.new_page()
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(url + "/")
+            page.wait_for_selector("body[data-ready=true]", timeout=30_000)
+            yield page
+            assert not errors, errors
+        finally:
+            context.close()
+
+
+def _write_pngs(folder, **arrays):
+    """Each array saved as ``folder/NAME.png``; their paths, in order."""
+    paths = []
+    for name, arr in arrays.items():
+        Image.fromarray(arr).save(folder / f"{name}.png")
+        paths.append(str(folder / f"{name}.png"))
+    return paths
+
+
 def _wait_idle(page, condition="true"):
     page.wait_for_function(
         "() => document.querySelector('#progress').dataset.state === 'idle'"
@@ -160,74 +191,58 @@ def _decode_mask(region):
 
 
 def test_paint_a_region_in_the_browser_and_get_the_edit(server, tmp_path, tiny_model_file):
-    executable = _browser_or_skip()
-    from playwright.sync_api import sync_playwright
-
     original, reference = _smooth(7), _smooth(8)
-    files = []
-    for name, arr in (("original.png", original), ("reference.png", reference)):
-        Image.fromarray(arr).save(tmp_path / name)
-        files.append(str(tmp_path / name))
+    files = _write_pngs(tmp_path, original=original, reference=reference)
 
-    with sync_playwright() as p:
-        context = _open_browser(p, executable, tmp_path)
-        try:
-            page = context.new_page()
-            errors = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(server + "/")
-            page.wait_for_selector("body[data-ready=true]", timeout=30_000)
-            assert "tiny.safetensors" in page.locator("#model-info").text_content()
-            # Record every state the progress indicator goes through.
-            page.evaluate("""() => {
-                window.progressStates = [];
-                const el = document.querySelector('#progress');
-                new MutationObserver(() => window.progressStates.push(el.dataset.state + (el.hidden ? '' : '+shown')))
-                    .observe(el, {attributes: true});
-            }""")
+    with _editor_page(server, tmp_path) as page:
+        assert "tiny.safetensors" in page.locator("#model-info").text_content()
+        # Record every state the progress indicator goes through.
+        page.evaluate("""() => {
+            window.progressStates = [];
+            const el = document.querySelector('#progress');
+            new MutationObserver(() => window.progressStates.push(el.dataset.state + (el.hidden ? '' : '+shown')))
+                .observe(el, {attributes: true});
+        }""")
 
-            # Upload both: the first becomes the original, the second the reference.
-            page.set_input_files("#upload", files)
-            page.wait_for_selector("#library .card.original", timeout=30_000)
-            page.wait_for_selector("#library .card.reference", timeout=30_000)
-            assert page.locator("#library .card").count() == 2
+        # Upload both: the first becomes the original, the second the reference.
+        page.set_input_files("#upload", files)
+        page.wait_for_selector("#library .card.original", timeout=30_000)
+        page.wait_for_selector("#library .card.reference", timeout=30_000)
+        assert page.locator("#library .card").count() == 2
 
-            # Paint a vertical band over the left part of the reference (32 px image).
-            page.locator("#brush-size").fill("4")
-            box = page.locator("#ref-canvas").bounding_box()
-            scale = box["width"] / 32
+        # Paint a vertical band over the left part of the reference (32 px image).
+        page.locator("#brush-size").fill("4")
+        box = page.locator("#ref-canvas").bounding_box()
+        scale = box["width"] / 32
 
-            def at(x, y):
-                return box["x"] + x * scale, box["y"] + y * scale
+        def at(x, y):
+            return box["x"] + x * scale, box["y"] + y * scale
 
-            page.mouse.move(*at(6, 2))
-            page.mouse.down()
-            page.mouse.move(*at(6, 30), steps=8)
-            page.mouse.move(*at(9, 30), steps=2)
-            page.mouse.move(*at(9, 2), steps=8)
-            page.mouse.up()
+        page.mouse.move(*at(6, 2))
+        page.mouse.down()
+        page.mouse.move(*at(6, 30), steps=8)
+        page.mouse.move(*at(9, 30), steps=2)
+        page.mouse.move(*at(9, 2), steps=8)
+        page.mouse.up()
 
-            # Wait for the newest edit's result and the idle indicator.
-            _wait_idle(page)
-            page.wait_for_selector("#download-png:not(.disabled)")
-            states = page.evaluate("() => window.progressStates")
-            assert "busy+shown" in states and states[-1] == "idle", states
-            status = page.locator("#status").text_content()
-            assert "local edit wplus" in status, status
+        # Wait for the newest edit's result and the idle indicator.
+        _wait_idle(page)
+        page.wait_for_selector("#download-png:not(.disabled)")
+        states = page.evaluate("() => window.progressStates")
+        assert "busy+shown" in states and states[-1] == "idle", states
+        status = page.locator("#status").text_content()
+        assert "local edit wplus" in status, status
 
-            with page.expect_download() as png_download:
-                page.click("#download-png")
-            result = np.asarray(Image.open(png_download.value.path()).convert("RGB")).astype(int)
-            with page.expect_download() as json_download:
-                page.click("#download-json")
-            record = json.loads(Path(json_download.value.path()).read_text())
+        with page.expect_download() as png_download:
+            page.click("#download-png")
+        result = np.asarray(Image.open(png_download.value.path()).convert("RGB")).astype(int)
+        with page.expect_download() as json_download:
+            page.click("#download-json")
+        record = json.loads(Path(json_download.value.path()).read_text())
 
-            # Undo removes the stroke: the next result is the plain reconstruction.
-            page.click("#undo")
-            _wait_idle(page, "document.querySelector('#status').textContent.includes('reconstruction')")
-            assert not errors, errors
-        finally:
-            context.close()
+        # Undo removes the stroke: the next result is the plain reconstruction.
+        page.click("#undo")
+        _wait_idle(page, "document.querySelector('#status').textContent.includes('reconstruction')")
 
     assert record["format"] == "stylemapgan-edit-record" and record["parameters"]["space"] == "wplus"
     (region,) = record["regions"]
@@ -256,64 +271,51 @@ def test_paint_a_region_in_the_browser_and_get_the_edit(server, tmp_path, tiny_m
 
 
 def test_box_from_the_gallery_moved_in_w_with_steps_undo_and_redo(server, tmp_path, tiny_model_file):
-    executable = _browser_or_skip()
-    from playwright.sync_api import sync_playwright
-
     original = _smooth(17)
     Image.fromarray(original).save(tmp_path / "original.png")
-    with sync_playwright() as p:
-        context = _open_browser(p, executable, tmp_path)
-        try:
-            page = context.new_page()
-            errors = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(server + "/")
-            page.wait_for_selector("body[data-ready=true]", timeout=30_000)
-            page.set_input_files("#upload", [str(tmp_path / "original.png")])
-            page.wait_for_selector("#library .card.original", timeout=30_000)
-            # The reference comes from the server's gallery (by opaque id).
-            page.click("#gallery button.thumb")
-            page.wait_for_selector("#library .card.reference", timeout=30_000)
+    with _editor_page(server, tmp_path) as page:
+        page.set_input_files("#upload", [str(tmp_path / "original.png")])
+        page.wait_for_selector("#library .card.original", timeout=30_000)
+        # The reference comes from the server's gallery (by opaque id).
+        page.click("#gallery button.thumb")
+        page.wait_for_selector("#library .card.reference", timeout=30_000)
 
-            page.check('input[name="tool"][value="box"]')
-            ref = page.locator("#ref-canvas").bounding_box()
-            k = ref["width"] / 32
-            page.mouse.move(ref["x"] + 4 * k, ref["y"] + 4 * k)
-            page.mouse.down()
-            page.mouse.move(ref["x"] + 14 * k, ref["y"] + 14 * k, steps=4)
-            page.mouse.up()
-            # Drag the region on the original 12 px right and 8 px down.
-            orig = page.locator("#orig-canvas").bounding_box()
-            page.mouse.move(orig["x"] + 9 * k, orig["y"] + 9 * k)
-            page.mouse.down()
-            page.mouse.move(orig["x"] + 21 * k, orig["y"] + 17 * k, steps=6)
-            page.mouse.up()
-            page.check('input[name="space"][value="w"]')
-            page.locator("#steps").fill("3")
-            page.locator("#steps").dispatch_event("change")
-            _wait_idle(page, "!document.querySelector('#step-row').hidden"
-                             " && document.querySelector('#status').textContent.includes('(transplant w)')")
+        page.check('input[name="tool"][value="box"]')
+        ref = page.locator("#ref-canvas").bounding_box()
+        k = ref["width"] / 32
+        page.mouse.move(ref["x"] + 4 * k, ref["y"] + 4 * k)
+        page.mouse.down()
+        page.mouse.move(ref["x"] + 14 * k, ref["y"] + 14 * k, steps=4)
+        page.mouse.up()
+        # Drag the region on the original 12 px right and 8 px down.
+        orig = page.locator("#orig-canvas").bounding_box()
+        page.mouse.move(orig["x"] + 9 * k, orig["y"] + 9 * k)
+        page.mouse.down()
+        page.mouse.move(orig["x"] + 21 * k, orig["y"] + 17 * k, steps=6)
+        page.mouse.up()
+        page.check('input[name="space"][value="w"]')
+        page.locator("#steps").fill("3")
+        page.locator("#steps").dispatch_event("change")
+        _wait_idle(page, "!document.querySelector('#step-row').hidden"
+                         " && document.querySelector('#status').textContent.includes('(transplant w)')")
 
-            with page.expect_download() as json_download:
-                page.click("#download-json")
-            record = json.loads(Path(json_download.value.path()).read_text())
-            with page.expect_download() as last:
-                page.click("#download-png")
-            last_frame = np.asarray(Image.open(last.value.path()).convert("RGB")).astype(int)
-            page.locator("#step-slider").fill("0")
-            assert page.locator("#step-label").text_content() == "t = 0.00"
-            with page.expect_download() as first:
-                page.click("#download-png")
-            first_frame = np.asarray(Image.open(first.value.path()).convert("RGB")).astype(int)
+        with page.expect_download() as json_download:
+            page.click("#download-json")
+        record = json.loads(Path(json_download.value.path()).read_text())
+        with page.expect_download() as last:
+            page.click("#download-png")
+        last_frame = np.asarray(Image.open(last.value.path()).convert("RGB")).astype(int)
+        page.locator("#step-slider").fill("0")
+        assert page.locator("#step-label").text_content() == "t = 0.00"
+        with page.expect_download() as first:
+            page.click("#download-png")
+        first_frame = np.asarray(Image.open(first.value.path()).convert("RGB")).astype(int)
 
-            # Undo the steps change (the slider goes away), redo it (it comes back).
-            page.click("#undo")
-            _wait_idle(page, "document.querySelector('#step-row').hidden")
-            page.click("#redo")
-            _wait_idle(page, "!document.querySelector('#step-row').hidden")
-            assert not errors, errors
-        finally:
-            context.close()
+        # Undo the steps change (the slider goes away), redo it (it comes back).
+        page.click("#undo")
+        _wait_idle(page, "document.querySelector('#step-row').hidden")
+        page.click("#redo")
+        _wait_idle(page, "!document.querySelector('#step-row').hidden")
 
     p = record["parameters"]
     assert p["method"] == "transplant_w" and p["steps"] == 3 and p["space"] == "w"
@@ -341,52 +343,39 @@ def test_a_face_is_picked_from_a_photo_edited_and_pasted_back_into_it(align_serv
     """A real photo (the public-domain astronaut): the server finds the face, the user picks
     it, paints a region on a reference, and gets the whole photo back with only the region's
     footprint changed."""
-    executable = _browser_or_skip()
-    from playwright.sync_api import sync_playwright
-
     photo_path = PHOTO
     photo = np.asarray(Image.open(photo_path).convert("RGB")).astype(int)
-    with sync_playwright() as p:
-        context = _open_browser(p, executable, tmp_path)
-        try:
-            page = context.new_page()
-            errors = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(align_server + "/")
-            page.wait_for_selector("body[data-ready=true]", timeout=30_000)
-            page.set_input_files("#upload", [str(photo_path)])
-            # The picker shows the photo with the detected face; pick it.
-            page.wait_for_selector("#picker[open] button.face-choice", timeout=60_000)
-            assert page.locator("button.face-choice").count() == 1
-            page.click("button.face-choice")
-            page.wait_for_selector("#library .card.original", timeout=30_000)
-            # A reference from the gallery (model size: no picker).
-            page.click("#gallery button.thumb")
-            page.wait_for_selector("#library .card.reference", timeout=30_000)
-            box = page.locator("#ref-canvas").bounding_box()
-            scale = box["width"] / 32
+    with _editor_page(align_server, tmp_path) as page:
+        page.set_input_files("#upload", [str(photo_path)])
+        # The picker shows the photo with the detected face; pick it.
+        page.wait_for_selector("#picker[open] button.face-choice", timeout=60_000)
+        assert page.locator("button.face-choice").count() == 1
+        page.click("button.face-choice")
+        page.wait_for_selector("#library .card.original", timeout=30_000)
+        # A reference from the gallery (model size: no picker).
+        page.click("#gallery button.thumb")
+        page.wait_for_selector("#library .card.reference", timeout=30_000)
+        box = page.locator("#ref-canvas").bounding_box()
+        scale = box["width"] / 32
 
-            def at(x, y):
-                return box["x"] + x * scale, box["y"] + y * scale
+        def at(x, y):
+            return box["x"] + x * scale, box["y"] + y * scale
 
-            page.locator("#brush-size").fill("4")
-            page.mouse.move(*at(10, 18))
-            page.mouse.down()
-            page.mouse.move(*at(22, 18), steps=8)
-            page.mouse.move(*at(22, 22), steps=2)
-            page.mouse.up()
-            _wait_idle(page, "document.querySelector('#status').textContent.includes('local edit')")
-            page.wait_for_selector("#download-full:not(.disabled)")
-            page.check("#show-full")
-            page.wait_for_selector("#full-view:not([hidden])")
-            with page.expect_download() as full_download:
-                page.click("#download-full")
-            full = np.asarray(Image.open(full_download.value.path()).convert("RGB")).astype(int)
-            page.check("#show-error")  # the error overlay draws without errors
-            page.wait_for_timeout(300)
-            assert not errors, errors
-        finally:
-            context.close()
+        page.locator("#brush-size").fill("4")
+        page.mouse.move(*at(10, 18))
+        page.mouse.down()
+        page.mouse.move(*at(22, 18), steps=8)
+        page.mouse.move(*at(22, 22), steps=2)
+        page.mouse.up()
+        _wait_idle(page, "document.querySelector('#status').textContent.includes('local edit')")
+        page.wait_for_selector("#download-full:not(.disabled)")
+        page.check("#show-full")
+        page.wait_for_selector("#full-view:not([hidden])")
+        with page.expect_download() as full_download:
+            page.click("#download-full")
+        full = np.asarray(Image.open(full_download.value.path()).convert("RGB")).astype(int)
+        page.check("#show-error")  # the error overlay draws without errors
+        page.wait_for_timeout(300)
 
     assert full.shape == photo.shape
     changed = np.abs(full - photo).max(-1) > 0
@@ -405,44 +394,31 @@ def test_a_square_photo_larger_than_the_model_opens_the_picker(server, tmp_path)
     is not squashed straight into the model's square: the picker opens, the user takes a
     square, and the edit can be viewed pasted back into the whole photo. A square image at the
     model's size still goes straight in (the gallery reference below)."""
-    executable = _browser_or_skip()
-    from playwright.sync_api import sync_playwright
-
     photo = _smooth(11, size=64)
     Image.fromarray(photo).save(tmp_path / "square64.png")
-    with sync_playwright() as p:
-        context = _open_browser(p, executable, tmp_path)
-        try:
-            page = context.new_page()
-            errors = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(server + "/")
-            page.wait_for_selector("body[data-ready=true]", timeout=30_000)
-            page.set_input_files("#upload", [str(tmp_path / "square64.png")])
-            page.wait_for_selector("#picker[open]", timeout=30_000)
-            assert page.locator("button.face-choice").count() == 0  # no detector without --align
-            page.click("#picker-square")  # the centre square: the whole photo
-            page.wait_for_selector("#library .card.original", timeout=30_000)
-            page.click("#gallery button.thumb")
-            page.wait_for_selector("#library .card.reference", timeout=30_000)
-            assert not page.locator("#picker[open]").count()
-            box = page.locator("#ref-canvas").bounding_box()
-            scale = box["width"] / 32
-            page.locator("#brush-size").fill("4")
-            page.mouse.move(box["x"] + 8 * scale, box["y"] + 16 * scale)
-            page.mouse.down()
-            page.mouse.move(box["x"] + 20 * scale, box["y"] + 16 * scale, steps=6)
-            page.mouse.up()
-            _wait_idle(page, "document.querySelector('#status').textContent.includes('local edit')")
-            page.wait_for_selector("#download-full:not(.disabled)")
-            page.check("#show-full")
-            page.wait_for_selector("#full-view:not([hidden])")
-            with page.expect_download() as full_download:
-                page.click("#download-full")
-            full = np.asarray(Image.open(full_download.value.path()).convert("RGB"))
-            assert not errors, errors
-        finally:
-            context.close()
+    with _editor_page(server, tmp_path) as page:
+        page.set_input_files("#upload", [str(tmp_path / "square64.png")])
+        page.wait_for_selector("#picker[open]", timeout=30_000)
+        assert page.locator("button.face-choice").count() == 0  # no detector without --align
+        page.click("#picker-square")  # the centre square: the whole photo
+        page.wait_for_selector("#library .card.original", timeout=30_000)
+        page.click("#gallery button.thumb")
+        page.wait_for_selector("#library .card.reference", timeout=30_000)
+        assert not page.locator("#picker[open]").count()
+        box = page.locator("#ref-canvas").bounding_box()
+        scale = box["width"] / 32
+        page.locator("#brush-size").fill("4")
+        page.mouse.move(box["x"] + 8 * scale, box["y"] + 16 * scale)
+        page.mouse.down()
+        page.mouse.move(box["x"] + 20 * scale, box["y"] + 16 * scale, steps=6)
+        page.mouse.up()
+        _wait_idle(page, "document.querySelector('#status').textContent.includes('local edit')")
+        page.wait_for_selector("#download-full:not(.disabled)")
+        page.check("#show-full")
+        page.wait_for_selector("#full-view:not([hidden])")
+        with page.expect_download() as full_download:
+            page.click("#download-full")
+        full = np.asarray(Image.open(full_download.value.path()).convert("RGB"))
     assert full.shape == (64, 64, 3)  # the photo at its own size, not the model's 32 px
 
 
@@ -497,31 +473,18 @@ def test_a_named_region_of_a_gallery_avatar_is_filled_refined_and_edited(avatar_
                                                                         tiny_model_file):
     """Choose "face" on an avatar from the gallery: the region fills the reference's mask as if
     painted, the eraser takes a stroke out of it, and the edit uses exactly that mask."""
-    executable = _browser_or_skip()
-    from playwright.sync_api import sync_playwright
-
     Image.fromarray(_smooth(27)).save(tmp_path / "original.png")
-    with sync_playwright() as p:
-        context = _open_browser(p, executable, tmp_path)
-        try:
-            page = context.new_page()
-            errors = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(avatar_server + "/")
-            page.wait_for_selector("body[data-ready=true]", timeout=30_000)
-            # An upload has no named regions; the menu offers none.
-            page.set_input_files("#upload", [str(tmp_path / "original.png")])
-            page.wait_for_selector("#library .card.original", timeout=30_000)
-            page.click("#library .card.original .as-reference")
-            page.wait_for_selector("#region-menu[data-ready=true][disabled]", timeout=30_000)
-            page.click("#ref-tabs button:has-text('remove')")
-            page.click("#gallery button.thumb")
-            page.wait_for_selector("#library .card.reference", timeout=30_000)
-            # Erase a horizontal stroke through the face at row 15 (pixel centres at +0.5).
-            record, result = _fill_region_erase_and_download(page, "face", (0, 15.5), (31.5, 15.5))
-            assert not errors, errors
-        finally:
-            context.close()
+    with _editor_page(avatar_server, tmp_path) as page:
+        # An upload has no named regions; the menu offers none.
+        page.set_input_files("#upload", [str(tmp_path / "original.png")])
+        page.wait_for_selector("#library .card.original", timeout=30_000)
+        page.click("#library .card.original .as-reference")
+        page.wait_for_selector("#region-menu[data-ready=true][disabled]", timeout=30_000)
+        page.click("#ref-tabs button:has-text('remove')")
+        page.click("#gallery button.thumb")
+        page.wait_for_selector("#library .card.reference", timeout=30_000)
+        # Erase a horizontal stroke through the face at row 15 (pixel centres at +0.5).
+        record, result = _fill_region_erase_and_download(page, "face", (0, 15.5), (31.5, 15.5))
 
     (region,) = record["regions"]
     mask = _decode_mask(region)
@@ -540,35 +503,22 @@ def test_a_named_region_of_an_aligned_photo_is_filled_refined_and_edited(align_s
                                                                         tiny_model_file):
     """Choose "mouth" on a face picked from the astronaut photo (alignment on), erase a stroke
     through it, and get the edit of exactly that mask."""
-    executable = _browser_or_skip()
-    from playwright.sync_api import sync_playwright
-
     photo_path = PHOTO
     Image.fromarray(_smooth(37)).save(tmp_path / "original.png")
-    with sync_playwright() as p:
-        context = _open_browser(p, executable, tmp_path)
-        try:
-            page = context.new_page()
-            errors = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(align_server + "/")
-            page.wait_for_selector("body[data-ready=true]", timeout=30_000)
-            page.set_input_files("#upload", [str(tmp_path / "original.png")])
-            page.wait_for_selector("#picker[open]", timeout=30_000)
-            page.click("#picker-square")
-            page.wait_for_selector("#library .card.original", timeout=30_000)
-            page.set_input_files("#upload", [str(photo_path)])
-            page.wait_for_selector("#picker[open] button.face-choice", timeout=60_000)
-            page.click("button.face-choice")
-            page.wait_for_selector("#library .card.reference", timeout=30_000)
-            page.wait_for_selector("#region-menu[data-ready=true]:not([disabled])", timeout=30_000)
-            names = page.locator("#region-menu option").evaluate_all("os => os.map(o => o.value)")
-            assert {"mouth", "eyes", "nose", "skin"} <= set(names)
-            # The aligned face puts the mouth about 3/4 down the middle: erase the middle column.
-            record, result = _fill_region_erase_and_download(page, "mouth", (15.5, 18), (15.5, 30))
-            assert not errors, errors
-        finally:
-            context.close()
+    with _editor_page(align_server, tmp_path) as page:
+        page.set_input_files("#upload", [str(tmp_path / "original.png")])
+        page.wait_for_selector("#picker[open]", timeout=30_000)
+        page.click("#picker-square")
+        page.wait_for_selector("#library .card.original", timeout=30_000)
+        page.set_input_files("#upload", [str(photo_path)])
+        page.wait_for_selector("#picker[open] button.face-choice", timeout=60_000)
+        page.click("button.face-choice")
+        page.wait_for_selector("#library .card.reference", timeout=30_000)
+        page.wait_for_selector("#region-menu[data-ready=true]:not([disabled])", timeout=30_000)
+        names = page.locator("#region-menu option").evaluate_all("os => os.map(o => o.value)")
+        assert {"mouth", "eyes", "nose", "skin"} <= set(names)
+        # The aligned face puts the mouth about 3/4 down the middle: erase the middle column.
+        record, result = _fill_region_erase_and_download(page, "mouth", (15.5, 18), (15.5, 30))
 
     (region,) = record["regions"]
     mask = _decode_mask(region)
@@ -587,60 +537,44 @@ def test_a_region_is_mirrored_rotated_scaled_and_moved_with_its_handles(server, 
     """Box a region on the reference, mirror it (the button), rotate it by its blue handle,
     shrink it by its white one and drag it: the edit is the library's transplant of that
     transform, to the level."""
-    executable = _browser_or_skip()
-    from playwright.sync_api import sync_playwright
-
     original, reference = _smooth(47), _smooth(48)
-    files = []
-    for name, arr in (("original.png", original), ("reference.png", reference)):
-        Image.fromarray(arr).save(tmp_path / name)
-        files.append(str(tmp_path / name))
-    with sync_playwright() as p:
-        context = _open_browser(p, executable, tmp_path)
-        try:
-            page = context.new_page()
-            errors = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(server + "/")
-            page.wait_for_selector("body[data-ready=true]", timeout=30_000)
-            page.set_input_files("#upload", files)
-            page.wait_for_selector("#library .card.reference", timeout=30_000)
-            page.check('input[name="tool"][value="box"]')
-            ref = page.locator("#ref-canvas").bounding_box()
-            k = ref["width"] / 32
-            page.mouse.move(ref["x"] + 4 * k, ref["y"] + 4 * k)
+    files = _write_pngs(tmp_path, original=original, reference=reference)
+    with _editor_page(server, tmp_path) as page:
+        page.set_input_files("#upload", files)
+        page.wait_for_selector("#library .card.reference", timeout=30_000)
+        page.check('input[name="tool"][value="box"]')
+        ref = page.locator("#ref-canvas").bounding_box()
+        k = ref["width"] / 32
+        page.mouse.move(ref["x"] + 4 * k, ref["y"] + 4 * k)
+        page.mouse.down()
+        page.mouse.move(ref["x"] + 14 * k, ref["y"] + 14 * k, steps=4)
+        page.mouse.up()
+        page.click("#mirror")
+        orig = page.locator("#orig-canvas").bounding_box()
+
+        def drag(a, b):
+            page.mouse.move(orig["x"] + a[0] * k, orig["y"] + a[1] * k)
             page.mouse.down()
-            page.mouse.move(ref["x"] + 14 * k, ref["y"] + 14 * k, steps=4)
+            page.mouse.move(orig["x"] + b[0] * k, orig["y"] + b[1] * k, steps=6)
             page.mouse.up()
-            page.click("#mirror")
-            orig = page.locator("#orig-canvas").bounding_box()
 
-            def drag(a, b):
-                page.mouse.move(orig["x"] + a[0] * k, orig["y"] + a[1] * k)
-                page.mouse.down()
-                page.mouse.move(orig["x"] + b[0] * k, orig["y"] + b[1] * k, steps=6)
-                page.mouse.up()
-
-            # The box 4..14 has its centre at (9, 9); the rotation handle lies 3.2 px above its
-            # top edge, (9, 0.8). Turn it 45 degrees clockwise: to the upper right.
-            drag((9, 0.8), (9 + 5.8, 9 - 5.8))
-            # Mirrored and turned, the box's lower right corner (the scale handle) is at
-            # (9 - 7.07, 9); pull it in to 4.5 px from the centre (scale 0.64).
-            drag((9 - 7.07, 9), (4.5, 9))
-            drag((9, 9), (17, 13))  # and move it 8 px right, 4 down
-            _wait_idle(page, "document.querySelector('#status').textContent.includes('(transplant wplus)')")
-            with page.expect_download() as json_download:
-                page.click("#download-json")
-            record = json.loads(Path(json_download.value.path()).read_text())
-            with page.expect_download() as png_download:
-                page.click("#download-png")
-            result = np.asarray(Image.open(png_download.value.path()).convert("RGB")).astype(int)
-            # Reset puts it back: a local edit again.
-            page.click("#reset-offset")
-            _wait_idle(page, "document.querySelector('#status').textContent.includes('(local edit wplus)')")
-            assert not errors, errors
-        finally:
-            context.close()
+        # The box 4..14 has its centre at (9, 9); the rotation handle lies 3.2 px above its
+        # top edge, (9, 0.8). Turn it 45 degrees clockwise: to the upper right.
+        drag((9, 0.8), (9 + 5.8, 9 - 5.8))
+        # Mirrored and turned, the box's lower right corner (the scale handle) is at
+        # (9 - 7.07, 9); pull it in to 4.5 px from the centre (scale 0.64).
+        drag((9 - 7.07, 9), (4.5, 9))
+        drag((9, 9), (17, 13))  # and move it 8 px right, 4 down
+        _wait_idle(page, "document.querySelector('#status').textContent.includes('(transplant wplus)')")
+        with page.expect_download() as json_download:
+            page.click("#download-json")
+        record = json.loads(Path(json_download.value.path()).read_text())
+        with page.expect_download() as png_download:
+            page.click("#download-png")
+        result = np.asarray(Image.open(png_download.value.path()).convert("RGB")).astype(int)
+        # Reset puts it back: a local edit again.
+        page.click("#reset-offset")
+        _wait_idle(page, "document.querySelector('#status').textContent.includes('(local edit wplus)')")
 
     (region,) = record["regions"]
     assert region["flip"] == "h"
