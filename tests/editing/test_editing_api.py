@@ -1,18 +1,23 @@
 """The Python editing API: Editor (projection cache, one generator pass per edit),
-refinement by optimization, semantic directions, saved stylemap files."""
+refinement by optimization, semantic directions (and learning them from example files), the
+demo, saved stylemap files."""
 
 import pytest
 import torch
 
-from conftest import assert_close_to_scale, make_model
+from conftest import assert_close_to_scale, make_model, write_images
 from stylemapgan.config import PRESETS
 from stylemapgan.editing import operations as E
+from stylemapgan.editing.demo import OUTPUTS, DemoRequest, run_demo
 from stylemapgan.editing.directions import (
     Direction,
+    DirectionRequest,
     accuracy,
     fit_direction,
+    learn_direction,
     load_direction,
     objective,
+    read_labels_csv,
     save_direction,
 )
 from stylemapgan.editing.editor import Editor, refine_stylemaps
@@ -202,6 +207,76 @@ def test_direction_files_round_trip_and_refuse_others(tmp_path, tiny_model_file)
         load_direction(tmp_path / "missing.safetensors")
     with pytest.raises(InputError, match="one positive and one negative"):
         fit_direction(torch.randn(3, 8, 8, 8), torch.randn(0, 8, 8, 8))
+
+
+def test_read_labels_csv(tmp_path):
+    (tmp_path / "imgs").mkdir()
+    csv = tmp_path / "labels.csv"
+    csv.write_text("path,label\n# a comment\nimgs/a.png, Yes\nimgs/b.png,0\n\nimgs/c.png,+1\n")
+    pos, neg = read_labels_csv(csv)
+    assert pos == [str(tmp_path / "imgs/a.png"), str(tmp_path / "imgs/c.png")]
+    assert neg == [str(tmp_path / "imgs/b.png")]
+    csv.write_text("imgs/a.png,1\nimgs/b.png,maybe\n")
+    with pytest.raises(InputError, match=r"labels.csv:2: label 'maybe' is not"):
+        read_labels_csv(csv)
+    csv.write_text("imgs/a.png,1\nimgs/b.png\n")
+    with pytest.raises(InputError, match=r"labels.csv:2: expected PATH,LABEL"):
+        read_labels_csv(csv)
+    with pytest.raises(InputError, match="no such CSV file"):
+        read_labels_csv(tmp_path / "missing.csv")
+    with pytest.raises(InputError, match="not a regular file"):
+        read_labels_csv(tmp_path / "imgs")
+
+
+def test_learn_direction_from_images_and_stylemaps(tmp_path, tiny_model_file):
+    from stylemapgan.files import sha256_file
+
+    pos = write_images(tmp_path / "pos", n=3, size=32)
+    neg = write_images(tmp_path / "neg", n=2, size=36)
+    w = torch.randn(1, *TINY.stylemap_shape)
+    saved = save_stylemap(tmp_path / "n.stylemap.safetensors", w, config=TINY,
+                          model_sha256=sha256_file(tiny_model_file))
+    bars = []
+
+    class Bar:
+        def __init__(self, total, desc):
+            bars.append([desc, total, 0, False])
+
+        def update(self, n):
+            bars[-1][2] += n
+
+        def close(self):
+            bars[-1][3] = True
+
+    req = DirectionRequest(model=str(tiny_model_file), out=str(tmp_path / "d.safetensors"),
+                           positive=[str(pos)], negative=[str(neg), str(saved)],
+                           val_fraction=0.4, name="smile", batch_size=2, device="cpu")
+    report = learn_direction(req, bar=Bar)
+    assert (report.positives, report.negatives) == (3, 3)
+    assert bars == [["project positive", 3, 3, True], ["project negative", 3, 3, True]]
+    assert report.val_examples == 2 and 0 <= report.val_accuracy <= 1
+    back = load_direction(report.out)
+    assert torch.equal(back.vector, report.direction.vector)
+    assert back.info["name"] == "smile" and back.info["val_accuracy"] == report.val_accuracy
+    assert back.info["model_sha256"] == sha256_file(tiny_model_file)
+    # The same request again: refused (nothing overwritten); with overwrite, the same bytes.
+    before = report.out.read_bytes()
+    with pytest.raises(FileExistsError, match="already exist"):
+        learn_direction(req)
+    learn_direction(DirectionRequest(**{**req.__dict__, "overwrite": True}))
+    assert report.out.read_bytes() == before
+    with pytest.raises(InputError, match="labeled both positive and negative"):
+        learn_direction(DirectionRequest(**{**req.__dict__, "negative": [str(pos / "000.png")]}))
+    with pytest.raises(InputError, match="examples of both kinds"):
+        learn_direction(DirectionRequest(**{**req.__dict__, "negative": []}))
+
+
+# --------------------------------------------------------------------------- demo
+def test_run_demo_refuses_a_model_of_another_size(tmp_path, tiny_model_file):
+    with pytest.raises(InputError, match="32 px images, the gallery is 64 px"):
+        run_demo(DemoRequest(model=str(tiny_model_file), out=str(tmp_path / "demo"), device="cpu"))
+    assert not (tmp_path / "demo").exists() or not any((tmp_path / "demo").iterdir())
+    assert OUTPUTS[0] == "reconstruction.png" and len(OUTPUTS) == 5
 
 
 # --------------------------------------------------------------------------- stylemap files

@@ -14,13 +14,20 @@ Both weight the two classes equally (each class's loss is averaged, then scaled 
 count), so an unbalanced set of examples does not tilt the boundary. The bias is not
 regularized. Features are used as they are (no standardization), so the direction lives in
 the same units as ``w``: its norm is 1, and ``strength`` is a distance in stylemap space.
+
+:func:`learn_direction` is the whole of ``stylemapgan direction`` as one library call: it reads
+the labeled examples (image files, saved stylemaps, folders, a CSV of labels), projects them,
+measures the accuracy on a held-out share, fits on all of them and saves the direction.
 """
 
 from __future__ import annotations
 
+import csv
+import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +43,13 @@ log = logging.getLogger(__name__)
 FORMAT_NAME = "stylemapgan-direction"
 FORMAT_VERSION = 1
 METHODS = ("svm", "logistic")
+#: The labels of a CSV of examples (:func:`read_labels_csv`), lower-cased.
+TRUE_LABELS = frozenset({"1", "+1", "true", "yes", "y", "pos", "positive"})
+FALSE_LABELS = frozenset({"0", "-1", "false", "no", "n", "neg", "negative"})
+
+__all__ = ["FALSE_LABELS", "FORMAT_NAME", "FORMAT_VERSION", "METHODS", "TRUE_LABELS", "Direction",
+           "DirectionReport", "DirectionRequest", "accuracy", "fit_direction", "learn_direction",
+           "load_direction", "objective", "read_labels_csv", "save_direction"]
 
 
 @dataclass
@@ -195,3 +209,174 @@ def load_direction(path: str | os.PathLike[str]) -> Direction:
     except (json.JSONDecodeError, ValueError):
         raise InputError(f"{path}: unreadable metadata") from None
     return Direction(vec, bias, info)
+
+
+def read_labels_csv(path: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
+    """The positive and negative example paths of a CSV of ``PATH,LABEL`` lines (labels in
+    :data:`TRUE_LABELS` or :data:`FALSE_LABELS`; paths relative to the CSV's folder). Lines
+    starting with ``#`` are skipped, and so is a first line whose label is none of those and
+    whose path names no file (a header)."""
+    base = Path(path).parent
+    pos, neg = [], []
+    if Path(path).exists() and not Path(path).is_file():  # a folder, a FIFO (would block), ...
+        raise InputError(f"{path}: not a regular file; give a CSV file of PATH,LABEL lines")
+    try:
+        with open(path, newline="") as f:
+            for i, row in enumerate(csv.reader(f), 1):
+                if not row or row[0].strip().startswith("#"):
+                    continue
+                if len(row) < 2:
+                    raise InputError(f"{path}:{i}: expected PATH,LABEL")
+                file, label = row[0].strip(), row[1].strip().lower()
+                if i == 1 and label not in TRUE_LABELS | FALSE_LABELS and not (base / file).exists():
+                    continue  # a header line
+                if label in TRUE_LABELS:
+                    pos.append(str(base / file))
+                elif label in FALSE_LABELS:
+                    neg.append(str(base / file))
+                else:
+                    raise InputError(f"{path}:{i}: label {row[1]!r} is not 1/0, yes/no or true/false")
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such CSV file") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not a text CSV file") from None
+    return pos, neg
+
+
+@dataclass(frozen=True)
+class DirectionRequest:
+    """What ``stylemapgan direction`` was asked (its options, checked by the parser).
+
+    positive, negative: images, saved stylemaps or folders with and without the attribute;
+    csv: a file of more of them (:func:`read_labels_csv`); align: the face to align
+    (``largest`` or a number) or None to fit by ``fit``; fast: the fast path this device has
+    (:meth:`~stylemapgan.nn.runtime.RuntimeOptions.fastest`)."""
+
+    model: str
+    out: str
+    positive: Sequence[str] = ()
+    negative: Sequence[str] = ()
+    csv: str | None = None
+    method: str = "svm"
+    c: float = 1.0
+    val_fraction: float = 0.2
+    seed: int = 0
+    name: str | None = None
+    fit: str = "crop"
+    align: str | None = None
+    recursive: bool = False
+    batch_size: int = 8
+    device: str = "auto"
+    fast: bool = False
+    overwrite: bool = False
+
+
+@dataclass(frozen=True)
+class DirectionReport:
+    """What :func:`learn_direction` did: the saved ``direction`` (fit on every example; its
+    ``info`` holds the training accuracy), where it went, the example counts and the accuracy
+    on the held-out ``val_examples`` (None when none could be held out of both classes)."""
+
+    direction: Direction
+    out: Path
+    positives: int
+    negatives: int
+    val_accuracy: float | None
+    val_examples: int
+
+
+def _split(w: torch.Tensor, fraction: float, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(kept for training, held out): at least one held out when asked for and possible, at
+    least one kept for training."""
+    k = min(len(w) - 1, max(1, round(len(w) * fraction))) if fraction > 0 else 0
+    if k <= 0:
+        return w, w[:0]
+    perm = torch.randperm(len(w), generator=gen)
+    return w[perm[k:]], w[perm[:k]]
+
+
+def learn_direction(req: DirectionRequest, *,
+                    bar: Callable[..., Any] | None = None) -> DirectionReport:
+    """Learn a direction from the examples ``req`` names and save it to ``req.out`` (see the
+    module notes). Nothing is written when an example cannot be read. ``bar``: a progress bar
+    factory taking ``total`` and ``desc`` and returning an object with ``update`` and
+    ``close`` (``tqdm.tqdm`` fits); None shows nothing."""
+    import numpy as np
+
+    from stylemapgan.editing.editor import Editor
+    from stylemapgan.files import sha256_file
+    from stylemapgan.formats.stylemaps import is_stylemap_file, load_stylemap
+    from stylemapgan.imaging.images import IMAGE_SUFFIXES, check_writable, from_uint8, list_images
+    from stylemapgan.imaging.photos import photo_square
+    from stylemapgan.nn.runtime import RuntimeOptions
+    from stylemapgan.utils import resolve_device
+
+    if not 0 <= req.val_fraction < 1:
+        raise InputError(f"--val-fraction must be in [0, 1), got {req.val_fraction}")
+    if not req.c > 0:
+        raise InputError("--C must be > 0")
+    pos_in, neg_in = list(req.positive), list(req.negative)
+    if req.csv:
+        p, n = read_labels_csv(req.csv)
+        pos_in += p
+        neg_in += n
+    if not pos_in or not neg_in:
+        raise InputError("give examples of both kinds: --positive and --negative (or --csv)")
+    suffixes = (*IMAGE_SUFFIXES, ".safetensors")
+    pos = list_images(pos_in, recursive=req.recursive, suffixes=suffixes)
+    neg = list_images(neg_in, recursive=req.recursive, suffixes=suffixes)
+    both = set(pos) & set(neg)
+    if both:
+        raise InputError(f"{sorted(both)[0]} is labeled both positive and negative")
+    out = Path(req.out)
+    check_writable([out], req.overwrite, inputs=[*pos, *neg, *([req.csv] if req.csv else []),
+                                                 *([req.model] if req.model else [])])
+
+    device = resolve_device(req.device)
+    editor = Editor.load(req.model, device, batch_size=req.batch_size,
+                         runtime=RuntimeOptions.fastest(device) if req.fast else None)
+    model_sha = sha256_file(req.model)
+    aligner = None
+    if req.align is not None:
+        from stylemapgan.imaging.faces import FaceAligner
+
+        aligner = FaceAligner()
+    digests = hashlib.sha256()
+
+    def stylemaps(paths: list[Path], what: str) -> torch.Tensor:
+        ws = []
+        progress = bar(total=len(paths), desc=f"project {what}") if bar else None
+        try:  # the bar is closed before an error is shown
+            for start in range(0, len(paths), req.batch_size):
+                chunk = paths[start: start + req.batch_size]
+                pixels = []
+                for path in chunk:
+                    digests.update(sha256_file(path).encode())
+                    if is_stylemap_file(path):
+                        ws.append(load_stylemap(path, editor.config, model_sha).w.to(device))
+                    else:
+                        pixels.append(photo_square(path, editor.size, fit=req.fit,
+                                                   align=req.align, aligner=aligner,
+                                                   no_face="leave it out of the examples, or "
+                                                           "leave out --align").pixels)
+                if pixels:
+                    ws.append(editor.project(from_uint8(np.stack(pixels)).to(device)))
+                if progress is not None:
+                    progress.update(len(chunk))
+        finally:
+            if progress is not None:
+                progress.close()
+        return torch.cat(ws).cpu()
+
+    w_pos, w_neg = stylemaps(pos, "positive"), stylemaps(neg, "negative")
+    gen = torch.Generator().manual_seed(req.seed)
+    (tp, vp), (tn, vn) = _split(w_pos, req.val_fraction, gen), _split(w_neg, req.val_fraction, gen)
+    val_acc = None
+    if len(vp) and len(vn):
+        held = fit_direction(tp, tn, method=req.method, c=req.c)
+        val_acc = accuracy(held, vp, vn)
+    direction = fit_direction(w_pos, w_neg, method=req.method, c=req.c)
+    direction.info.update(name=req.name, model_sha256=model_sha, val_accuracy=val_acc,
+                          val_fraction=req.val_fraction, examples_sha256=digests.hexdigest())
+    save_direction(direction, out, overwrite=req.overwrite)
+    return DirectionReport(direction, out, len(w_pos), len(w_neg), val_acc, len(vp) + len(vn))
