@@ -1016,7 +1016,7 @@ def test_concurrent_large_uploads_have_bounded_memory():
     at 4 bytes a pixel), twice: the peak resident memory above the start stays under what
     DECODE_SLOTS full-size decodes cost plus two more and 32 MB (the uploads are reduced while
     decoded, so nothing else of their size is made), and afterwards it is back within 48 MB of
-    the start, no further after the second round. Measured by benchmarks/upload_memory.py in a
+    the start, less than one decoded image further after the second round. Measured by benchmarks/upload_memory.py in a
     fresh interpreter: 52-54 MB peak, 4-6 MB after; 196 MB peak on main before the reduction
     (and 568 MB there for one 6300 x 6300 upload alone, 152 MB now)."""
     pytest.importorskip("fastapi")
@@ -1036,7 +1036,9 @@ def test_concurrent_large_uploads_have_bounded_memory():
     assert route["peak_mb"] <= (m["slots"] + 2) * decoded + 32, m
     for r in route["rounds"]:
         assert r["after_mb"] <= 48, m
-    assert route["rounds"][1]["after_mb"] - route["rounds"][0]["after_mb"] <= 16, m
+    # A leak keeps at least one decoded image (24 MB) a round; allocator noise under load (other
+    # processes on the cores, more malloc arenas in use) has reached 9 MB.
+    assert route["rounds"][1]["after_mb"] - route["rounds"][0]["after_mb"] < decoded, m
 
 
 def _gradient(w, h, seed=0):
