@@ -180,6 +180,24 @@ def test_prepare_data_writes_lmdb_and_counts_skipped(tmp_path, capsys):
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())
 
 
+def test_prepare_dataset_returns_what_it_wrote_and_prints_nothing(tmp_path, capsys):
+    """The library call behind prepare-data: a summary to print, nothing printed itself."""
+    from stylemapgan.data.prepare import prepare_dataset
+
+    root = make_image_folder(tmp_path / "imgs", n_good=6)
+    done = prepare_dataset(root, tmp_path / "db", sizes=[16], fmt="png", workers=1)
+    assert done.out == tmp_path / "db" and done.count == 6 and done.sizes == (16,)
+    assert sorted(s.split("\t")[0].rsplit("/", 1)[-1] for s in done.skipped) == ["broken.jpg",
+                                                                               "empty.png"]
+    assert (done.out / "skipped.txt").read_text().splitlines() == list(done.skipped)
+    assert len(open_dataset(done.out, 16)) == 6
+    assert capsys.readouterr().out == ""
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        prepare_dataset(root, tmp_path / "db", sizes=[16], workers=1)
+    with pytest.raises(InputError, match="--quality"):
+        prepare_dataset(root, tmp_path / "db2", quality=0)
+
+
 def test_prepare_data_help_lists_every_format_it_reads(capsys):
     """--help and the README name every file suffix the dataset readers take (no drift)."""
     import re

@@ -331,6 +331,27 @@ def test_regions_command_on_a_gallery_avatar(tmp_path, capsys):
                                                                   "seed000079.hair.png"]
 
 
+def test_write_region_masks_reports_each_image_and_prints_nothing(tmp_path, capsys):
+    """The library call behind `stylemapgan regions` (an avatar: no face extra needed)."""
+    from stylemapgan.data.avatars import gallery_dir
+    from stylemapgan.data.regions import RegionFiles, write_region_masks
+
+    avatar = gallery_dir() / "test" / "seed000079.png"
+    heard = []
+    done = write_region_masks([avatar, avatar], tmp_path / "r", names="hair,face",
+                              on_written=heard.append)
+    assert done == tuple(heard) == (RegionFiles(avatar, "seed000079", ("hair", "face"), False),
+                                    RegionFiles(avatar, "seed000079-2", ("hair", "face"), False))
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == [
+        "seed000079-2.face.png", "seed000079-2.hair.png", "seed000079.face.png",
+        "seed000079.hair.png"]
+    assert capsys.readouterr().out == ""
+    with pytest.raises(InputError, match="whole pixels"):
+        write_region_masks([avatar], tmp_path / "s", grow=0.5)
+    with pytest.raises(FileExistsError):
+        write_region_masks([avatar], tmp_path / "r", names="hair")
+
+
 def test_regions_help_has_an_example(capsys):
     from stylemapgan.cli import main
 

@@ -172,6 +172,38 @@ def test_align_command_writes_crops_and_their_transforms(tmp_path, photo, capsys
     assert not z.exists() or sorted(p.name for p in z.iterdir()) == []
 
 
+def test_align_photos_returns_each_face_and_prints_nothing(tmp_path, photo, capsys):
+    """The library call behind `stylemapgan align`: skips reported to a callback, the folder
+    held while written, the results returned."""
+    import contextlib
+    import json
+
+    from stylemapgan.imaging.alignment import align_photos
+
+    _faces()
+    photo.crop((0, 150, 256, 256)).save(tmp_path / "landscape.png")
+    held, skipped = [], []
+
+    @contextlib.contextmanager
+    def hold(folder):
+        held.append(folder)
+        yield
+
+    done = align_photos([tmp_path / "landscape.png", FIXTURE], tmp_path / "a", size=32,
+                        skip_bad=True, hold_folder=hold, on_skip=skipped.append)
+    assert held == [tmp_path / "a"] and done.size == 32 and done.photos == 1
+    assert [s.path.name for s in skipped] == ["landscape.png"] and done.skipped == tuple(skipped)
+    assert skipped[0].reason.endswith("no face found")
+    (face,) = done.faces
+    assert face.crop == tmp_path / "a" / "astronaut-256.png" and face.crop.is_file()
+    assert json.loads(face.record.read_text()) == face.entry
+    assert face.entry["face_index"] == 0 and face.entry["source"] == str(FIXTURE)
+    assert set(done.seconds) == {"read", "detect", "crop"}
+    assert capsys.readouterr().out == ""
+    with pytest.raises(FileExistsError, match="align.json"):
+        align_photos([FIXTURE], tmp_path / "a", size=32)
+
+
 def test_edit_with_align_pastes_back_into_the_full_photo(tmp_path, tiny_model_file):
     import json
 

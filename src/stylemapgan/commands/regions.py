@@ -6,7 +6,8 @@ A face photo's regions come from the 68 landmarks alignment places
 (:meth:`stylemapgan.data.avatars.AvatarFolder.regions`). For each image: ``NAME.REGION.png``
 per region (grayscale 0-255 at the image's own size, upright as EXIF orientation shows it) and
 ``NAME.labels.png``, a coloured label map (palette PNG whose pixel values are CelebAMask-HQ
-label ids, so ``labels=NAME.labels.png parts=mouth`` reads it back).
+label ids, so ``labels=NAME.labels.png parts=mouth`` reads it back). The work is
+:func:`stylemapgan.data.regions.write_region_masks`.
 """
 
 from __future__ import annotations
@@ -74,73 +75,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    import numpy as np
-    from PIL import Image
-
-    from stylemapgan.data.avatars import avatar_of_image
+    from stylemapgan.data.regions import RegionFiles, write_region_masks
     from stylemapgan.errors import InputError
-    from stylemapgan.files import atomic_write
-    from stylemapgan.imaging.face_regions import (
-        FACE_REGIONS,
-        check_region_names,
-        face_region_masks,
-        label_map,
-        label_palette,
-    )
-    from stylemapgan.imaging.images import check_writable, list_images, load_rgb, save_png
 
     if args.face == "all" or (args.face != "largest" and not args.face.isdigit()):
         raise InputError(f"--face {args.face!r}: use largest or a face number (0 = largest)")
-    paths = list_images(args.photos, recursive=args.recursive)
     out = Path(args.out)
-    aligner = None
-    pending: list[tuple[Path, dict[str, np.ndarray], np.ndarray | None, str]] = []
-    stems: dict[str, int] = {}
-    for path in paths:
-        stem = path.stem
-        stems[stem] = stems.get(stem, 0) + 1
-        if stems[stem] > 1:  # two photos with one name in different folders
-            stem = f"{stem}-{stems[stem]}"
-        avatar = avatar_of_image(path)
-        if avatar is not None:
-            folder, record = avatar
-            if args.region_grow != round(args.region_grow):
-                raise InputError(f"--region-grow {args.region_grow:g}: avatar masks grow by "
-                                 "whole pixels; give an integer")
-            masks = folder.regions(record, args.regions, grow=round(args.region_grow))
-            pending.append((path, masks, None, stem))
-            continue
-        if aligner is None:
-            from stylemapgan.imaging.faces import FaceAligner
 
-            aligner = FaceAligner()
-        img = load_rgb(path)
-        if args.regions is not None:
-            check_region_names(args.regions, FACE_REGIONS, str(path))
-        faces = aligner.detect(np.asarray(img))
-        if not faces:
-            raise InputError(f"{path}: no face found; regions by name need a face the "
-                             "landmarks can place (or an avatar image of a make-avatars "
-                             "dataset); paint a mask instead")
-        from stylemapgan.imaging.faces import select_faces
+    def written(done: RegionFiles) -> None:
+        print(f"{done.path}: {len(done.names)} region(s) ({', '.join(done.names)}) written to "
+              f"{out} as {done.stem}.REGION.png"
+              + (f" with {done.stem}.labels.png" if done.labels else ""))
 
-        (face,) = select_faces(faces, args.face)
-        masks = face_region_masks(face.landmarks, img.size, args.regions,
-                                  grow=args.region_grow, soft=args.region_soft)
-        labels = label_map(face.landmarks, img.size, grow=args.region_grow, soft=args.region_soft)
-        pending.append((path, masks, labels, stem))
-    targets = [out / f"{stem}.{name}.png" for _, masks, _, stem in pending for name in masks]
-    targets += [out / f"{stem}.labels.png" for _, _, labels, stem in pending if labels is not None]
-    check_writable(targets, args.overwrite, inputs=paths)
-    for path, masks, labels, stem in pending:
-        for name, m in masks.items():
-            save_png(np.clip(np.round(m * 255.0), 0, 255).astype(np.uint8),
-                     out / f"{stem}.{name}.png", overwrite=args.overwrite)
-        if labels is not None:
-            pim = Image.fromarray(labels, "P")
-            pim.putpalette(label_palette())
-            with atomic_write(out / f"{stem}.labels.png", overwrite=args.overwrite) as tmp:
-                pim.save(tmp, format="PNG")
-        print(f"{path}: {len(masks)} region(s) ({', '.join(masks)}) written to {out} as "
-              f"{stem}.REGION.png" + (f" with {stem}.labels.png" if labels is not None else ""))
+    write_region_masks(args.photos, out, names=args.regions, grow=args.region_grow,
+                       soft=args.region_soft, face=args.face, recursive=args.recursive,
+                       overwrite=args.overwrite, on_written=written)
     return 0

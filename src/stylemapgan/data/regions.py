@@ -11,19 +11,34 @@ photo and gives the regions of its landmarks
 ``grow`` is in the image's own pixels, as ``stylemapgan regions --region-grow`` takes it, so a
 region chosen by name for an edit is the one ``regions`` writes for that image, brought into
 the square like a painted mask file.
+
+:func:`write_region_masks` (``stylemapgan regions``' work) writes the regions of images at
+their own size instead: ``OUT/NAME.REGION.png`` per region and, for a face photo,
+``OUT/NAME.labels.png``, a palette PNG whose pixel values are CelebAMask-HQ label ids.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from stylemapgan.data.avatars import avatar_of_image, avatar_region_names
 from stylemapgan.errors import InputError
-from stylemapgan.imaging.face_regions import FACE_REGIONS, check_region_names, face_region_masks
+from stylemapgan.files import atomic_write
+from stylemapgan.imaging.face_regions import (
+    FACE_REGIONS,
+    check_region_names,
+    face_region_masks,
+    label_map,
+    label_palette,
+)
+from stylemapgan.imaging.faces import FaceAligner, select_faces
+from stylemapgan.imaging.images import check_writable, list_images, load_rgb, save_png
 from stylemapgan.imaging.masks import to_square
 from stylemapgan.imaging.placement import Placement, fit_gray
 
@@ -67,11 +82,7 @@ def image_regions(path: str | os.PathLike[str], size: int, placement: Placement 
     if names is not None:
         check_region_names(names, FACE_REGIONS, str(path))
     if landmarks is None:
-        from stylemapgan.imaging.images import load_rgb
-
         if aligner is None:
-            from stylemapgan.imaging.faces import FaceAligner
-
             aligner = FaceAligner()
         img = load_rgb(path)
         faces = aligner.detect(np.asarray(img))
@@ -96,4 +107,91 @@ def region_mask(path: str | os.PathLike[str], names: str | Iterable[str], size: 
     return np.maximum.reduce(list(masks.values()))
 
 
-__all__ = ["available_regions", "image_regions", "region_mask"]
+@dataclass(frozen=True)
+class RegionFiles:
+    """The masks :func:`write_region_masks` wrote for one image: ``OUT/STEM.NAME.png`` for each
+    of ``names`` and, when ``labels``, ``OUT/STEM.labels.png``."""
+
+    path: Path
+    stem: str
+    names: tuple[str, ...]
+    labels: bool
+
+
+def _unique_stem(stems: dict[str, int], path: Path) -> str:
+    """``path``'s stem, numbered from the second image of one name (in different folders)."""
+    stem = path.stem
+    stems[stem] = stems.get(stem, 0) + 1
+    return stem if stems[stem] == 1 else f"{stem}-{stems[stem]}"
+
+
+def write_region_masks(photos: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str], *,
+                       names: str | None = None, grow: float = 0.0, soft: float | None = None,
+                       face: str = "largest", recursive: bool = False, overwrite: bool = False,
+                       on_written: Callable[[RegionFiles], None] | None = None
+                       ) -> tuple[RegionFiles, ...]:
+    """Write the named regions of ``photos`` (images, or folders of them: ``recursive``
+    searches their subfolders) into the folder ``out`` at each image's own size, upright as
+    EXIF orientation shows it.
+
+    Avatar images of a make-avatars dataset give their part masks (``grow`` must then be whole
+    pixels); any other image is a face photo and gives the regions of the landmarks of its
+    ``face`` (``largest`` or a number, 0 = largest), soft at the edges (``soft`` pixels wide;
+    default a tenth of the eye distance), plus a label map. ``names``: comma-separated regions
+    (default: all the image has). ``grow``: pixels of the image (negative shrinks). Every image
+    is read before anything is written; ``on_written`` hears of each image once its files are
+    written. Raises a one-line :class:`InputError` (no face, a region the image lacks) or
+    ``FileExistsError`` (an existing file without ``overwrite``).
+    """
+    from PIL import Image
+
+    paths = list_images(photos, recursive=recursive)
+    out = Path(out)
+    aligner = None
+    pending: list[tuple[Path, dict[str, np.ndarray], np.ndarray | None, str]] = []
+    stems: dict[str, int] = {}
+    for path in paths:
+        stem = _unique_stem(stems, path)
+        avatar = avatar_of_image(path)
+        if avatar is not None:
+            folder, record = avatar
+            if grow != round(grow):
+                raise InputError(f"--region-grow {grow:g}: avatar masks grow by whole pixels; "
+                                 "give an integer")
+            pending.append((path, folder.regions(record, names, grow=round(grow)), None, stem))
+            continue
+        if aligner is None:
+            aligner = FaceAligner()
+        img = load_rgb(path)
+        if names is not None:
+            check_region_names(names, FACE_REGIONS, str(path))
+        faces = aligner.detect(np.asarray(img))
+        if not faces:
+            raise InputError(f"{path}: no face found; regions by name need a face the "
+                             "landmarks can place (or an avatar image of a make-avatars "
+                             "dataset); paint a mask instead")
+        (chosen,) = select_faces(faces, face)
+        masks = face_region_masks(chosen.landmarks, img.size, names, grow=grow, soft=soft)
+        labels = label_map(chosen.landmarks, img.size, grow=grow, soft=soft)
+        pending.append((path, masks, labels, stem))
+    targets = [out / f"{stem}.{name}.png" for _, masks, _, stem in pending for name in masks]
+    targets += [out / f"{stem}.labels.png" for _, _, labels, stem in pending if labels is not None]
+    check_writable(targets, overwrite, inputs=paths)
+    written: list[RegionFiles] = []
+    for path, masks, labels, stem in pending:
+        for name, m in masks.items():
+            save_png(np.clip(np.round(m * 255.0), 0, 255).astype(np.uint8),
+                     out / f"{stem}.{name}.png", overwrite=overwrite)
+        if labels is not None:
+            pim = Image.fromarray(labels, "P")
+            pim.putpalette(label_palette())
+            with atomic_write(out / f"{stem}.labels.png", overwrite=overwrite) as tmp:
+                pim.save(tmp, format="PNG")
+        written.append(RegionFiles(path, stem, tuple(masks), labels is not None))
+        if on_written is not None:
+            on_written(written[-1])
+    return tuple(written)
+
+
+__all__ = ["RegionFiles", "available_regions", "image_regions", "region_mask",
+           "write_region_masks"]
