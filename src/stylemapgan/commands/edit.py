@@ -295,6 +295,14 @@ def _mask(opts: MaskOptions, required: bool, ses, src):
     return spec, m
 
 
+def _open(c: EditCommon, source: str, k: int, runtime):
+    """The usual start of an edit of one source: refuse a saved stylemap with --paste-back,
+    check the ``k`` frames' outputs, open the session and read the source."""
+    _check_paste_source(c, source)
+    out, ses = _begin(c, k, runtime)
+    return out, ses, ses.read(source, c.fit, _source_box(c))
+
+
 # --------------------------------------------------------------------------- operations
 def run_reconstruct(args: argparse.Namespace, parser: argparse.ArgumentParser,
                     runtime=None) -> int:
@@ -302,9 +310,7 @@ def run_reconstruct(args: argparse.Namespace, parser: argparse.ArgumentParser,
 
     r = Reconstruct.from_args(args, parser)
     c = r.common
-    _check_paste_source(c, r.source)
-    out, ses = _begin(c, 1, runtime)
-    src = ses.read(r.source, c.fit, _source_box(c))
+    out, ses, src = _open(c, r.source, 1, runtime)
     ses.project([src])
     frames = to_uint8(ses.editor.reconstruct(src.w))
     paste = _paste(c, ses, src, frames[-1])
@@ -358,9 +364,7 @@ def run_local(args: argparse.Namespace, parser: argparse.ArgumentParser,
 
     r = Local.from_args(args, parser)
     c = r.common
-    _check_paste_source(c, r.source)
-    out, ses = _begin(c, r.steps, runtime)
-    src = ses.read(r.source, c.fit, _source_box(c))
+    out, ses, src = _open(c, r.source, r.steps, runtime)
     ref = ses.read(r.reference, c.fit, reference=True)
     spec, mask = _mask(r.mask, True, ses, src)
     if float(mask.max()) == 0.0:
@@ -397,9 +401,7 @@ def run_transplant(args: argparse.Namespace, parser: argparse.ArgumentParser,
 
     r = Transplant.from_args(args, parser)
     c = r.common
-    _check_paste_source(c, r.source)
-    out, ses = _begin(c, r.steps, runtime)
-    src = ses.read(r.source, c.fit, _source_box(c))
+    out, ses, src = _open(c, r.source, r.steps, runtime)
     refs = [ses.read(f, c.fit, reference=True) for f in r.refs]
     regions, union, files = _regions(r, ses, refs)
     ses.project([src, *refs])

@@ -54,6 +54,15 @@ def available_regions(path: str | os.PathLike[str]) -> list[str]:
     return list(FACE_REGIONS)
 
 
+def _avatar_masks(avatar, names, grow: float, what: str) -> dict[str, np.ndarray]:
+    """The named part masks of ``avatar`` (:func:`avatar_of_image`'s answer), grown by
+    ``grow`` whole pixels (``what`` names that setting in the error)."""
+    folder, record = avatar
+    if grow != round(grow):
+        raise InputError(f"{what} {grow:g}: avatar masks grow by whole pixels; give an integer")
+    return folder.regions(record, names, grow=round(grow))
+
+
 def image_regions(path: str | os.PathLike[str], size: int, placement: Placement | None = None,
                   names: str | Iterable[str] | None = None, *, grow: float = 0.0,
                   landmarks: np.ndarray | None = None, aligner=None) -> dict[str, np.ndarray]:
@@ -69,11 +78,8 @@ def image_regions(path: str | os.PathLike[str], size: int, placement: Placement 
     """
     avatar = avatar_of_image(path)
     if avatar is not None:
-        folder, record = avatar
-        if grow != round(grow):
-            raise InputError(f"region grow {grow:g}: avatar masks grow by whole pixels; give "
-                             "an integer")
-        masks = folder.regions(record, names, grow=round(grow))
+        folder, _ = avatar
+        masks = _avatar_masks(avatar, names, grow, "region grow")
         if placement is None:
             return {k: to_square(m, size) for k, m in masks.items()}
         pl = placement if placement.source_size == (folder.size, folder.size) else \
@@ -154,11 +160,8 @@ def write_region_masks(photos: Sequence[str | os.PathLike[str]], out: str | os.P
         stem = _unique_stem(stems, path)
         avatar = avatar_of_image(path)
         if avatar is not None:
-            folder, record = avatar
-            if grow != round(grow):
-                raise InputError(f"--region-grow {grow:g}: avatar masks grow by whole pixels; "
-                                 "give an integer")
-            pending.append((path, folder.regions(record, names, grow=round(grow)), None, stem))
+            pending.append((path, _avatar_masks(avatar, names, grow, "--region-grow"), None,
+                            stem))
             continue
         if aligner is None:
             aligner = FaceAligner()

@@ -265,6 +265,18 @@ def _output_name(obj: dict[str, Any], where: str, name: str) -> None:
         raise _fail(where, name, f"must be a plain file name inside --out, not {v!r}"[:200])
 
 
+def _outputs(record: dict[str, Any], where: str, limit: int) -> list:
+    """The record's ``outputs``: at most ``limit`` objects, each a plain file name and its
+    SHA-256."""
+    outputs = _list(record, where, "outputs", limit)
+    for i, o in enumerate(outputs):
+        if not isinstance(o, dict):
+            raise _fail(where, f"outputs[{i}]", "must be an object")
+        _output_name(o, where, f"outputs[{i}].path")
+        _sha(o, where, "sha256", True, f"outputs[{i}].sha256")
+    return outputs
+
+
 def user_only_option(word: str) -> str | None:
     """The user-only option (``USER_ONLY_OPTIONS`` or ``-h``) a command-line word names, also
     abbreviated (argparse accepts unique prefixes) or as ``--opt=value``; else None."""
@@ -338,12 +350,7 @@ def _check_web(record: dict[str, Any], params: dict[str, Any], where: str) -> No
                     name=f"regions[{i}].{key}")
         _str(r, where, "mask", name=f"regions[{i}].mask", limit=MAX_RECORD_BYTES)
         _check_transform(r, where, f"regions[{i}]")
-    outputs = _list(record, where, "outputs", MAX_STEPS)
-    for i, o in enumerate(outputs):
-        if not isinstance(o, dict):
-            raise _fail(where, f"outputs[{i}]", "must be an object")
-        _output_name(o, where, f"outputs[{i}].path")
-        _sha(o, where, "sha256", True, f"outputs[{i}].sha256")
+    outputs = _outputs(record, where, MAX_STEPS)
     if outputs and len(outputs) != steps:
         raise _fail(where, "outputs", f"lists {len(outputs)} frames for {steps} steps")
 
@@ -376,12 +383,7 @@ def _check_cli(record: dict[str, Any], where: str) -> None:
         _sha(item, where, "sha256", False, f"inputs[{i}].sha256")
     model = record.get("model") or {}
     _str(model, where, "path", name="model.path")
-    outputs = _list(record, where, "outputs", MAX_CLI_ITEMS)
-    for i, o in enumerate(outputs):
-        if not isinstance(o, dict):
-            raise _fail(where, f"outputs[{i}]", "must be an object")
-        _output_name(o, where, f"outputs[{i}].path")
-        _sha(o, where, "sha256", True, f"outputs[{i}].sha256")
+    _outputs(record, where, MAX_CLI_ITEMS)
     argv = _list(record, where, "argv", MAX_CLI_ITEMS)
     for i, word in enumerate(argv):
         if not isinstance(word, str):
