@@ -260,35 +260,41 @@
       const form = new FormData();
       form.append("file", file, file.name);
       const asPhoto = await needsPicker(file);
-      pendingUploads++;
-      updateProgress();
-      try {
-        let rec;
-        if (asPhoto) {
-          const photo = await api("/api/photos", { method: "POST", body: form });
-          pendingUploads--;
-          updateProgress();
-          const choice = await pickCrop(photo);
-          pendingUploads++;
-          updateProgress();
-          if (!choice) {
-            setStatus(`${photo.name}: not added`);
-            continue;
-          }
-          rec = await api(`/api/photos/${photo.id}/crop`, {
-            method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(choice),
-          });
-        } else {
-          rec = await api("/api/images", { method: "POST", body: form });
+      await addImage(async () => {
+        if (!asPhoto) return api("/api/images", { method: "POST", body: form });
+        const photo = await api("/api/photos", { method: "POST", body: form });
+        pendingUploads--;  // the picker waits for the user, not for the server
+        updateProgress();
+        const choice = await pickCrop(photo);
+        pendingUploads++;
+        updateProgress();
+        if (!choice) {
+          setStatus(`${photo.name}: not added`);
+          return null;
         }
+        return api(`/api/photos/${photo.id}/crop`, {
+          method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(choice),
+        });
+      });
+    }
+  }
+
+  // Run request(), which resolves with an image record (or null: nothing to add), with the
+  // progress indicator on; add the record to the library, or show the error.
+  async function addImage(request) {
+    pendingUploads++;
+    updateProgress();
+    try {
+      const rec = await request();
+      if (rec) {
         setStatus(`added ${rec.name}`);
         await addImageRecord(rec);
-      } catch (err) {
-        setStatus(err.message, true);
-      } finally {
-        pendingUploads--;
-        updateProgress();
       }
+    } catch (err) {
+      setStatus(err.message, true);
+    } finally {
+      pendingUploads--;
+      updateProgress();
     }
   }
 
@@ -367,19 +373,8 @@
     });
   }
 
-  async function useGalleryItem(item) {
-    pendingUploads++;
-    updateProgress();
-    try {
-      const rec = await api(`/api/gallery/${item.id}`, { method: "POST" });
-      setStatus(`added ${rec.name}`);
-      await addImageRecord(rec);
-    } catch (err) {
-      setStatus(err.message, true);
-    } finally {
-      pendingUploads--;
-      updateProgress();
-    }
+  function useGalleryItem(item) {
+    return addImage(() => api(`/api/gallery/${item.id}`, { method: "POST" }));
   }
 
   // ------------------------------------------------------------------ edits
