@@ -176,6 +176,18 @@ def _write_pngs(folder, **arrays):
     return paths
 
 
+def _stroke(page, canvas, start, *moves):
+    """Press at ``start`` on the canvas ``canvas`` (a selector), move through ``moves`` ((x, y,
+    steps) each) and release; coordinates in the 32 px model's pixels."""
+    box = page.locator(canvas).bounding_box()
+    k = box["width"] / 32
+    page.mouse.move(box["x"] + start[0] * k, box["y"] + start[1] * k)
+    page.mouse.down()
+    for x, y, steps in moves:
+        page.mouse.move(box["x"] + x * k, box["y"] + y * k, steps=steps)
+    page.mouse.up()
+
+
 def _wait_idle(page, condition="true"):
     page.wait_for_function(
         "() => document.querySelector('#progress').dataset.state === 'idle'"
@@ -212,18 +224,7 @@ def test_paint_a_region_in_the_browser_and_get_the_edit(server, tmp_path, tiny_m
 
         # Paint a vertical band over the left part of the reference (32 px image).
         page.locator("#brush-size").fill("4")
-        box = page.locator("#ref-canvas").bounding_box()
-        scale = box["width"] / 32
-
-        def at(x, y):
-            return box["x"] + x * scale, box["y"] + y * scale
-
-        page.mouse.move(*at(6, 2))
-        page.mouse.down()
-        page.mouse.move(*at(6, 30), steps=8)
-        page.mouse.move(*at(9, 30), steps=2)
-        page.mouse.move(*at(9, 2), steps=8)
-        page.mouse.up()
+        _stroke(page, "#ref-canvas", (6, 2), (6, 30, 8), (9, 30, 2), (9, 2, 8))
 
         # Wait for the newest edit's result and the idle indicator.
         _wait_idle(page)
@@ -281,18 +282,9 @@ def test_box_from_the_gallery_moved_in_w_with_steps_undo_and_redo(server, tmp_pa
         page.wait_for_selector("#library .card.reference", timeout=30_000)
 
         page.check('input[name="tool"][value="box"]')
-        ref = page.locator("#ref-canvas").bounding_box()
-        k = ref["width"] / 32
-        page.mouse.move(ref["x"] + 4 * k, ref["y"] + 4 * k)
-        page.mouse.down()
-        page.mouse.move(ref["x"] + 14 * k, ref["y"] + 14 * k, steps=4)
-        page.mouse.up()
+        _stroke(page, "#ref-canvas", (4, 4), (14, 14, 4))
         # Drag the region on the original 12 px right and 8 px down.
-        orig = page.locator("#orig-canvas").bounding_box()
-        page.mouse.move(orig["x"] + 9 * k, orig["y"] + 9 * k)
-        page.mouse.down()
-        page.mouse.move(orig["x"] + 21 * k, orig["y"] + 17 * k, steps=6)
-        page.mouse.up()
+        _stroke(page, "#orig-canvas", (9, 9), (21, 17, 6))
         page.check('input[name="space"][value="w"]')
         page.locator("#steps").fill("3")
         page.locator("#steps").dispatch_event("change")
@@ -355,18 +347,8 @@ def test_a_face_is_picked_from_a_photo_edited_and_pasted_back_into_it(align_serv
         # A reference from the gallery (model size: no picker).
         page.click("#gallery button.thumb")
         page.wait_for_selector("#library .card.reference", timeout=30_000)
-        box = page.locator("#ref-canvas").bounding_box()
-        scale = box["width"] / 32
-
-        def at(x, y):
-            return box["x"] + x * scale, box["y"] + y * scale
-
         page.locator("#brush-size").fill("4")
-        page.mouse.move(*at(10, 18))
-        page.mouse.down()
-        page.mouse.move(*at(22, 18), steps=8)
-        page.mouse.move(*at(22, 22), steps=2)
-        page.mouse.up()
+        _stroke(page, "#ref-canvas", (10, 18), (22, 18, 8), (22, 22, 2))
         _wait_idle(page, "document.querySelector('#status').textContent.includes('local edit')")
         page.wait_for_selector("#download-full:not(.disabled)")
         page.check("#show-full")
@@ -405,13 +387,8 @@ def test_a_square_photo_larger_than_the_model_opens_the_picker(server, tmp_path)
         page.click("#gallery button.thumb")
         page.wait_for_selector("#library .card.reference", timeout=30_000)
         assert not page.locator("#picker[open]").count()
-        box = page.locator("#ref-canvas").bounding_box()
-        scale = box["width"] / 32
         page.locator("#brush-size").fill("4")
-        page.mouse.move(box["x"] + 8 * scale, box["y"] + 16 * scale)
-        page.mouse.down()
-        page.mouse.move(box["x"] + 20 * scale, box["y"] + 16 * scale, steps=6)
-        page.mouse.up()
+        _stroke(page, "#ref-canvas", (8, 16), (20, 16, 6))
         _wait_idle(page, "document.querySelector('#status').textContent.includes('local edit')")
         page.wait_for_selector("#download-full:not(.disabled)")
         page.check("#show-full")
@@ -433,12 +410,7 @@ def _fill_region_erase_and_download(page, name, erase_from, erase_to):
     _wait_idle(page, "document.querySelector('#status').textContent.includes('local edit')")
     page.check('input[name="tool"][value="eraser"]')
     page.locator("#brush-size").fill("2")
-    box = page.locator("#ref-canvas").bounding_box()
-    k = box["width"] / 32
-    page.mouse.move(box["x"] + erase_from[0] * k, box["y"] + erase_from[1] * k)
-    page.mouse.down()
-    page.mouse.move(box["x"] + erase_to[0] * k, box["y"] + erase_to[1] * k, steps=8)
-    page.mouse.up()
+    _stroke(page, "#ref-canvas", erase_from, (*erase_to, 8))
     _wait_idle(page, "document.querySelector('#status').textContent.includes('local edit')")
     with page.expect_download() as json_download:
         page.click("#download-json")
@@ -543,20 +515,11 @@ def test_a_region_is_mirrored_rotated_scaled_and_moved_with_its_handles(server, 
         page.set_input_files("#upload", files)
         page.wait_for_selector("#library .card.reference", timeout=30_000)
         page.check('input[name="tool"][value="box"]')
-        ref = page.locator("#ref-canvas").bounding_box()
-        k = ref["width"] / 32
-        page.mouse.move(ref["x"] + 4 * k, ref["y"] + 4 * k)
-        page.mouse.down()
-        page.mouse.move(ref["x"] + 14 * k, ref["y"] + 14 * k, steps=4)
-        page.mouse.up()
+        _stroke(page, "#ref-canvas", (4, 4), (14, 14, 4))
         page.click("#mirror")
-        orig = page.locator("#orig-canvas").bounding_box()
 
         def drag(a, b):
-            page.mouse.move(orig["x"] + a[0] * k, orig["y"] + a[1] * k)
-            page.mouse.down()
-            page.mouse.move(orig["x"] + b[0] * k, orig["y"] + b[1] * k, steps=6)
-            page.mouse.up()
+            _stroke(page, "#orig-canvas", a, (*b, 6))
 
         # The box 4..14 has its centre at (9, 9); the rotation handle lies 3.2 px above its
         # top edge, (9, 0.8). Turn it 45 degrees clockwise: to the upper right.
