@@ -295,3 +295,35 @@ def test_a_web_record_with_a_transformed_region_replays_the_same_frames(tiny_mod
         del record["regions"][0][key]
     plain = Editor.load(tiny_model_file, "cpu").replay_web_record(record)
     assert not np.array_equal(plain.frames, made.frames)
+
+
+def test_direction_inside_a_named_region_is_the_direction_inside_its_mask(tmp_path, tiny_model_file,
+                                                                         capsys):
+    """``edit direction --region hair`` on a gallery avatar moves only the hair's cells: the same
+    pixels as its hair mask given as a file, and other pixels than the direction everywhere."""
+    from stylemapgan.data.avatars import AvatarFolder, gallery_dir
+    from stylemapgan.editing.directions import Direction, save_direction
+    from stylemapgan.formats.checkpoint import load_model
+
+    a = gallery_dir() / "test" / "seed000079.png"
+    folder = AvatarFolder(gallery_dir())
+    hair = folder.load_mask(folder.record(79), "hair")
+    Image.fromarray((hair * 255).astype(np.uint8)).save(tmp_path / "hair.png")
+    shape = load_model(tiny_model_file).config.stylemap_shape
+    v = torch.randn(shape, generator=torch.Generator().manual_seed(3))
+    save_direction(Direction(v / v.norm()), tmp_path / "d.safetensors")
+    common = ["--direction", tmp_path / "d.safetensors", "--strength", "20", "--model",
+              tiny_model_file, "--device", "cpu"]
+    runs = {"named": ["--region", "hair"], "file": ["--mask", tmp_path / "hair.png"], "all": []}
+    for name, words in runs.items():
+        rc, out, err = _run(["edit", "direction", a, *words, "--out", tmp_path / name, *common],
+                            capsys)
+        assert rc == 0, err
+    named = _png(tmp_path / "named" / "result.png")
+    assert np.array_equal(named, _png(tmp_path / "file" / "result.png"))
+    assert not np.array_equal(named, _png(tmp_path / "all" / "result.png"))
+    record = json.loads((tmp_path / "named" / "record.json").read_text())
+    assert record["parameters"]["region"] == "hair"
+    rc, out, err = _run(["edit", "replay", tmp_path / "named" / "record.json", "--out",
+                         tmp_path / "again", "--strict"], capsys)
+    assert rc == 0 and "identical" in out, out + err

@@ -202,14 +202,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                        writes N images with strengths from 0 to --strength.""",
                    examples="""
                        stylemapgan edit direction me.jpg --direction smile.safetensors --strength 5 --model m.safetensors --out smile
-                       stylemapgan edit direction me.jpg --direction smile.safetensors --strength -5 --steps 6 --mask-box 2,4,6,7 --model m.safetensors --out less""")
+                       stylemapgan edit direction me.jpg --direction smile.safetensors --strength -5 --steps 6 --mask-box 2,4,6,7 --model m.safetensors --out less
+                       stylemapgan edit direction me.jpg --align --direction smile.safetensors --region mouth --paste-back --model ffhq.safetensors --out smile_only""")
     q.add_argument("source", type=abspath, help="photo or stylemap")
     q.add_argument("--direction", required=True, type=abspath, help="direction file (.safetensors)")
     q.add_argument("--strength", type=finite_float, default=3.0,
                    help="distance to move in stylemap space; the direction has unit norm (default: 3)")
     q.add_argument("--steps", type=steps_int, default=1,
                    help="images from strength 0 to --strength, 1..1000 (default: 1)")
-    add_mask_args(q)
+    add_mask_args(q, regions=True)
     add_paste_back(q)
     _common(q)
     q.set_defaults(func=writes_folder(partial(run_direction, parser=q)))
