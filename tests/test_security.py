@@ -298,17 +298,22 @@ WEB_FORGERIES = {
 }
 
 
-@pytest.mark.parametrize("name", list(WEB_FORGERIES))
-def test_forged_web_records_are_one_line_errors_before_anything_runs(tmp_path, web_record, capsys,
-                                                                     name):
-    forge, field = WEB_FORGERIES[name]
-    forged = json.loads(json.dumps(web_record))
+def _assert_refused(tmp_path, record, forge, field, capsys):
+    """A copy of ``record`` changed by ``forge`` replays to one error line naming ``field``,
+    exit status 2 and no image written."""
+    forged = json.loads(json.dumps(record))
     forge(forged)
     rc, stdout, err, out = _replay(tmp_path, forged, capsys)
     assert rc == 2, (stdout, err)
     line = err.strip()
     assert "\n" not in line and "Traceback" not in err and field in line, err
     assert not out.exists() or not any(out.glob("*.png"))
+
+
+@pytest.mark.parametrize("name", list(WEB_FORGERIES))
+def test_forged_web_records_are_one_line_errors_before_anything_runs(tmp_path, web_record, capsys,
+                                                                     name):
+    _assert_refused(tmp_path, web_record, *WEB_FORGERIES[name], capsys)
 
 
 CLI_FORGERIES = {
@@ -327,14 +332,7 @@ CLI_FORGERIES = {
 @pytest.mark.parametrize("name", list(CLI_FORGERIES))
 def test_forged_cli_records_are_one_line_errors_before_anything_runs(tmp_path, cli_record, capsys,
                                                                      name):
-    forge, field = CLI_FORGERIES[name]
-    forged = json.loads(json.dumps(cli_record))
-    forge(forged)
-    rc, stdout, err, out = _replay(tmp_path, forged, capsys)
-    assert rc == 2, (stdout, err)
-    line = err.strip()
-    assert "\n" not in line and "Traceback" not in err and field in line, err
-    assert not out.exists() or not any(out.glob("*.png"))
+    _assert_refused(tmp_path, cli_record, *CLI_FORGERIES[name], capsys)
 
 
 @pytest.mark.parametrize("text", ['{"format": "stylemapgan-edit-record", "version": Infinity}',
