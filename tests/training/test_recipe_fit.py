@@ -40,11 +40,11 @@ def test_fine_tuning_the_shipped_model_fits_the_gallery_and_reduces_the_cast():
     for _ in range(cfg.iterations):
         trainer.train_step()
     after = _errors(trainer.generator, trainer.encoder, x)
-    # The first release's model went from MSE 0.113 to 0.071 and drift 0.047 to 0.032 under
-    # this recipe (AMD EPYC, float32). The model shipped after segment 2 starts lower (gallery
-    # MSE 0.085) and has not been measured here yet, so the thresholds are relative: a fifth
-    # less MSE and less drift; replace them with measured ones (printed with -s).
+    # Measured (AMD EPYC with AVX-512, float32, 2 threads): the first release's model went from
+    # gallery MSE 0.113 to 0.071 and drift 0.047 to 0.032 under this recipe; the model shipped
+    # after segment 3, already closer, from 0.0662 to 0.0601 (-9%) and drift 0.0298 to 0.0276,
+    # mean signed errors within 0.024. The thresholds sit just above that.
     print("before", before, "after", after)
-    assert after["mse"] < 0.8 * before["mse"], (before, after)
+    assert after["mse"] < 0.93 * before["mse"], (before, after)
     assert after["drift"] < before["drift"], (before, after)
     assert max(abs(v) for v in after["signed"]) < 0.03, after
