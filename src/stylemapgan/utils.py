@@ -132,3 +132,33 @@ def finite_or_none(obj: Any, where: str = "", found: list[str] | None = None) ->
     if isinstance(obj, (list, tuple)):
         return [finite_or_none(v, f"{where}[{i}]", found) for i, v in enumerate(obj)]
     return obj
+
+
+class NoProgress:
+    """A progress bar that shows nothing: what a library function given ``bar=None`` uses in
+    place of a ``tqdm.tqdm``-like factory (the command line passes ``tqdm``)."""
+
+    def __init__(self, iterable: Any = None, *_: Any, **__: Any) -> None:
+        self.iterable = iterable
+
+    def __iter__(self) -> Any:
+        return iter(self.iterable if self.iterable is not None else ())
+
+    def __enter__(self) -> NoProgress:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix(self, *_: Any, **__: Any) -> None:
+        pass
+
+    def set_postfix_str(self, s: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+

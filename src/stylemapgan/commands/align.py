@@ -64,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
     import shlex
     import sys
 
+    from tqdm import tqdm
+
     from stylemapgan.commands._common import output_folder
     from stylemapgan.errors import InputError
     from stylemapgan.imaging.alignment import align_photos
@@ -79,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         recursive=args.recursive, skip_bad=args.skip_bad, overwrite=args.overwrite,
         # the folder lock; removes a folder it created if nothing was written
         hold_folder=lambda out: output_folder(out, command),
-        on_skip=lambda skipped: print(f"skipped: {skipped.reason}"))
+        on_skip=lambda skipped: print(f"skipped: {skipped.reason}"), bar=tqdm)
     print(f"align: {len(result.faces)} face(s) from {result.photos} photo(s) written to "
           f"{result.out} at {size}x{size}"
           + (f"; {len(result.skipped)} skipped" if result.skipped else "")

@@ -53,10 +53,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
     from stylemapgan.data.prepare import prepare_dataset
 
     done = prepare_dataset(args.src, args.out, sizes=args.size, fit=args.fit, fmt=args.format,
-                           quality=args.quality, workers=args.workers, overwrite=args.overwrite)
+                           quality=args.quality, workers=args.workers, overwrite=args.overwrite,
+                           bar=tqdm)
     msg = f"wrote {done.count} image(s) at {','.join(map(str, done.sizes))}px to {done.out}"
     if done.skipped:
         msg += (f"; skipped {len(done.skipped)} unreadable file(s), listed in "

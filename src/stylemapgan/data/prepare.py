@@ -17,17 +17,17 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-
-from tqdm import tqdm
+from typing import Any
 
 from stylemapgan.data import datasets  # used by attribute: a test may replace write_lmdb
 from stylemapgan.errors import InputError
 from stylemapgan.files import as_oserror, process_umask, unwritable
 from stylemapgan.imaging.placement import Fit
+from stylemapgan.utils import NoProgress
 
 log = logging.getLogger(__name__)
 
@@ -110,13 +110,15 @@ def _move_into_place(tmp: Path, out: Path) -> None:
 def prepare_dataset(src: str | os.PathLike[str], out: str | os.PathLike[str], *,
                     sizes: Sequence[int] = (256,), fit: Fit = "crop", fmt: str = "jpeg",
                     quality: int = 95, workers: int | None = None,
-                    overwrite: bool = False) -> PreparedDataset:
+                    overwrite: bool = False,
+                    bar: Callable[..., Any] | None = None) -> PreparedDataset:
     """Convert the images of ``src`` (a folder, searched recursively, or a .zip) into an LMDB
     dataset at ``out`` holding each image at every one of ``sizes``.
 
     ``fit``: how an image becomes square (crop, pad or stretch). ``fmt``: ``jpeg`` (at
     ``quality``) or ``png``. ``workers``: decoding processes (default: the number of CPUs, at
-    most 8). ``overwrite``: replace an existing ``out``. Progress is shown with tqdm. Raises
+    most 8). ``overwrite``: replace an existing ``out``. ``bar``: a ``tqdm.tqdm``-like progress
+    factory (None shows nothing). Raises
     :class:`InputError` (nothing readable, ``out`` holding ``src``, ...), ``FileExistsError``
     or :class:`~stylemapgan.files.UnwritableError` (a full or read-only disk) naming ``out``.
     """
@@ -139,14 +141,14 @@ def prepare_dataset(src: str | os.PathLike[str], out: str | os.PathLike[str], *,
     skipped: list[str] = []
     convert = datasets.ImageConverter(source, sizes, fit, fmt, quality)
     try:
-        with tqdm(total=n, unit="img", desc="prepare-data") as bar:
+        with (bar or NoProgress)(total=n, unit="img", desc="prepare-data") as progress:
 
             def encoded(results):
                 for index, data, error in results:
-                    bar.update(1)
+                    progress.update(1)
                     if data is None:
                         skipped.append(f"{source.name(index)}\t{error}")
-                        bar.set_postfix(skipped=len(skipped))
+                        progress.set_postfix(skipped=len(skipped))
                         continue
                     yield data
 

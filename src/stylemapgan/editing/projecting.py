@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from stylemapgan.errors import InputError
+from stylemapgan.utils import NoProgress
 
 log = logging.getLogger(__name__)
 
@@ -118,22 +119,6 @@ def output_names(paths: Sequence[Path]) -> list[str]:
             n = f"{n}_{seen[n]}"
         out.append(n)
     return out
-
-
-class _NoBar:
-    """The progress bar when the caller shows none."""
-
-    def __init__(self, *_: Any, **__: Any) -> None:
-        pass
-
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def set_postfix_str(self, s: str) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 @dataclass
@@ -355,7 +340,7 @@ def project_photos(req: ProjectRequest, *,
     from stylemapgan.nn.runtime import RuntimeOptions
     from stylemapgan.utils import resolve_device
 
-    bar = bar or _NoBar
+    bar = bar or NoProgress
     if req.refine and req.mse_weight + req.lpips_weight == 0:
         raise InputError("--mse-weight and --lpips-weight are both 0: nothing to optimize")
     box = parse_box(req.box) if req.box else None

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from stylemapgan.errors import InputError
 from stylemapgan.files import atomic_write, sha256_file
@@ -37,6 +36,7 @@ from stylemapgan.imaging.faces import (
 )
 from stylemapgan.imaging.images import check_writable, list_images, load_rgb, save_png
 from stylemapgan.imaging.placement import fit_rgb
+from stylemapgan.utils import NoProgress
 
 ALIGNMENT_FORMAT = "stylemapgan-alignment"
 ALIGNMENT_VERSION = 1
@@ -90,7 +90,8 @@ def align_photos(photos: Sequence[str | Path], out: str | Path, *, size: int,
                  face: str = "largest", min_score: float = DEFAULT_MIN_SCORE,
                  recursive: bool = False, skip_bad: bool = False, overwrite: bool = False,
                  hold_folder: Callable[[Path], AbstractContextManager[Any]] | None = None,
-                 on_skip: Callable[[SkippedPhoto], None] | None = None) -> AlignResult:
+                 on_skip: Callable[[SkippedPhoto], None] | None = None,
+                 bar: Callable[..., Any] | None = None) -> AlignResult:
     """Align the faces of ``photos`` (files, or folders of them: ``recursive`` searches their
     subfolders) into ``size``-pixel crops in the folder ``out``.
 
@@ -99,7 +100,8 @@ def align_photos(photos: Sequence[str | Path], out: str | Path, *, size: int,
     for is left out (reported to ``on_skip`` as it is found) instead of stopping the run.
     ``overwrite``: replace existing files. ``hold_folder(out)``: a context manager held while
     the folder is checked and written (the command's folder lock; default none, the folder is
-    made as needed). Raises :class:`InputError` (:class:`NoFaceError` for a photo without a
+    made as needed). ``bar``: a ``tqdm.tqdm``-like progress factory (None shows nothing).
+    Raises :class:`InputError` (:class:`NoFaceError` for a photo without a
     face) or ``FileExistsError`` before anything is written.
     """
     paths = list_images(photos, recursive=recursive)
@@ -113,7 +115,8 @@ def align_photos(photos: Sequence[str | Path], out: str | Path, *, size: int,
             raise FileExistsError(f"{out / 'align.json'} already exists; pass --overwrite to replace")
         stems: dict[str, int] = {}
         pending: list[tuple[AlignedFace, np.ndarray]] = []
-        for path in tqdm(paths, desc="align", unit="photo", disable=len(paths) < 2):
+        for path in (bar or NoProgress)(paths, desc="align", unit="photo",
+                                        disable=len(paths) < 2):
             t0 = time.perf_counter()
             try:
                 img = load_rgb(path)
