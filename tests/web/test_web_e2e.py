@@ -188,6 +188,12 @@ def _stroke(page, canvas, start, *moves):
     page.mouse.up()
 
 
+def _gallery_reference(page):
+    """Take the first gallery avatar as the reference (by opaque id) and wait for its card."""
+    page.click("#gallery button.thumb")
+    page.wait_for_selector("#library .card.reference", timeout=30_000)
+
+
 def _wait_idle(page, condition="true"):
     page.wait_for_function(
         "() => document.querySelector('#progress').dataset.state === 'idle'"
@@ -273,13 +279,12 @@ def test_paint_a_region_in_the_browser_and_get_the_edit(server, tmp_path, tiny_m
 
 def test_box_from_the_gallery_moved_in_w_with_steps_undo_and_redo(server, tmp_path, tiny_model_file):
     original = _smooth(17)
-    Image.fromarray(original).save(tmp_path / "original.png")
+    files = _write_pngs(tmp_path, original=original)
     with _editor_page(server, tmp_path) as page:
-        page.set_input_files("#upload", [str(tmp_path / "original.png")])
+        page.set_input_files("#upload", files)
         page.wait_for_selector("#library .card.original", timeout=30_000)
         # The reference comes from the server's gallery (by opaque id).
-        page.click("#gallery button.thumb")
-        page.wait_for_selector("#library .card.reference", timeout=30_000)
+        _gallery_reference(page)
 
         page.check('input[name="tool"][value="box"]')
         _stroke(page, "#ref-canvas", (4, 4), (14, 14, 4))
@@ -345,8 +350,7 @@ def test_a_face_is_picked_from_a_photo_edited_and_pasted_back_into_it(align_serv
         page.click("button.face-choice")
         page.wait_for_selector("#library .card.original", timeout=30_000)
         # A reference from the gallery (model size: no picker).
-        page.click("#gallery button.thumb")
-        page.wait_for_selector("#library .card.reference", timeout=30_000)
+        _gallery_reference(page)
         page.locator("#brush-size").fill("4")
         _stroke(page, "#ref-canvas", (10, 18), (22, 18, 8), (22, 22, 2))
         _wait_idle(page, "document.querySelector('#status').textContent.includes('local edit')")
@@ -384,8 +388,7 @@ def test_a_square_photo_larger_than_the_model_opens_the_picker(server, tmp_path)
         assert page.locator("button.face-choice").count() == 0  # no detector without --align
         page.click("#picker-square")  # the centre square: the whole photo
         page.wait_for_selector("#library .card.original", timeout=30_000)
-        page.click("#gallery button.thumb")
-        page.wait_for_selector("#library .card.reference", timeout=30_000)
+        _gallery_reference(page)
         assert not page.locator("#picker[open]").count()
         page.locator("#brush-size").fill("4")
         _stroke(page, "#ref-canvas", (8, 16), (20, 16, 6))
@@ -445,16 +448,15 @@ def test_a_named_region_of_a_gallery_avatar_is_filled_refined_and_edited(avatar_
                                                                         tiny_model_file):
     """Choose "face" on an avatar from the gallery: the region fills the reference's mask as if
     painted, the eraser takes a stroke out of it, and the edit uses exactly that mask."""
-    Image.fromarray(_smooth(27)).save(tmp_path / "original.png")
+    files = _write_pngs(tmp_path, original=_smooth(27))
     with _editor_page(avatar_server, tmp_path) as page:
         # An upload has no named regions; the menu offers none.
-        page.set_input_files("#upload", [str(tmp_path / "original.png")])
+        page.set_input_files("#upload", files)
         page.wait_for_selector("#library .card.original", timeout=30_000)
         page.click("#library .card.original .as-reference")
         page.wait_for_selector("#region-menu[data-ready=true][disabled]", timeout=30_000)
         page.click("#ref-tabs button:has-text('remove')")
-        page.click("#gallery button.thumb")
-        page.wait_for_selector("#library .card.reference", timeout=30_000)
+        _gallery_reference(page)
         # Erase a horizontal stroke through the face at row 15 (pixel centres at +0.5).
         record, result = _fill_region_erase_and_download(page, "face", (0, 15.5), (31.5, 15.5))
 
@@ -476,9 +478,9 @@ def test_a_named_region_of_an_aligned_photo_is_filled_refined_and_edited(align_s
     """Choose "mouth" on a face picked from the astronaut photo (alignment on), erase a stroke
     through it, and get the edit of exactly that mask."""
     photo_path = PHOTO
-    Image.fromarray(_smooth(37)).save(tmp_path / "original.png")
+    files = _write_pngs(tmp_path, original=_smooth(37))
     with _editor_page(align_server, tmp_path) as page:
-        page.set_input_files("#upload", [str(tmp_path / "original.png")])
+        page.set_input_files("#upload", files)
         page.wait_for_selector("#picker[open]", timeout=30_000)
         page.click("#picker-square")
         page.wait_for_selector("#library .card.original", timeout=30_000)
